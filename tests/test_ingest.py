@@ -1,0 +1,319 @@
+"""Ingest: real files, real Great Expectations, a real local store.
+
+Every bad input is tried for real and must end in quarantine with a reason that
+names the file, the column and the rule, while earlier validated partitions and
+the champion pointer stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from schemas import suites
+from schemas.arrow import validated_schema
+from schemas.config import DatasetConfig, default_config_path, load_config, parse_config
+from tasks import ingest
+from tasks.store import Store, sha256_bytes
+
+FEATURES = ["a", "b", "c"]
+START = datetime(2026, 1, 5, 12, 0)
+STEP = timedelta(minutes=30)
+ROWS_PER_ENTITY = 48  # 24 h at 30 min: the batch spans two calendar days
+
+
+def make_cfg(source: Path | str, *, entity: str | None = "entity", label: str | None = "label",
+             fmt: str = "auto", **validation: Any) -> DatasetConfig:  # fmt: skip
+    """A small config: three features bounded to [-1000, 1000] unless overridden."""
+    columns: dict[str, Any] = {
+        "timestamp": "timestamp",
+        "features": FEATURES,
+        "entity": entity,
+        "label": label,
+    }
+    return parse_config(
+        {
+            "name": "tiny",
+            "source": {"path": str(source), "format": fmt},
+            "columns": columns,
+            "validation": {"value_min": -1000.0, "value_max": 1000.0, **validation},
+            "splits": {
+                "train": {"start": "2026-01-05T00:00:00", "end": "2026-01-06T00:00:00"},
+                "validation": [{"start": "2026-01-06T00:00:00", "end": "2026-01-07T00:00:00"}],
+            },
+            "families": [{"name": "dense_ae"}],
+        },
+        origin="test",
+    )
+
+
+def good_frame(start: datetime = START, entities: int = 2) -> pl.DataFrame:
+    """Rows interleaved across entities (sorted by time): order only matters per entity."""
+    n = ROWS_PER_ENTITY
+    parts = [
+        pl.DataFrame(
+            {
+                "timestamp": [start + i * STEP for i in range(n)],
+                "entity": [f"m{e}"] * n,
+                "a": [float(i) for i in range(n)],
+                "b": [float(-i) / 3 for i in range(n)],
+                "c": [float(e * 100 + i % 7) for i in range(n)],
+                "label": [int(i % 11 == 0) for i in range(n)],
+            }
+        )
+        for e in range(entities)
+    ]
+    return pl.concat(parts).sort(["timestamp", "entity"])
+
+
+def csv_bytes(frame: pl.DataFrame) -> bytes:
+    return frame.write_csv().encode()
+
+
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
+
+
+def snapshot(store: Store, cfg: DatasetConfig) -> dict[str, str]:
+    """sha256 of every validated partition and every model file."""
+    keys = store.list(f"datasets/{cfg.name}/validated") + store.list(f"models/{cfg.name}")
+    return {k: sha256_bytes(store.read_bytes(k)) for k in keys}
+
+
+# -- the suite -------------------------------------------------------------------------
+
+
+def test_committed_suite_matches_config() -> None:
+    """schemas/suites/synthetic.json must be regenerated whenever synthetic.toml changes."""
+    cfg = load_config(default_config_path())
+    committed = suites.SUITE_DIR / f"{cfg.name}.json"
+    assert committed.read_text() == suites.dump_suite(cfg), (
+        "stale suite file: run `python -m schemas.suites schemas/datasets/synthetic.toml`"
+    )
+    assert json.loads(committed.read_text()) == suites.suite_to_json(cfg)
+
+
+def test_suite_is_derived_from_config(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, entity=None, label=None, value_min=None, value_max=None,
+                   feature_bounds={"b": (-1.0, 1.0)}, min_rows=5)  # fmt: skip
+    doc = suites.suite_to_json(cfg)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for e in doc["expectations"]:
+        by_type.setdefault(e["type"], []).append(e)
+    assert [e["kwargs"]["column"] for e in by_type["expect_column_to_exist"]] == [
+        "timestamp",
+        *FEATURES,
+    ]
+    assert by_type["expect_table_row_count_to_be_between"][0]["kwargs"]["min_value"] == 5
+    bounds = {e["kwargs"]["column"]: (e["kwargs"]["min_value"], e["kwargs"].get("max_value"))
+              for e in by_type["expect_column_values_to_be_between"]}  # fmt: skip
+    assert bounds["a"] == (-suites.FLOAT_MAX, suites.FLOAT_MAX)
+    assert bounds["b"] == (-1.0, 1.0)
+    assert bounds[suites.STEP_COLUMN] == (0, None)
+    step = next(e for e in by_type["expect_column_values_to_be_between"]
+                if e["kwargs"]["column"] == suites.STEP_COLUMN)  # fmt: skip
+    assert step["kwargs"]["strict_min"] is True
+    # no entity: uniqueness falls back to the timestamp alone
+    assert by_type["expect_column_values_to_be_unique"][0]["kwargs"]["column"] == "timestamp"
+    assert "expect_compound_columns_to_be_unique" not in by_type
+    assert all(e["meta"].get("rule") for e in doc["expectations"])
+    json.dumps(doc, allow_nan=False)  # strict JSON: no Infinity/NaN in the suite
+
+
+# -- listing and reading ---------------------------------------------------------------
+
+
+def test_list_batches_file_dir_glob_url(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ["2026-01-06.csv", "2026-01-05.csv", "notes.txt"]:
+        (raw / name).write_bytes(csv_bytes(good_frame()))
+    expected = [f"file://{raw}/2026-01-05.csv", f"file://{raw}/2026-01-06.csv"]
+    assert ingest.list_batches(make_cfg(raw)) == expected
+    assert ingest.list_batches(make_cfg(f"{raw}/*.csv")) == expected
+    assert ingest.list_batches(make_cfg(f"file://{raw}/*.csv")) == expected
+    assert ingest.list_batches(make_cfg(raw / "2026-01-06.csv")) == expected[1:]
+    assert ingest.list_batches(make_cfg(f"{raw}/*.parquet")) == []
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ingest.list_batches(make_cfg(tmp_path / "nope"))
+
+
+def test_read_batch_parses_timestamps_csv_and_parquet(tmp_path: Path) -> None:
+    frame = good_frame()
+    (tmp_path / "x.csv").write_bytes(csv_bytes(frame))
+    tz = frame.with_columns(pl.col("timestamp").dt.replace_time_zone("UTC").dt.cast_time_unit("ns"))
+    (tmp_path / "x.parquet").write_bytes(parquet_bytes(tz))
+    for name in ["x.csv", "x.parquet"]:
+        got = ingest.read_batch(make_cfg(tmp_path), f"file://{tmp_path}/{name}")
+        assert got.schema["timestamp"] == pl.Datetime("us")
+        assert got.get_column("timestamp").to_list() == frame.get_column("timestamp").to_list()
+
+
+# -- good batches ----------------------------------------------------------------------
+
+
+def test_good_batch_writes_date_partitions_and_reingest_replaces(
+    tmp_path: Path, store: Store
+) -> None:
+    src = tmp_path / "2026-01-05.csv"
+    frame = good_frame()
+    src.write_bytes(csv_bytes(frame))
+    cfg = make_cfg(src)
+
+    out = ingest.ingest_batch_task.fn(store, cfg, f"file://{src}")
+    assert out.status == "validated" and out.reason is None and out.rows == frame.height
+    batch_id = sha256_bytes(src.read_bytes())[:16]
+    assert out.keys == [
+        f"datasets/tiny/validated/date=2026-01-05/part-{batch_id}.parquet",
+        f"datasets/tiny/validated/date=2026-01-06/part-{batch_id}.parquet",
+    ]
+    table = store.read_parquet(out.keys[0])
+    assert table.schema.equals(validated_schema(cfg))
+
+    loaded = ingest.load_validated(store, cfg, None, None)
+    expected = frame.with_columns(pl.col("label").cast(pl.Int8)).sort(["entity", "timestamp"])
+    assert loaded.equals(expected.select(loaded.columns))
+
+    before = snapshot(store, cfg)
+    again = ingest.ingest_batch(store, cfg, f"file://{src}")
+    assert again.keys == out.keys
+    assert sorted(before) == store.list("datasets/tiny/validated")  # same files, no duplicates
+    assert len(ingest.load_validated(store, cfg, None, None)) == frame.height
+
+    # half-open range, crossing the partition boundary; tz-aware bounds are UTC
+    lo, hi = datetime(2026, 1, 5, 23, 0), datetime(2026, 1, 6, 1, 0)
+    window = ingest.load_validated_task.fn(store, cfg, lo, hi)
+    assert window.get_column("timestamp").min() == lo
+    assert window.get_column("timestamp").max() == hi - STEP
+    assert window.height == 2 * 4
+    assert window.get_column("entity").is_sorted()
+    assert ingest.load_validated(store, cfg, datetime(2027, 1, 1), None).height == 0
+
+
+def test_parquet_without_entity_or_label(tmp_path: Path, store: Store) -> None:
+    frame = good_frame(entities=1).drop(["entity", "label"])
+    src = tmp_path / "day.parquet"
+    src.write_bytes(parquet_bytes(frame))
+    cfg = make_cfg(src, entity=None, label=None)
+    out = ingest.ingest_batch(store, cfg, f"file://{src}")
+    assert out.status == "validated", out.reason
+    loaded = ingest.load_validated(store, cfg, None, None)
+    assert loaded.get_column("entity").unique().to_list() == ["default"]
+    assert loaded.get_column("label").unique().to_list() == [0]
+    assert loaded.schema["label"] == pl.Int8
+
+
+# -- bad batches -----------------------------------------------------------------------
+
+
+def _rows(frame: pl.DataFrame, column: str, values: dict[int, Any]) -> pl.DataFrame:
+    """Replace some values of one column (by row index), casting the column as needed."""
+    series = frame.get_column(column).to_list()
+    for i, v in values.items():
+        series[i] = v
+    return frame.with_columns(pl.Series(column, series, strict=False))
+
+
+def _with_string(frame: pl.DataFrame) -> bytes:
+    return csv_bytes(frame.with_columns(pl.col("b").cast(pl.String)).pipe(_rows, "b", {70: "oops"}))
+
+
+def _swap_within_entity(frame: pl.DataFrame) -> bytes:
+    m0 = frame.filter(pl.col("entity") == "m0")
+    rows = list(range(m0.height))
+    rows[10], rows[11] = rows[11], rows[10]
+    return csv_bytes(pl.concat([m0[rows], frame.filter(pl.col("entity") != "m0")]))
+
+
+def _truncated_parquet(frame: pl.DataFrame) -> bytes:
+    data = parquet_bytes(frame)
+    return data[: len(data) // 2]
+
+
+BAD_CASES: dict[str, tuple[str, Callable[[pl.DataFrame], bytes], list[str]]] = {
+    # case: (file name, bytes from a good frame, substrings the reason must contain)
+    "missing column": ("bad.csv", lambda f: csv_bytes(f.drop("b")), ["column 'b'", "rule 'column exists'"]),
+    "string in numeric": ("bad.csv", _with_string, ["column 'b'", "rule 'numeric'", "'oops'"]),
+    "nan": ("bad.csv", lambda f: csv_bytes(_rows(f, "a", {5: float("nan")})), ["column 'a'", "rule 'not null'", "1 of 96 rows"]),
+    "+inf": ("bad.csv", lambda f: csv_bytes(_rows(f, "c", {7: float("inf")})), ["column 'c'", "rule 'finite value in [-1000, 1000]'", "1 of 96 rows, e.g. [inf]"]),
+    "out of bounds": ("bad.parquet", lambda f: parquet_bytes(_rows(f, "a", {3: 5000.0})), ["column 'a'", "rule 'finite value in [-1000, 1000]'", "5000.0"]),
+    "duplicate timestamps": ("bad.csv", lambda f: csv_bytes(pl.concat([f, f[3:4]]).sort(["entity", "timestamp"])), ["columns ['entity', 'timestamp']", "rule 'unique key (entity, timestamp)'"]),
+    "out of order": ("bad.csv", _swap_within_entity, ["column 'timestamp'", "rule 'strictly increasing per entity'", "m0@"]),
+    "unparseable timestamp": ("bad.csv", lambda f: csv_bytes(_rows(f.with_columns(pl.col("timestamp").cast(pl.String)), "timestamp", {4: "yesterday"})), ["column 'timestamp'", "rule 'parses as datetime'", "'yesterday'"]),
+    "label not in set": ("bad.csv", lambda f: csv_bytes(_rows(f, "label", {2: 7})), ["column 'label'", "rule 'label in [0, 1]'", "[7]"]),
+    "empty file": ("bad.csv", lambda f: b"", ["empty file (0 bytes)"]),
+    "header only": ("bad.csv", lambda f: csv_bytes(f.head(0)), ["table failed rule 'at least 1 row'", "(0 rows)"]),
+    "truncated parquet": ("bad.parquet", _truncated_parquet, ["unreadable PARQUET"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_batch_is_quarantined_and_nothing_else_changes(
+    case: str, tmp_path: Path, store: Store
+) -> None:
+    name, make_bytes, must_say = BAD_CASES[case]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    cfg = make_cfg(raw)
+    good = raw / "2026-01-05.csv"
+    good.write_bytes(csv_bytes(good_frame()))
+    assert ingest.ingest_batch(store, cfg, f"file://{good}").status == "validated"
+    store.write_json("models/tiny/CHAMPION.json", {"family": "dense_ae", "version": "v1"})
+    before = snapshot(store, cfg)
+
+    bad = raw / name
+    data = make_bytes(good_frame(START + timedelta(days=1)))
+    bad.write_bytes(data)
+    out = ingest.ingest_batch(store, cfg, f"file://{bad}")
+
+    assert out.status == "quarantined"
+    assert out.reason and out.reasons
+    assert any(all(s in r for s in must_say) for r in out.reasons), out.reasons
+    assert all(r.startswith(f"{name}: ") and "\n" not in r for r in out.reasons)
+    batch_id = sha256_bytes(data)[:16]
+    base = f"datasets/tiny/quarantine/{batch_id}"
+    assert out.keys == [f"{base}/{name}", f"{base}/validation.json"]
+    assert store.read_bytes(f"{base}/{name}") == data  # the source, untouched
+    report = json.loads(store.read_bytes(f"{base}/validation.json"), parse_constant=pytest.fail)
+    assert report["source"] == f"file://{bad}" and report["reasons"] == out.reasons
+    assert report["result"] is not None or report["error"]
+    assert snapshot(store, cfg) == before  # validated partitions and CHAMPION.json untouched
+
+
+def test_reason_format_and_gx_result(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    frame = _rows(good_frame(), "c", {1: float("inf"), 2: float("-inf")})
+    outcome = ingest.validate_frame(cfg, frame, "2026-01-19.csv")
+    assert not outcome.success
+    assert outcome.reasons == [
+        "2026-01-19.csv: column 'c' failed rule 'finite value in [-1000, 1000]' (2 of 96 rows, e.g. [inf, -inf])"
+    ]
+    json.dumps(outcome.result, allow_nan=False)
+    assert outcome.result["success"] is False
+    assert ingest.validate_frame(cfg, good_frame(), "ok.csv").success
+
+
+def test_ingest_source_summary(tmp_path: Path, store: Store) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "2026-01-05.csv").write_bytes(csv_bytes(good_frame()))
+    (raw / "2026-01-07.csv").write_bytes(csv_bytes(good_frame(START + timedelta(days=2))))
+    bad = _rows(good_frame(START + timedelta(days=4)), "a", {0: float("nan")})
+    (raw / "2026-01-09.csv").write_bytes(csv_bytes(bad))
+    summary = ingest.ingest_source.fn(make_cfg(raw / "*.csv"), store=store)
+    assert summary["rows_in"] == 3 * 96
+    assert summary["rows_validated"] == 2 * 96
+    assert summary["rows_quarantined"] == 96
+    assert [b["status"] for b in summary["batches"]] == ["validated", "validated", "quarantined"]
+    assert {"source", "status", "rows", "reason"} <= set(summary["batches"][0])
+    assert "2026-01-09.csv: column 'a' failed rule 'not null'" in summary["batches"][2]["reason"]
+    json.dumps(summary, allow_nan=False)
