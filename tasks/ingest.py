@@ -31,6 +31,7 @@ from prefect.exceptions import MissingContextError
 from schemas import arrow as arrow_schemas
 from schemas import suites
 from schemas.config import DatasetConfig
+from tasks.common import store_for
 from tasks.store import Store, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -393,7 +394,7 @@ def _partition_key(cfg: DatasetConfig, day: date, batch_id: str) -> str:
 def write_validated(
     store: Store, cfg: DatasetConfig, frame: pl.DataFrame, batch_id: str
 ) -> list[str]:
-    """Write one Parquet file per calendar day of the batch; same batch id -> same keys."""
+    """Write one Parquet file per calendar day of the batch; same part id -> same keys."""
     table = pl.from_arrow(to_validated(cfg, frame))
     assert isinstance(table, pl.DataFrame)
     days = table.get_column(arrow_schemas.TIMESTAMP).dt.date().alias("__day")
@@ -456,7 +457,9 @@ def ingest_batch(store: Store, cfg: DatasetConfig, url: str) -> BatchOutcome:
         _logger().warning("quarantined %s (batch %s): %s", name, batch_id, reason)
         return BatchOutcome(url, "quarantined", frame.height, reason, keys, batch_id, reasons)
 
-    keys = write_validated(store, cfg, frame, batch_id)
+    # Parts are named after the source, not its content: a corrected re-delivery of
+    # the same file replaces its rows instead of adding a second copy beside them.
+    keys = write_validated(store, cfg, frame, batch_id_of(url.encode()))
     _logger().info(
         "validated %s (batch %s): %d rows -> %d partitions", name, batch_id, frame.height, len(keys)
     )
@@ -535,10 +538,6 @@ def ingest_all(store: Store, cfg: DatasetConfig) -> dict[str, Any]:
         cfg.name, len(outcomes), validated, quarantined,
     )  # fmt: skip
     return summary
-
-
-def store_for(cfg: DatasetConfig) -> Store:
-    return Store(cfg.store.root, cfg.store.storage_options)
 
 
 # -- Prefect tasks (thin wrappers; unit tests call `.fn`) -------------------------------

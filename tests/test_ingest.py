@@ -171,10 +171,10 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
 
     out = ingest.ingest_batch_task.fn(store, cfg, f"file://{src}")
     assert out.status == "validated" and out.reason is None and out.rows == frame.height
-    batch_id = sha256_bytes(src.read_bytes())[:16]
+    part_id = sha256_bytes(f"file://{src}".encode())[:16]  # named after the source
     assert out.keys == [
-        f"datasets/tiny/validated/date=2026-01-05/part-{batch_id}.parquet",
-        f"datasets/tiny/validated/date=2026-01-06/part-{batch_id}.parquet",
+        f"datasets/tiny/validated/date=2026-01-05/part-{part_id}.parquet",
+        f"datasets/tiny/validated/date=2026-01-06/part-{part_id}.parquet",
     ]
     table = store.read_parquet(out.keys[0])
     assert table.schema.equals(validated_schema(cfg))
@@ -188,6 +188,15 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
     assert again.keys == out.keys
     assert sorted(before) == store.list("datasets/tiny/validated")  # same files, no duplicates
     assert len(ingest.load_validated(store, cfg, None, None)) == frame.height
+
+    # a corrected re-delivery of the same file replaces its rows, never duplicates them
+    corrected = frame.with_columns(pl.col("a") + 1.0)
+    src.write_bytes(csv_bytes(corrected))
+    assert ingest.ingest_batch(store, cfg, f"file://{src}").keys == out.keys
+    reloaded = ingest.load_validated(store, cfg, None, None)
+    assert reloaded.height == frame.height
+    assert reloaded["a"].sum() == pytest.approx(frame["a"].sum() + frame.height)
+    src.write_bytes(csv_bytes(frame))
 
     # half-open range, crossing the partition boundary; tz-aware bounds are UTC
     lo, hi = datetime(2026, 1, 5, 23, 0), datetime(2026, 1, 6, 1, 0)

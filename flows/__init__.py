@@ -1,0 +1,1 @@
+"""Prefect flows: thin, readable compositions of the stages in tasks/."""

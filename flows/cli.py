@@ -1,0 +1,90 @@
+"""`nightowl` command line: run the flows, list families, check configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="nightowl: nightly deep anomaly detection on Prefect")
+
+ConfigArg = typer.Option(None, "--config", "-c", help="dataset TOML (default: the synthetic demo)")
+
+
+def _quiet_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@app.command()
+def demo(config: Optional[Path] = ConfigArg) -> None:
+    """Run the whole pipeline on the embedded synthetic dataset and print a summary."""
+    _quiet_defaults()
+    from flows.demo import demo_flow, format_summary
+
+    result = demo_flow(str(config) if config else None)
+    typer.echo("\n" + format_summary(result, str(config) if config else None))
+
+
+@app.command()
+def train(config: Optional[Path] = ConfigArg,
+          run_id: Optional[str] = typer.Option(None, help="resume this run's checkpoints")) -> None:
+    """Train every configured family and choose the champion."""
+    _quiet_defaults()
+    from flows.train import train_flow
+
+    result = train_flow(str(config) if config else None, run_id)
+    typer.echo(json.dumps(result["champion"], indent=2))
+
+
+@app.command()
+def score(day: str = typer.Argument(..., help="YYYY-MM-DD"), config: Optional[Path] = ConfigArg) -> None:
+    """Score one night with the champion (rerunning replaces the partition)."""
+    _quiet_defaults()
+    from flows.nightly import nightly_flow
+
+    result = nightly_flow(str(config) if config else None, date.fromisoformat(day))
+    typer.echo(json.dumps(result["scoring"], indent=2))
+
+
+@app.command()
+def backfill(start: str, end: str, config: Optional[Path] = ConfigArg) -> None:
+    """Score every night in [START, END)."""
+    _quiet_defaults()
+    from flows.nightly import backfill_flow
+
+    for night in backfill_flow(str(config) if config else None, date.fromisoformat(start),
+                               date.fromisoformat(end)):
+        typer.echo(json.dumps(night))
+
+
+@app.command()
+def families() -> None:
+    """List the model families with a one-line description each."""
+    from models.registry import describe_families
+
+    for name, text in describe_families().items():
+        typer.echo(f"{name:<16}{text}")
+
+
+@app.command("check-config")
+def check_config(config: Path) -> None:
+    """Load a config and report the first bad field, if any."""
+    from schemas.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as err:
+        typer.echo(f"invalid: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"ok: dataset {cfg.name!r}, {len(cfg.columns.features)} features, "
+               f"families {[f.name for f in cfg.families]}")
+
+
+if __name__ == "__main__":
+    app()

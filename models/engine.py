@@ -1,0 +1,270 @@
+"""The one training engine every torch family shares.
+
+Why it looks like this: the chapter's loop pulls each sample through a
+Dataset/DataLoader in Python and is dominated by that overhead. Here the whole
+series lives on the device once, windows are a zero-copy `unfold` view of it,
+and a batch is one gather of shuffled window starts. Families supply a loss
+(or a whole step, for adversarial training); the engine owns the loop, early
+stopping on a held-out loss, checkpoints and resume, AMP and seeding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models.base import WindowModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+    max_train_windows: int | None = None
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else the CPU."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class WindowSet:
+    """Windows of length L over a device-resident series, addressed by start row.
+
+    `series` is (T, F); `starts` holds the first row of each window. No window is
+    materialised until a batch gathers it.
+    """
+
+    def __init__(self, series: torch.Tensor, starts: torch.Tensor, length: int) -> None:
+        if series.ndim != 2:
+            raise ValueError(f"series must be (T, F), got {tuple(series.shape)}")
+        if len(starts) and int(starts.max()) + length > series.shape[0]:
+            raise ValueError("a window runs past the end of the series")
+        self.series = series
+        self.starts = starts.to(series.device, torch.long)
+        self.length = length
+        self._view = series.unfold(0, length, 1).transpose(1, 2)  # (T-L+1, L, F), a view
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def n_features(self) -> int:
+        return self.series.shape[1]
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, L, F) windows for positions `index` into `starts`."""
+        return self._view[self.starts[index]]
+
+    def subset(self, index: torch.Tensor) -> WindowSet:
+        return WindowSet(self.series, self.starts[index.to(self.starts.device)], self.length)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_holdout: float = math.inf
+    epochs_run: int = 0
+    train_windows: int = 0
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    device: str = "cpu"
+    resumed_from_epoch: int | None = None
+
+
+# A checkpoint is (tensors, metadata): tensors go to safetensors, metadata to JSON.
+Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
+EpochHook = Callable[[int, Checkpoint], None]
+
+
+def fit(
+    model: WindowModel,
+    windows: WindowSet,
+    settings: EngineSettings,
+    on_epoch_end: EpochHook | None = None,
+    resume: Checkpoint | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Train `model` on `windows`; returns history and keeps the best holdout weights."""
+    torch.set_flush_denormal(True)  # denormals slow CPU training 5-20x (stack-notes)
+    device = windows.series.device
+    gen = seed_everything(settings.seed)
+    model.to(device)
+    train_idx, hold_idx = _split(len(windows), settings, gen)
+    optimizers = model.configure_optimizers(settings.lr, settings.weight_decay)
+    autocast = _autocast_factory(device, settings.amp)
+    if settings.compile:
+        model.compile()
+
+    result = FitResult(train_windows=len(train_idx), device=str(device))
+    best_state = _clone_state(model)
+    bad_epochs, start_epoch = 0, 0
+    if resume is not None:
+        start_epoch, best_state, bad_epochs = _restore(model, optimizers, resume, result, gen)
+
+    t0, seen = time.perf_counter(), 0
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        losses = []
+        for i in range(0, len(order), settings.batch_size):
+            x = windows.batch(order[i : i + settings.batch_size].to(device))
+            losses.append(model.training_step(x, optimizers, autocast))
+        seen += len(order)
+        holdout = _holdout_loss(model, windows, hold_idx, settings.batch_size, autocast)
+        train_loss = float(torch.stack(losses).float().mean())
+        result.history.append({"epoch": epoch, "train_loss": train_loss, "holdout_loss": holdout})
+        if holdout < result.best_holdout - 1e-7:
+            result.best_holdout, result.best_epoch, bad_epochs = holdout, epoch, 0
+            best_state = _clone_state(model)
+        else:
+            bad_epochs += 1
+        result.epochs_run = epoch + 1
+        if progress:
+            progress(_progress_line(model.name, epoch, settings.epochs, holdout, t0, start_epoch))
+        if on_epoch_end:
+            on_epoch_end(epoch, _checkpoint(model, optimizers, epoch, best_state, bad_epochs, result, gen))
+        if bad_epochs >= settings.patience:
+            break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    result.samples_per_s = seen / result.seconds if result.seconds > 0 else 0.0
+    return result
+
+
+def _split(n: int, settings: EngineSettings, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffled train / holdout positions; the holdout drives early stopping."""
+    if n < 2:
+        raise ValueError(f"need at least 2 training windows, got {n}")
+    perm = torch.randperm(n, generator=gen)
+    if settings.max_train_windows:
+        perm = perm[: settings.max_train_windows]
+    n_hold = max(1, int(len(perm) * settings.holdout_fraction))
+    return perm[n_hold:], perm[:n_hold]
+
+
+def _autocast_factory(device: torch.device, amp: bool) -> Callable[[], Any]:
+    if amp and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@torch.no_grad()
+def _holdout_loss(
+    model: WindowModel, windows: WindowSet, idx: torch.Tensor, batch: int, autocast: Callable[[], Any]
+) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(idx), batch * 4):
+        part = idx[i : i + batch * 4].to(windows.series.device)
+        with autocast():
+            total += float(model.holdout_loss(windows.batch(part))) * len(part)
+        count += len(part)
+    return total / max(count, 1)
+
+
+def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _progress_line(name: str, epoch: int, epochs: int, holdout: float, t0: float, first: int) -> str:
+    done = epoch + 1 - first
+    elapsed = time.perf_counter() - t0
+    eta = elapsed / done * (epochs - epoch - 1)
+    return f"{name}: epoch {epoch + 1}/{epochs} holdout={holdout:.5f} elapsed={elapsed:.1f}s eta<={eta:.1f}s"
+
+
+def _checkpoint(
+    model: WindowModel,
+    optimizers: list[torch.optim.Optimizer],
+    epoch: int,
+    best_state: dict[str, torch.Tensor],
+    bad_epochs: int,
+    result: FitResult,
+    gen: torch.Generator,
+) -> Checkpoint:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"best.{k}": v.cpu().contiguous() for k, v in best_state.items()}
+    groups = []
+    for i, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        for pid, state in sd["state"].items():
+            for name, value in state.items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"opt{i}.{pid}.{name}"] = t.detach().cpu().contiguous()
+        groups.append(sd["param_groups"])
+    tensors["rng"] = gen.get_state()
+    meta = {
+        "epoch": epoch,
+        "bad_epochs": bad_epochs,
+        "best_epoch": result.best_epoch,
+        "best_holdout": result.best_holdout,
+        "history": result.history,
+        "param_groups": groups,
+    }
+    return tensors, meta
+
+
+def _restore(
+    model: WindowModel,
+    optimizers: list[torch.optim.Optimizer],
+    checkpoint: Checkpoint,
+    result: FitResult,
+    gen: torch.Generator,
+) -> tuple[int, dict[str, torch.Tensor], int]:
+    """Load a checkpoint; returns (first epoch to run, best weights, bad epochs so far)."""
+    tensors, meta = checkpoint
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+    for i, opt in enumerate(optimizers):
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        prefix = f"opt{i}."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                pid, name = key[len(prefix) :].split(".", 1)
+                state.setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
+        groups = meta["param_groups"][i]
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    gen.set_state(tensors["rng"])
+    result.history = list(meta["history"])
+    result.best_epoch, result.best_holdout = meta["best_epoch"], meta["best_holdout"]
+    result.resumed_from_epoch = meta["epoch"]
+    return meta["epoch"] + 1, best, meta["bad_epochs"]
+
+
+def checkpoint_metadata_json(meta: dict[str, Any]) -> dict[str, str]:
+    """safetensors metadata must be str -> str."""
+    return {"nightowl": json.dumps(meta)}
+
+
+def checkpoint_metadata_from_json(metadata: dict[str, str]) -> dict[str, Any]:
+    return json.loads(metadata["nightowl"])

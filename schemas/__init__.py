@@ -1,0 +1,1 @@
+"""Data contracts: typed configuration, Great Expectations suites, Arrow schemas."""

@@ -1,0 +1,211 @@
+"""Typed configuration for one dataset: one TOML file describes the whole pipeline.
+
+Why typed: a misspelt key or a bad value must fail at load time with the field's
+dotted path in the message, not halfway through a nightly run.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticSource(_Strict):
+    """Parameters of the built-in synthetic multi-sensor generator."""
+
+    entities: int = Field(4, ge=1, le=256)
+    sensors: int = Field(12, ge=2, le=128)
+    days: int = Field(21, ge=3)
+    freq_minutes: int = Field(5, ge=1)
+    anomalies_per_entity: int = Field(8, ge=0)
+    seed: int = 7
+    start: datetime = datetime(2026, 1, 5)
+    clean_days: int = Field(
+        14, ge=1, description="leading days without injected anomalies (the training period)"
+    )
+
+
+class SourceConfig(_Strict):
+    """Where raw batches come from: a file, a directory or glob of files, or any fsspec URL."""
+
+    path: str = Field(..., description="path, glob or fsspec URL; each file is one batch")
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    synthetic: SyntheticSource | None = Field(
+        None, description="when set, `path` is filled by the synthetic generator first"
+    )
+
+
+class ColumnsConfig(_Strict):
+    """Which columns mean what in the raw input."""
+
+    timestamp: str = "timestamp"
+    entity: str | None = "entity"
+    features: list[str] = Field(..., min_length=1)
+    label: str | None = "label"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ColumnsConfig:
+        names = [self.timestamp, *self.features]
+        names += [c for c in (self.entity, self.label) if c]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"column names used twice: {duplicated}")
+        return self
+
+    @property
+    def key(self) -> list[str]:
+        return [c for c in (self.entity, self.timestamp) if c]
+
+
+class ValidationRules(_Strict):
+    """Rules the Great Expectations suite is built from."""
+
+    value_min: float | None = Field(None, description="lower bound for every feature")
+    value_max: float | None = Field(None, description="upper bound for every feature")
+    feature_bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="per-feature [min, max] overriding the global bounds"
+    )
+    min_rows: int = Field(1, ge=1)
+    labels: list[int] = Field(default_factory=lambda: [0, 1])
+
+
+class ScalingConfig(_Strict):
+    method: Literal["standard", "robust", "minmax"] = "standard"
+
+
+class WindowConfig(_Strict):
+    length: int = Field(16, ge=1, le=4096)
+    stride: int = Field(1, ge=1)
+
+
+class TimeRange(_Strict):
+    """Half-open time range [start, end)."""
+
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRange:
+        if self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
+class SplitsConfig(_Strict):
+    train: TimeRange
+    validation: list[TimeRange] = Field(..., min_length=1)
+    score: TimeRange | None = None
+    train_on_normal_only: bool = Field(
+        True, description="drop windows that carry a positive label from the training set"
+    )
+
+
+class TrainingConfig(_Strict):
+    """Settings of the shared training engine (every family uses the same loop)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(5, ge=1)
+    holdout_fraction: float = Field(0.1, gt=0, lt=0.5)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    compile: bool = False
+    max_train_windows: int | None = Field(None, ge=1)
+
+
+class FamilyConfig(_Strict):
+    """One model family to train, with its own hyper-parameters (checked by the family)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of [training] for this family only"
+    )
+
+
+ThresholdMethod = Literal["percentile", "mean_3sigma", "max_f1", "target_fpr"]
+
+
+class ThresholdConfig(_Strict):
+    method: ThresholdMethod = "target_fpr"
+    percentile: float = Field(95.0, gt=0, lt=100)
+    target_fpr: float = Field(0.05, gt=0, lt=1)
+
+
+class SelectionConfig(_Strict):
+    metric: Literal["pr_auc", "roc_auc", "best_f1"] = "pr_auc"
+
+
+class StoreConfig(_Strict):
+    root: str = Field("file://./.nightowl", description="file:// or s3://bucket/prefix")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetConfig(_Strict):
+    """Everything nightowl needs to know about one dataset."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    source: SourceConfig
+    columns: ColumnsConfig
+    validation: ValidationRules = ValidationRules()
+    scaling: ScalingConfig = ScalingConfig()
+    window: WindowConfig = WindowConfig()
+    splits: SplitsConfig
+    families: list[FamilyConfig] = Field(..., min_length=1)
+    training: TrainingConfig = TrainingConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    selection: SelectionConfig = SelectionConfig()
+    store: StoreConfig = StoreConfig()
+
+    def training_for(self, family: FamilyConfig) -> TrainingConfig:
+        """The engine settings for one family: the shared ones with its overrides."""
+        return TrainingConfig.model_validate({**self.training.model_dump(), **family.training})
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"field '{where}': {e['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any], origin: str = "<dict>") -> DatasetConfig:
+    """Validate a config mapping; errors name the origin and every bad field."""
+    try:
+        return DatasetConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{origin}: {_format_errors(err)}") from None
+
+
+def load_config(path: str | Path) -> DatasetConfig:
+    """Load a dataset config from TOML (relative paths in it resolve against the working directory)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(data, origin=str(path))
+
+
+def default_config_path() -> Path:
+    """The embedded demo config shipped inside the package."""
+    return Path(__file__).with_name("datasets") / "synthetic.toml"

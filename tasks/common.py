@@ -1,0 +1,28 @@
+"""Small helpers every stage uses: the store for a config, the compute device, the logger."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from schemas.config import DatasetConfig
+from tasks.store import Store
+
+
+def store_for(cfg: DatasetConfig) -> Store:
+    return _store(cfg.store.root, tuple(sorted(cfg.store.storage_options.items())))
+
+
+@lru_cache(maxsize=8)
+def _store(root: str, options: tuple) -> Store:
+    return Store(root, dict(options))
+
+
+def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a run (so the UI shows it), a module logger outside."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - MissingContextError outside a run
+        return logging.getLogger(name)

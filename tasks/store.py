@@ -1,0 +1,153 @@
+"""One store API over fsspec, so `file://` and `s3://` take the same code path.
+
+Writes are atomic: on a local filesystem a temporary file is renamed over the
+key; on object stores a single PUT is already all-or-nothing, so a reader never
+sees half an object. Multi-file objects (model versions) are committed by the
+manifest or pointer that is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message names the key."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Store:
+    """Keys are '/'-separated paths under one root URL (file://... or s3://bucket/prefix)."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        options = dict(storage_options or {})
+        if root.startswith("s3://"):
+            options = {**_s3_options_from_env(), **options}
+        self.fs, path = fsspec.core.url_to_fs(root, **options)
+        self.is_local = "file" in _protocols(self.fs)
+        self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
+        self.url = root
+
+    def __repr__(self) -> str:  # never print credentials
+        return f"Store({self.url!r})"
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key.lstrip('/')}"
+
+    def uri(self, key: str) -> str:
+        """A URL for a key that other tools (DuckDB, polars, Spark) can open."""
+        scheme = "file://" if self.is_local else f"{_protocols(self.fs)[0]}://"
+        return scheme + self.path(key)
+
+    # -- reading -----------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(key)}: not found") from None
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def read_parquet(self, key: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)))
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys of all files below a prefix, sorted; [] when the prefix does not exist."""
+        base = self.path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return []
+        found = self.fs.find(base)
+        return sorted(p[len(self.root) + 1 :] for p in found if not _is_temporary(p))
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-folders of a prefix."""
+        base = self.path(prefix).rstrip("/")
+        if not self.fs.exists(base):
+            return []
+        entries = self.fs.ls(base, detail=True)
+        return sorted(
+            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"
+        )
+
+    # -- writing -----------------------------------------------------------------------
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write atomically; returns the sha256 of what was written."""
+        target = self.path(key)
+        if self.is_local:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+        return sha256_bytes(data)
+
+    def write_json(self, key: str, obj: Any) -> str:
+        return self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def write_parquet(self, key: str, table: pa.Table) -> str:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        return self.write_bytes(key, buf.getvalue())
+
+    def delete(self, key: str, recursive: bool = False) -> None:
+        if self.exists(key):
+            self.fs.rm(self.path(key), recursive=recursive)
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """A process-wide exclusive lock for read-modify-write of one key (local stores)."""
+        if not self.is_local:
+            yield
+            return
+        import fcntl
+
+        lock_path = self.path(key) + ".lock"
+        os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _is_temporary(path: str) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return ".tmp-" in name or name.endswith(".lock")
+
+
+def _s3_options_from_env() -> dict[str, Any]:
+    """Endpoint for S3-compatible stores (MinIO, moto) from NIGHTOWL_S3_ENDPOINT_URL."""
+    endpoint = os.environ.get("NIGHTOWL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
