@@ -22,3 +22,12 @@ from tasks.store import Store
 def store(tmp_path) -> Store:
     """A fresh local store under the test's tmp_path."""
     return Store(f"file://{tmp_path}/store")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test harness (ephemeral API + temporary DB) for the whole session (~7 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

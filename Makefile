@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`.
+# Both create .venv when it is missing. torch is installed first and pinned:
+# on a CPU machine pip takes the local CPU wheel (2.13.0+cpu); an unpinned torch
+# could pull a multi-GB CUDA build. For a GPU host see README ("GPU hosts").
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+# Extra pip arguments for the torch install only, e.g. a CUDA index on GPU hosts.
+TORCH_PIP_ARGS ?=
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export GX_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: demo test test-all install bench clean lock
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or run: make PYTHON=python3 ...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/nightowl demo
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf .nightowl .pytest_cache
+
+lock: install
+	{ echo "# Lock of the tested dependency set (pip freeze of a working CPU venv, torch excluded"; \
+	  echo "# so a GPU host can take its CUDA build). Regenerate: make lock"; \
+	  $(PY) -m pip freeze | grep -v -iE '^(nightowl|-e |torch==|# Editable)'; } > constraints.txt
