@@ -12,9 +12,11 @@ from prefect.cache_policies import NO_CACHE
 from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.calibrate import calibrate_candidate
+from tasks.drift import training_reference
 from tasks.ingest import ingest_source
 from tasks.prepare import PreparedData, scale_dataset, window_dataset
 from tasks.register import choose_champion, register_candidate
+from tasks.report import publish_training_artifacts, report_candidate
 from tasks.synthetic import materialize
 from tasks.train import train_family
 
@@ -51,10 +53,14 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     for family in cfg.families:
         candidate = train_family(cfg, family, prepared, run_id)
         evaluation = calibrate_candidate(cfg, family, prepared, candidate)
+        evaluation = {**evaluation, "extra_files": {  # drift reference for nightly checks
+            **evaluation.get("extra_files", {}), **training_reference(cfg, prepared, candidate, evaluation["threshold"])}}
+        evaluation = report_candidate(cfg, family, prepared, candidate, evaluation)  # report.md, plots/
         ref = register_candidate(cfg, scaler_key, candidate, evaluation)
         candidates.append((ref, evaluation))
 
     champion = choose_champion(cfg, [(ref, ev["metrics"]) for ref, ev in candidates])
+    publish_training_artifacts(cfg, candidates, champion)
     return {
         "dataset": cfg.name,
         "run_id": run_id,

@@ -152,6 +152,36 @@ class SelectionConfig(_Strict):
     metric: Literal["pr_auc", "roc_auc", "best_f1"] = "pr_auc"
 
 
+class DriftConfig(_Strict):
+    """When a night counts as drifted (compared with the champion's training reference)."""
+
+    ks_threshold: float = Field(0.2, gt=0, le=1, description="per-feature KS statistic")
+    psi_threshold: float = Field(0.25, gt=0, description="per-feature population stability index")
+    min_drifted_features: int = Field(1, ge=1)
+    score_ks_threshold: float = Field(0.3, gt=0, le=1, description="KS of night vs train scores")
+    max_anomaly_rate: float = Field(0.2, gt=0, le=1)
+    bins: int = Field(10, ge=2, le=100, description="quantile bins of the PSI reference")
+    cooldown_hours: float = Field(24.0, ge=0, description="no second drift event within this")
+
+
+class AlertConfig(_Strict):
+    """Anomaly alerts: one per contiguous segment at or above the alert level."""
+
+    level: float = Field(1.0, gt=0, description="alert when score >= level x threshold")
+    min_rows: int = Field(1, ge=1, description="shorter segments are not alerted")
+    webhook_url_env: str = "NIGHTOWL_ALERT_WEBHOOK_URL"
+    webhook_secret_block: str | None = Field(None, description="Prefect Secret block holding the URL")
+    max_per_night: int = Field(50, ge=1)
+
+
+class RetrainConfig(_Strict):
+    """Retraining on drift: a rolling window, promoted only when it beats the champion."""
+
+    train_days: int = Field(14, ge=1)
+    validation_days: int = Field(3, ge=1)
+    min_improvement: float = Field(0.0, ge=0, description="challenger must beat champion by this")
+
+
 class StoreConfig(_Strict):
     root: str = Field("file://./.nightowl", description="file:// or s3://bucket/prefix")
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -172,6 +202,9 @@ class DatasetConfig(_Strict):
     threshold: ThresholdConfig = ThresholdConfig()
     selection: SelectionConfig = SelectionConfig()
     store: StoreConfig = StoreConfig()
+    drift: DriftConfig = DriftConfig()
+    alerts: AlertConfig = AlertConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     def training_for(self, family: FamilyConfig) -> TrainingConfig:
         """The engine settings for one family: the shared ones with its overrides."""

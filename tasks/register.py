@@ -122,11 +122,17 @@ def set_champion(
     value: float,
     expected_generation: int | None = None,
     details: dict[str, Any] | None = None,
+    max_attempts: int = 20,
 ) -> dict[str, Any]:
-    """Replace the pointer atomically. With `expected_generation`, refuse if it moved."""
+    """Replace the pointer by compare-and-swap (S3: conditional PUT; local: file lock).
+
+    With `expected_generation`, refuse if it moved; without it, re-read and retry
+    when another writer won the race, so no registration is ever lost.
+    """
     key = champion_key(ref.dataset)
-    with store.lock(key):
-        current = read_champion(store, ref.dataset)
+    for _ in range(max_attempts):
+        data, tag = store.read_tagged(key)
+        current = json.loads(data) if data is not None else None
         generation = current["generation"] if current else 0
         if expected_generation is not None and generation != expected_generation:
             raise ChampionConflict(
@@ -141,8 +147,10 @@ def set_champion(
             "updated_at": datetime.now(UTC).isoformat(),
             **(details or {}),
         }
-        store.write_bytes(key, json.dumps(pointer, indent=2, sort_keys=True).encode())
-    return pointer
+        if store.write_if(key, json.dumps(pointer, indent=2, sort_keys=True).encode(), tag):
+            return pointer
+        log.info("champion pointer %s changed while writing; re-reading", store.uri(key))
+    raise ChampionConflict(f"{store.uri(key)}: still contended after {max_attempts} attempts")
 
 
 # -- Prefect stage -------------------------------------------------------------------------
@@ -191,7 +199,8 @@ def choose_champion(
     value, best = max(valid, key=lambda pair: pair[0])
     pointer = set_champion(
         store_for(cfg), best, metric, float(value),
-        details={"candidates": {ref.family: {"version": ref.version, metric: v} for v, ref in scored}},
+        details={"candidates": {ref.family: {"version": ref.version, metric: v, "metrics": dict(m)}
+                                for (v, ref), (_, m) in zip(scored, candidates)}},
     )
     run_logger(__name__).info("champion of %s: %s/%s (%s=%.4f)", cfg.name, best.family,
                               best.version, metric, value)

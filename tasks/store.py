@@ -115,6 +115,49 @@ class Store:
         pq.write_table(table, buf, compression="zstd")
         return self.write_bytes(key, buf.getvalue())
 
+    # -- compare-and-swap ---------------------------------------------------------------
+    def read_tagged(self, key: str) -> tuple[bytes | None, str | None]:
+        """(data, tag) of a key, (None, None) when absent; the tag feeds `write_if`.
+
+        On S3 the tag is the ETag, read BEFORE the body: if a writer slips in
+        between, our conditional write then fails (safe) instead of succeeding
+        on stale data (a lost update).
+        """
+        if self.is_local:
+            try:
+                with open(self.path(key), "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:
+                return None, None
+            return data, sha256_bytes(data)
+        try:
+            tag = self.fs.info(self.path(key), refresh=True)["ETag"]
+        except FileNotFoundError:
+            return None, None
+        return self.read_bytes(key), tag
+
+    def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """Write only if the key still has `tag` (None: only if it does not exist yet).
+
+        S3: one conditional PUT (If-Match / If-None-Match), atomic on the server.
+        Local: the same check under an exclusive file lock. False means someone
+        else wrote first; nothing was written.
+        """
+        if self.is_local:
+            with self.lock(key):
+                if self.read_tagged(key)[1] != tag:
+                    return False
+                self.write_bytes(key, data)
+                return True
+        condition = {"IfMatch": tag} if tag else {"mode": "create"}
+        try:
+            self.fs.pipe_file(self.path(key), data, **condition)
+        except OSError as err:  # FileExistsError for If-None-Match, EINVAL for If-Match
+            if isinstance(err, FileExistsError) or "pre-condition" in str(err).lower():
+                return False
+            raise
+        return True
+
     def delete(self, key: str, recursive: bool = False) -> None:
         if self.exists(key):
             self.fs.rm(self.path(key), recursive=recursive)
@@ -150,4 +193,9 @@ def _is_temporary(path: str) -> bool:
 def _s3_options_from_env() -> dict[str, Any]:
     """Endpoint for S3-compatible stores (MinIO, moto) from NIGHTOWL_S3_ENDPOINT_URL."""
     endpoint = os.environ.get("NIGHTOWL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    # botocore's "standard" retry mode retries throttling and 5xx with backoff,
+    # on top of s3fs's own retries of connection errors.
+    options: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 6, "mode": "standard"}}}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options

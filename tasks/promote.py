@@ -1,0 +1,119 @@
+"""Retraining decisions: a challenger replaces the champion only if it is better on the same slices.
+
+"Better" is judged fairly: the champion is re-scored on the challenger's
+labelled validation slices (the newest data), not compared through numbers it
+earned on older data. Either way the decision and its numbers are written to
+models/<ds>/decisions/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import DatasetConfig, SplitsConfig, TimeRange
+from tasks.calibrate import validation_metrics
+from tasks.common import run_logger, store_for
+from tasks.ingest import load_validated
+from tasks.register import ChampionConflict, VersionRef, read_champion, set_champion
+from tasks.scale import apply_scaler
+from tasks.score import champion_model, score_rows
+
+
+def rolling_splits(cfg: DatasetConfig, end: datetime) -> SplitsConfig:
+    """Train on [end - val - train, end - val), validate on [end - val, end)."""
+    val = timedelta(days=cfg.retrain.validation_days)
+    train = timedelta(days=cfg.retrain.train_days)
+    return SplitsConfig(
+        train=TimeRange(start=end - val - train, end=end - val),
+        validation=[TimeRange(start=end - val, end=end)],
+        score=None,
+        train_on_normal_only=cfg.splits.train_on_normal_only,
+    )
+
+
+def latest_validated_day(cfg: DatasetConfig) -> datetime:
+    """Midnight after the newest validated partition: the default end of the rolling window."""
+    days = [d[len("date="):] for d in store_for(cfg).list_dirs(f"datasets/{cfg.name}/validated")
+            if d.startswith("date=")]
+    if not days:
+        raise LookupError(f"dataset {cfg.name!r}: no validated data to retrain on")
+    return datetime.fromisoformat(max(days)) + timedelta(days=1)
+
+
+def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:
+    """The current champion's metrics on the given validation slices (its own scaler/threshold)."""
+    loaded = champion_model(cfg)
+    store = store_for(cfg)
+    labels, scores = [], []
+    for r in splits.validation:
+        frame = load_validated(store, cfg, r.start - timedelta(days=1), r.end)
+        s, _ = score_rows(loaded.model, apply_scaler(frame, loaded.scaler), loaded.features,
+                          loaded.window, loaded.threshold.get("feature_scale"))
+        keep = (frame["timestamp"] >= r.start).to_numpy() & np.isfinite(s)
+        labels.append(frame["label"].to_numpy()[keep].astype(np.int8))
+        scores.append(s[keep])
+    y, s = np.concatenate(labels), np.concatenate(scores)
+    metrics = validation_metrics(y, s, float(loaded.threshold["threshold"]))
+    return {"family": loaded.ref.family, "version": loaded.ref.version, "metrics": metrics}
+
+
+def decide(metric: str, challenger: float, champion: float | None, margin: float) -> tuple[bool, str]:
+    """Promote only a defined metric that beats the champion's by more than the margin."""
+    if challenger != challenger:
+        return False, f"challenger {metric} is undefined"
+    if champion is None:
+        return True, "no champion yet"
+    if champion != champion:
+        return True, f"champion {metric} is undefined on these slices"
+    if challenger > champion + margin:
+        return True, f"challenger {metric} {challenger:.4f} > champion {champion:.4f} + {margin}"
+    return False, f"challenger {metric} {challenger:.4f} <= champion {champion:.4f} + {margin}"
+
+
+@task(name="promote-if-better", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+def promote_if_better(
+    cfg: DatasetConfig, splits: SplitsConfig, candidates: list[tuple[VersionRef, dict[str, float]]],
+    trigger: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compare the best challenger with the re-scored champion; promote or keep; record why."""
+    store = store_for(cfg)
+    metric = cfg.selection.metric
+    value, best = max(((m.get(metric, float("nan")), ref) for ref, m in candidates),
+                      key=lambda p: -np.inf if p[0] != p[0] else p[0])
+    pointer = read_champion(store, cfg.name)
+    champion = champion_on_slices(cfg, splits) if pointer else None
+    champ_value = champion["metrics"].get(metric) if champion else None
+    promote, reason = decide(metric, float(value), champ_value, cfg.retrain.min_improvement)
+    decision: dict[str, Any] = {
+        "at": datetime.now(UTC).isoformat(), "dataset": cfg.name, "metric": metric,
+        "trigger": trigger or {}, "splits": splits.model_dump(mode="json"),
+        "challenger": {**best.to_json(), "value": value,
+                       "all": {ref.family: {"version": ref.version, metric: m.get(metric)}
+                               for ref, m in candidates}},
+        "champion": {**champion, "value": champ_value, "stored": pointer} if champion else None,
+        "promoted": promote, "reason": reason,
+    }
+    if promote:
+        try:
+            decision["pointer"] = set_champion(
+                store, best, metric, float(value),
+                expected_generation=pointer["generation"] if pointer else 0,
+                details={"promoted_by": "retrain", "reason": reason})
+        except ChampionConflict as err:
+            decision.update(promoted=False, reason=f"champion changed meanwhile: {err}")
+    key = f"models/{cfg.name}/decisions/{decision['at'].replace(':', '').replace('+0000', 'Z')}.json"
+    store.write_json(key, decision)
+    run_logger(__name__).info("retrain decision for %s: %s (%s) -> %s", cfg.name,
+                              "promote" if decision["promoted"] else "keep", decision["reason"], key)
+    return {**decision, "key": key}
+
+
+def with_splits(cfg: DatasetConfig, splits: SplitsConfig) -> DatasetConfig:
+    return cfg.model_copy(update={"splits": splits})
+
+
