@@ -64,6 +64,17 @@ def backfill(start: str, end: str, config: Optional[Path] = ConfigArg) -> None:
 
 
 @app.command()
+def serve(config: Optional[Path] = ConfigArg,
+          cron: str = typer.Option("0 2 * * *", help="schedule of the nightly deployment"),
+          limit: Optional[int] = typer.Option(None, help="max concurrent flow runs")) -> None:
+    """Serve the nightly, train, retrain (drift-triggered) and backfill deployments locally."""
+    _quiet_defaults()
+    from flows.deploy import serve as serve_deployments
+
+    serve_deployments(str(config.resolve()) if config else None, cron, limit)
+
+
+@app.command()
 def families() -> None:
     """List the model families with a one-line description each."""
     from models.registry import describe_families

@@ -1,0 +1,58 @@
+"""Deployments of the nightly operation, served locally by `nightowl serve`.
+
+Four deployments, the same ones infra/prefect.yaml declares for work pools:
+nightly (cron), train (manual or UI), retrain (on `nightowl.drift.detected`
+for this dataset) and backfill (manual, a date range). Built only when asked:
+importing this module builds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flows.common import resolve_config
+from tasks.drift import EVENT
+
+log = logging.getLogger(__name__)
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def retrain_trigger(dataset: str) -> Any:
+    """React to this dataset's drift event; the flow's own cooldown debounces repeats."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"retrain-{dataset}-on-drift",
+        expect={EVENT},
+        match={"prefect.resource.id": f"nightowl.dataset.{dataset}"},
+        parameters={"trigger": {"event": "{{ event.event }}",
+                                "date": "{{ event.payload.date }}"}},
+    )
+
+
+def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> list[Any]:
+    """RunnerDeployments for `prefect.serve` (config path is passed to every flow run)."""
+    from flows.nightly import backfill_flow, nightly_flow
+    from flows.retrain import retrain_flow
+    from flows.train import train_flow
+
+    cfg = resolve_config(config)
+    params = {"config": config}
+    tags = ["nightowl", cfg.name]
+    return [
+        nightly_flow.to_deployment(name="nightly", cron=cron, parameters=params, tags=tags),
+        train_flow.to_deployment(name="train", parameters=params, tags=[*tags, "gpu"]),
+        retrain_flow.to_deployment(name="retrain", parameters=params, tags=[*tags, "gpu"],
+                                   triggers=[retrain_trigger(cfg.name)]),
+        backfill_flow.to_deployment(name="backfill", parameters=params, tags=tags),
+    ]
+
+
+def serve(config: str | None = None, cron: str = NIGHTLY_CRON, limit: int | None = None) -> None:
+    """Register the deployments with the API in PREFECT_API_URL and run them here (blocks)."""
+    from prefect import serve as prefect_serve
+
+    deployments = build_deployments(config, cron)
+    log.info("serving %s", [d.name for d in deployments])
+    prefect_serve(*deployments, limit=limit)
