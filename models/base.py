@@ -35,6 +35,7 @@ class WindowModel(nn.Module):
         self.n_features = n_features
         self.window = window
         self.params = params
+        self.current_epoch = 0
 
     # -- what a family must supply --------------------------------------------------
     def loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,11 @@ class WindowModel(nn.Module):
         raise NotImplementedError
 
     # -- what a family may override ------------------------------------------------
+    def on_epoch_start(self, epoch: int) -> None:
+        """The engine calls this before every epoch (0-based, also after a resume), so
+        epoch-dependent schedules (USAD's 1/n weights) need no loop of their own."""
+        self.current_epoch = epoch
+
     def configure_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)]
 

@@ -131,6 +131,7 @@ def fit(
     t0, seen = time.perf_counter(), 0
     for epoch in range(start_epoch, settings.epochs):
         model.train()
+        model.on_epoch_start(epoch)
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         losses = []
         for i in range(0, len(order), settings.batch_size):
@@ -222,6 +223,11 @@ def _checkpoint(
                 tensors[f"opt{i}.{pid}.{name}"] = t.detach().cpu().contiguous()
         groups.append(sd["param_groups"])
     tensors["rng"] = gen.get_state()
+    # The global RNG drives dropout and VAE sampling: without it a resumed run diverges.
+    tensors["rng_cpu"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
     meta = {
         "epoch": epoch,
         "bad_epochs": bad_epochs,
@@ -255,6 +261,10 @@ def _restore(
         groups = meta["param_groups"][i]
         opt.load_state_dict({"state": state, "param_groups": groups})
     gen.set_state(tensors["rng"])
+    if "rng_cpu" in tensors:
+        torch.set_rng_state(tensors["rng_cpu"])
+    if "rng_cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng_cuda"], device)
     result.history = list(meta["history"])
     result.best_epoch, result.best_holdout = meta["best_epoch"], meta["best_holdout"]
     result.resumed_from_epoch = meta["epoch"]

@@ -8,8 +8,14 @@ from pydantic import ValidationError
 
 from models.base import WindowModel
 from models.dense_ae import DenseAE
+from models.lstm_ae import LSTMAE
+from models.transformer_ae import TransformerAE
+from models.usad import USAD
+from models.vae import VAE
 
-FAMILIES: dict[str, type[WindowModel]] = {cls.name: cls for cls in (DenseAE,)}
+FAMILIES: dict[str, type[WindowModel]] = {
+    cls.name: cls for cls in (DenseAE, VAE, LSTMAE, TransformerAE, USAD)
+}
 
 
 class UnknownFamilyError(KeyError):

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from models.engine import pick_device
 from tasks.common import run_logger, store_for
+from tasks.export import onnx_version_files
 from tasks.model_io import model_from_bytes
 from tasks.prepare import PreparedData, load_prepared
 from tasks.score import score_rows
@@ -145,4 +146,5 @@ def calibrate_candidate(
         metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], threshold["method"],
         threshold["threshold"],
     )
-    return {"threshold": threshold, "metrics": metrics, "fit": fit_info}
+    return {"threshold": threshold, "metrics": metrics, "fit": fit_info,
+            "extra_files": onnx_version_files(model)}  # model.onnx joins the version
