@@ -1,0 +1,89 @@
+"""Nightly runs: idempotent reruns, a missing night, a corrupt delivery quarantined."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from schemas.config import load_config, parse_config
+from tasks.nightly import batches_for_night
+from tasks.store import Store
+from tasks.synthetic import materialize
+from tests.tiny import NIGHTS, tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_harness, tmp_path_factory) -> tuple[str, Store]:
+    """One tiny trained champion shared by this module's nights (~10 s)."""
+    import torch
+
+    from flows.train import train_flow
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("nightly")
+    data = tiny_config(root)
+    materialize(parse_config(data).source.synthetic, data["source"]["path"])
+    config = write_config(root, data)
+    train_flow(config)
+    return config, Store(load_config(config).store.root)
+
+
+def _partition(store: Store, night: date) -> list[str]:
+    return store.list(f"scores/tiny/date={night.isoformat()}")
+
+
+def test_rerunning_a_night_replaces_its_partition(trained):
+    from flows.nightly import nightly_flow
+
+    config, store = trained
+    first = nightly_flow(config, NIGHTS[0])
+    before = pl.from_arrow(store.read_parquet(first["scoring"]["key"]))
+    second = nightly_flow(config, NIGHTS[0])
+    after = pl.from_arrow(store.read_parquet(second["scoring"]["key"]))
+
+    assert first["scoring"]["status"] == "scored" and first["scoring"]["rows"] == 48
+    assert _partition(store, NIGHTS[0]) == [first["scoring"]["key"]]
+    assert after.height == before.height == 48
+    assert after.equals(before)
+    assert store.exists(f"drift/tiny/date={NIGHTS[0].isoformat()}/report.json")
+    assert second["artifacts"] == ["nightly-tiny", "nightly-tiny-segments"]
+
+
+def test_a_night_without_input_is_reported_not_crashed(trained):
+    from flows.nightly import nightly_flow
+
+    config, store = trained
+    night = nightly_flow(config, date(2026, 2, 1))
+    assert night["scoring"]["status"] == "missing"
+    assert night["drift"] is None
+    assert _partition(store, date(2026, 2, 1)) == []
+
+
+def test_corrupt_delivery_is_quarantined_and_touches_nothing(trained):
+    from flows.nightly import nightly_flow
+
+    config, store = trained
+    nightly_flow(config, NIGHTS[0])
+    yesterday = store.read_bytes(_partition(store, NIGHTS[0])[0])
+    champion = store.read_bytes("models/tiny/CHAMPION.json")
+    raw = Path(load_config(config).source.path).parent
+    (raw / "2026-01-11.csv").write_text(
+        "timestamp,entity,s00,s01,s02,label\n2026-01-11T00:00:00,machine-00,1.0,oops,2.0,0\n")
+
+    night = nightly_flow(config, date(2026, 1, 11))
+
+    assert night["ingestion"]["batches_quarantined"] == 1
+    assert "s01" in night["ingestion"]["batches"][-1]["reason"]
+    assert night["scoring"]["status"] == "missing"
+    assert any(k.endswith("2026-01-11.csv") for k in store.list("datasets/tiny/quarantine"))
+    assert store.read_bytes(_partition(store, NIGHTS[0])[0]) == yesterday
+    assert store.read_bytes("models/tiny/CHAMPION.json") == champion
+
+
+def test_a_night_ingests_only_its_own_and_previous_days_files():
+    urls = [f"file:///raw/2026-01-{d:02d}.csv" for d in range(5, 12)]
+    assert batches_for_night(urls, date(2026, 1, 9)) == urls[3:5]
+    assert batches_for_night(["file:///raw/feed.csv"], date(2026, 1, 9)) is None
