@@ -97,5 +97,30 @@ def check_config(config: Path) -> None:
                f"families {[f.name for f in cfg.families]}")
 
 
+@app.command()
+def benchmark(
+    kind: str = typer.Argument(..., help="smd, nab or odds"),
+    path: Path = typer.Argument(..., help="root of the data set (e.g. ../shared/data/smd)"),
+    families: Optional[str] = typer.Option(None, help="comma-separated families (default: all)"),
+    out: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
+    epochs: Optional[int] = typer.Option(None, help="cap training epochs per family"),
+    max_train_windows: Optional[int] = typer.Option(None, help="cap training windows per family"),
+    window: Optional[int] = typer.Option(None, help="override the loader's window length"),
+    work_dir: Path = typer.Option(Path(".nightowl/benchmark"), help="raw files, store, reports"),
+) -> None:
+    """Run families through the real pipeline on every series under PATH; metrics on unseen rows."""
+    _quiet_defaults()
+    from flows.benchmark import BenchmarkOptions, format_table, run_benchmark
+
+    options = BenchmarkOptions(
+        families=tuple(f.strip() for f in families.split(",") if f.strip()) if families else (),
+        epochs=epochs, max_train_windows=max_train_windows, window=window)
+    table = run_benchmark(kind, path, work_dir / kind, options)
+    typer.echo(format_table(table))
+    if out:
+        table.write_csv(out)
+        typer.echo(f"wrote {out}")
+
+
 if __name__ == "__main__":
     app()

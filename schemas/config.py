@@ -139,7 +139,7 @@ class FamilyConfig(_Strict):
     )
 
 
-ThresholdMethod = Literal["percentile", "mean_3sigma", "max_f1", "target_fpr"]
+ThresholdMethod = Literal["percentile", "mean_3sigma", "max_f1", "target_fpr", "youden"]
 
 
 class ThresholdConfig(_Strict):
@@ -149,7 +149,11 @@ class ThresholdConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    metric: Literal["pr_auc", "roc_auc", "best_f1"] = "pr_auc"
+    """Validation metric (a key of tasks.metrics.evaluate) that picks the champion; higher wins."""
+
+    metric: Literal["pr_auc", "roc_auc", "best_f1", "vus_pr", "pa_k_auc", "event_recall", "f1"] = (
+        "pr_auc"
+    )
 
 
 class DriftConfig(_Strict):

@@ -15,11 +15,14 @@ import numpy as np
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from scipy import stats
+from sklearn.metrics import precision_recall_curve, roc_curve
 from models.engine import pick_device
 from tasks.common import run_logger, store_for
 from tasks.export import onnx_version_files
+from tasks.metrics import evaluate
 from tasks.model_io import model_from_bytes
+from tasks.normalise import normaliser_json, p_values  # noqa: F401 - p_values re-exported
 from tasks.prepare import PreparedData, load_prepared
 from tasks.score import score_rows
 from schemas.config import DatasetConfig, FamilyConfig, ThresholdConfig
@@ -58,6 +61,60 @@ def conformal_fpr_threshold(normal_scores: np.ndarray, alpha: float) -> float:
     return float(scores[rank - 1]) if rank <= n else float("inf")
 
 
+def youden_threshold(val_scores: np.ndarray, val_labels: np.ndarray) -> float:
+    """The ROC-optimal point: maximises Youden's J = TPR - FPR on the validation slice."""
+    if val_labels.min() == val_labels.max():
+        return float("nan")
+    fpr, tpr, thresholds = roc_curve(val_labels, val_scores, drop_intermediate=False)
+    best = int(np.argmax((tpr - fpr)[1:])) + 1  # index 0 is roc_curve's +inf sentinel
+    # roc_curve predicts score >= t; we predict score > t, so step just below.
+    return float(np.nextafter(thresholds[best], -np.inf))
+
+
+def conformal_guarantee(n: int, alpha: float) -> dict[str, Any]:
+    """What split-conformal promises for n exchangeable normal scores at level alpha.
+
+    Marginally P(new normal score > t) = (n+1-k)/(n+1) <= alpha (k = ceil((n+1)(1-alpha)),
+    equality without ties). Conditionally on the calibration slice the FPR is
+    Beta(n+1-k, k): its 95% range and the chance it exceeds alpha are reported too.
+    """
+    k = math.ceil((n + 1) * (1 - alpha))
+    if k > n:
+        return {"n": n, "rank": k, "expected_fpr_max": 0.0, "defined": False}
+    dist = stats.beta(n + 1 - k, k)
+    low, high = dist.ppf([0.025, 0.975])
+    return {
+        "n": n,
+        "rank": k,
+        "defined": True,
+        "expected_fpr_max": (n + 1 - k) / (n + 1),
+        "conditional_fpr_95": [float(low), float(high)],
+        "p_conditional_fpr_above_target": float(dist.sf(alpha)),
+    }
+
+
+def bootstrap_fpr_interval(
+    normal_scores: np.ndarray, threshold: float, resamples: int = 1000, seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Achieved FPR of `score > threshold` on normal rows with a seeded bootstrap interval.
+
+    Resampling n scores with replacement and counting those above a fixed
+    threshold is a Binomial(n, achieved) draw, so the resamples are drawn as
+    such: identical in distribution, O(resamples) instead of O(resamples * n).
+    """
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    n = scores.size
+    achieved = float(np.mean(scores > threshold)) if n else float("nan")
+    if n == 0:
+        return {"achieved": achieved, "low": achieved, "high": achieved, "n": 0}
+    draws = np.random.default_rng(seed).binomial(n, achieved, size=resamples) / n
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return {"achieved": achieved, "low": float(low), "high": float(high), "level": level,
+            "resamples": resamples, "seed": seed, "n": n}
+
+
 def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """Precision, recall, F1 and false-positive rate of `score > threshold`."""
     pred = scores > threshold
@@ -87,11 +144,15 @@ def calibrate(
         "mean_3sigma": mean_3sigma_threshold(train_scores),
         "max_f1": max_f1_threshold(val_scores, val_labels),
         "target_fpr": conformal_fpr_threshold(val_scores[val_labels == 0], cfg.target_fpr),
+        "youden": youden_threshold(val_scores, val_labels),
     }
     methods = {
         name: {"threshold": t, **rates(val_scores, val_labels, t)}
         for name, t in candidates.items()
     }
+    normal = val_scores[val_labels == 0]
+    methods["target_fpr"]["bootstrap_fpr"] = bootstrap_fpr_interval(normal, candidates["target_fpr"])
+    methods["target_fpr"]["guarantee"] = conformal_guarantee(int(normal.size), cfg.target_fpr)
     applied = candidates[cfg.method]
     if not np.isfinite(applied):
         raise ValueError(
@@ -107,20 +168,24 @@ def calibrate(
         "n_train": int(len(train_scores)),
         "n_validation": int(len(val_scores)),
         "n_validation_anomalous": int(val_labels.sum()),
+        "normaliser": normaliser_json(normal if normal.size else train_scores),
     }
 
 
 # -- Prefect stage -------------------------------------------------------------------------
 
 
-def validation_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Threshold-free ranking quality plus the rates at the applied threshold."""
-    both = labels.min() != labels.max()
-    return {
-        "roc_auc": float(roc_auc_score(labels, scores)) if both else float("nan"),
-        "pr_auc": float(average_precision_score(labels, scores)) if both else float("nan"),
-        **rates(scores, labels, threshold),
-    }
+def validation_metrics(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, window: int | None = None
+) -> dict[str, float]:
+    """The full metric set of tasks.metrics (one definition everywhere) plus the FPR."""
+    return {**evaluate(labels, scores, threshold, window),
+            "fpr": rates(scores, labels, threshold)["fpr"]}
+
+
+def validation_scores_key(candidate: str) -> str:
+    """Where calibration leaves the validation rows' scores for the report stage."""
+    return f"{candidate}/validation_scores.parquet"
 
 
 @task(name="calibrate", cache_policy=NO_CACHE)
@@ -140,7 +205,9 @@ def calibrate_candidate(
     val = split == "validation"
     threshold = calibrate(scores[train], scores[val], labels[val], cfg.threshold)
     ok = val & np.isfinite(scores)
-    metrics = validation_metrics(labels[ok], scores[ok], threshold["threshold"])
+    metrics = validation_metrics(labels[ok], scores[ok], threshold["threshold"], cfg.window.length)
+    store.write_parquet(validation_scores_key(candidate), scaled.filter(pl.Series(val)).select(
+        "timestamp", "entity", "label").with_columns(pl.Series("score", scores[val])).to_arrow())
     run_logger(__name__).info(
         "%s: validation ROC-AUC %.3f PR-AUC %.3f F1 %.3f at %s threshold %.4g", family.name,
         metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], threshold["method"],

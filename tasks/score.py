@@ -23,6 +23,7 @@ from schemas.config import DatasetConfig
 from tasks.common import run_logger, store_for
 from tasks.ingest import load_validated
 from tasks.model_io import LoadedModel, load_model
+from tasks.normalise import p_values_from_threshold
 from tasks.register import champion_ref, read_champion
 from tasks.scale import apply_scaler
 from tasks.train import series_tensor
@@ -52,6 +53,7 @@ def scores_frame(
     threshold = float(loaded.threshold["threshold"])
     return rows.select("timestamp", "entity", "label").with_columns(
         pl.Series("score", scores, dtype=pl.Float64),
+        pl.Series("p_value", p_values_from_threshold(scores, loaded.threshold), dtype=pl.Float64),
         pl.lit(threshold, dtype=pl.Float64).alias("threshold"),
         pl.Series("is_anomaly", np.nan_to_num(scores, nan=-np.inf) > threshold),
         pl.lit(loaded.ref.family).alias("model_family"),

@@ -1,0 +1,221 @@
+"""Benchmark runner: public labelled data through the real training pipeline, scored on unseen rows.
+
+Why: numbers a user can compare with the literature must come from the same
+code path production uses (ingest with GX -> scale -> window index -> shared
+engine -> calibration -> registered version), and must be measured on rows no
+choice was made on. Every series is split by its loader into train /
+validation / score; thresholds and the champion are chosen on validation, and
+every number in the table is measured on the score split. PA-F1 is reported
+because papers do, never as the headline (it is ~0.9+ for nearly anything).
+
+The stages are called through each Prefect task's `.fn` (the task bodies the
+train flow runs), so one benchmark needs no Prefect API and no server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from flows.train import new_run_id
+from models.engine import pick_device
+from models.registry import FAMILIES
+from schemas.config import DatasetConfig, parse_config
+from tasks import loaders
+from tasks.calibrate import calibrate_candidate, rates
+from tasks.common import store_for
+from tasks.ingest import ingest_source, load_validated
+from tasks.metrics import evaluate, hit_rate, interpretation_mask
+from tasks.model_io import load_model
+from tasks.prepare import PreparedData, assign_splits, scale_dataset, window_dataset
+from tasks.register import VersionRef, choose_champion, register_candidate
+from tasks.report import report_candidate
+from tasks.scale import apply_scaler
+from tasks.score import score_rows
+from tasks.train import train_family
+
+log = logging.getLogger(__name__)
+
+KINDS: dict[str, tuple[Callable[..., list[str]], Callable[..., Any]]] = {
+    "smd": (loaders.discover_smd, loaders.load_smd),
+    "nab": (loaders.discover_nab, loaders.load_nab),
+    "odds": (loaders.discover_odds, loaders.load_odds),
+}
+TABLE_COLUMNS = {  # CSV column -> printed header
+    "dataset": "dataset", "series": "series", "family": "family", "roc_auc": "ROC-AUC",
+    "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "best_f1": "best F1", "pa_f1": "PA-F1",
+    "fit_s": "fit s", "score_rows_per_s": "score rows/s",
+}
+EXTRA_COLUMNS = {"fpr": "FPR@thr", "hitrate_100": "HR@100", "hitrate_150": "HR@150"}
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """What to run and how much compute to spend on each family."""
+
+    families: tuple[str, ...] = ()
+    epochs: int | None = None
+    max_train_windows: int | None = None
+    window: int | None = None
+
+
+def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetConfig:
+    """The loader's config with the chosen families and compute caps (validated again)."""
+    data = cfg.model_dump()
+    data["families"] = [{"name": f} for f in options.families or sorted(FAMILIES)]
+    if options.epochs is not None:
+        data["training"]["epochs"] = options.epochs
+    if options.max_train_windows is not None:
+        data["training"]["max_train_windows"] = options.max_train_windows
+    if options.window is not None and cfg.window.length > 1:  # tables (window 1) stay rows
+        data["window"]["length"] = options.window
+    return parse_config(data, origin=f"benchmark({cfg.name})")
+
+
+def train_candidates(cfg: DatasetConfig, run_id: str) -> tuple[list[tuple[VersionRef, dict]], dict]:
+    """The train flow's stages in its order: every family registered, champion chosen on validation."""
+    ingest_source.fn(cfg)
+    scaled_key, scaler_key, rows = scale_dataset.fn(cfg)
+    windows_key, n_windows = window_dataset.fn(cfg, scaled_key)
+    prepared = PreparedData(scaled_key, scaler_key, windows_key, rows, n_windows)
+    candidates = []
+    for family in cfg.families:
+        candidate = train_family.fn(cfg, family, prepared, run_id)
+        evaluation = calibrate_candidate.fn(cfg, family, prepared, candidate)
+        evaluation = report_candidate.fn(cfg, family, prepared, candidate, evaluation)
+        candidates.append((register_candidate.fn(cfg, scaler_key, candidate, evaluation), evaluation))
+    champion = choose_champion.fn(cfg, [(ref, ev["metrics"]) for ref, ev in candidates])
+    return candidates, champion
+
+
+def score_split_rows(cfg: DatasetConfig) -> pl.DataFrame:
+    """Validated rows from the validation start on, tagged by split (validation = context)."""
+    start = min(r.start for r in cfg.splits.validation)
+    frame = load_validated(store_for(cfg), cfg, start, None)
+    return assign_splits(frame, cfg.splits)
+
+
+def evaluate_version(
+    cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame, truth: np.ndarray | None
+) -> dict[str, float]:
+    """Score-split metrics of one registered version at its calibrated threshold, plus speed."""
+    loaded = load_model(store_for(cfg), ref, pick_device(cfg.training.device))
+    scaled = apply_scaler(frame, loaded.scaler)
+    score_rows(loaded.model, scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
+    started = time.perf_counter()
+    scores, contrib = score_rows(loaded.model, scaled, loaded.features, loaded.window,
+                                 loaded.threshold.get("feature_scale"))
+    seconds = time.perf_counter() - started
+    keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)
+    labels = frame["label"].to_numpy().astype(np.int8)[keep]
+    threshold = float(loaded.threshold["threshold"])
+    out = evaluate(labels, scores[keep], threshold, cfg.window.length)
+    out["fpr"] = rates(scores[keep], labels, threshold)["fpr"]
+    out["score_rows_per_s"] = frame.height / seconds if seconds > 0 else float("nan")
+    if truth is not None:
+        for p in (100, 150):
+            out[f"hitrate_{p}"] = hit_rate(labels, contrib[keep], truth[keep], p=float(p))
+    return out
+
+
+def interpretation_truth(report: loaders.LoadReport, frame: pl.DataFrame, n_features: int) -> np.ndarray | None:
+    """SMD's cause dimensions as a (rows of `frame`, F) mask; None without interpretation labels."""
+    if not report.interpretation:
+        return None
+    total = sum(report.rows.values())
+    mask = interpretation_mask(report.interpretation, total, n_features, report.interpretation_offset)
+    return mask[total - frame.height:]  # `frame` is the tail of the one-entity series
+
+
+def benchmark_series(
+    kind: str, root: Path, name: str, work_dir: Path, options: BenchmarkOptions
+) -> list[dict[str, Any]]:
+    """One series or table: train all families, evaluate each and the champion on the score split."""
+    cfg, report = KINDS[kind][1](root, name, work_dir)
+    cfg = benchmark_config(cfg, options)
+    candidates, champion = train_candidates(cfg, run_id=f"benchmark-{new_run_id()}")
+    frame = score_split_rows(cfg)
+    truth = interpretation_truth(report, frame, len(cfg.columns.features))
+    rows = []
+    for ref, ev in candidates:
+        metrics = evaluate_version(cfg, ref, frame, truth)
+        rows.append({"dataset": kind, "series": name, "family": ref.family, "picked": "",
+                     "version": ref.version, "fit_s": float(ev["fit"]["fit_seconds"]),
+                     f"val_{champion['metric']}": float(ev["metrics"][champion["metric"]]),
+                     "target_fpr": cfg.threshold.target_fpr, **metrics})
+    best = next(r for r in rows if r["version"] == champion["version"])
+    rows.append({**best, "family": CHAMPION, "picked": best["family"]})
+    log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
+             champion["metric"], champion["value"])
+    return rows
+
+
+def with_means(table: pl.DataFrame) -> pl.DataFrame:
+    """Append one mean row per family (series = "mean"), families in first-seen order."""
+    numeric = [c for c, t in table.schema.items() if t.is_numeric()]
+    means = table.group_by("dataset", "family", maintain_order=True).agg(
+        pl.lit("mean").alias("series"), pl.lit("").alias("picked"), pl.lit("").alias("version"),
+        *(pl.col(c).fill_nan(None).mean() for c in numeric))
+    return pl.concat([table, means.select(table.columns)], how="vertical_relaxed")
+
+
+def run_benchmark(
+    kind: str, root: str | Path, work_dir: str | Path, options: BenchmarkOptions = BenchmarkOptions(),
+    series: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Every series found under `root` (or the ones named), all families; a mean row per family."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; available: {', '.join(KINDS)}")
+    unknown = sorted(set(options.families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; available: {', '.join(sorted(FAMILIES))}")
+    root, work_dir = Path(root), Path(work_dir)
+    names = list(series) if series else KINDS[kind][0](root)
+    if kind == "nab":  # only series that have labels
+        names = [n for n in names if _nab_labelled(root, n)]
+    if not names:
+        raise ValueError(f"no {kind} series found under {root}")
+    rows = [row for name in names for row in benchmark_series(kind, root, name, work_dir, options)]
+    return with_means(pl.DataFrame(rows, infer_schema_length=None))
+
+
+def _nab_labelled(root: Path, name: str) -> bool:
+    import json
+
+    path = root / "labels" / "combined_windows.json"
+    return path.is_file() and f"{name}.csv" in json.loads(path.read_text())
+
+
+def format_table(table: pl.DataFrame) -> str:
+    """The printed table (Markdown): the headline columns, FPR and SMD's HitRate when present."""
+    columns = {**TABLE_COLUMNS, **{k: v for k, v in EXTRA_COLUMNS.items() if k in table.columns}}
+    lines = ["| " + " | ".join(columns.values()) + " |",
+             "|" + "|".join("---" if c in ("dataset", "series", "family") else "---:"
+                            for c in columns) + "|"]
+    for row in table.iter_rows(named=True):
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            if c == "family" and row.get("picked"):
+                value = f"{CHAMPION} ({row['picked']})"
+            cells.append(_cell(c, value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, float):
+        if column == "score_rows_per_s":
+            return f"{value:,.0f}"
+        return f"{value:.1f}" if column == "fit_s" else f"{value:.3f}"
+    return str(value)

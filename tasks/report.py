@@ -1,0 +1,340 @@
+"""Reports of a training run: Markdown + PNG plots stored with each version, Prefect artifacts.
+
+Why: a number in metrics.json is only trusted when a person can see where it
+comes from — the score timeline against the labelled windows, how far normal
+and anomalous scores overlap, whether training converged. The plots travel
+inside the immutable version (so they always describe exactly that model) and
+the same metrics go to keyed Prefect artifacts so the UI shows every run.
+
+Plots use matplotlib's object API on the Agg canvas (no pyplot global state,
+safe in worker threads); PNG output carries no timestamp, so identical models
+give identical files and the content-addressed version id stays stable.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from models.base import WindowModel
+from models.engine import WindowSet, pick_device
+from schemas.config import DatasetConfig, FamilyConfig
+from tasks.calibrate import validation_scores_key
+from tasks.common import run_logger, store_for
+from tasks.model_io import model_from_bytes
+from tasks.prepare import PreparedData, load_prepared
+from tasks.register import VersionRef
+from tasks.train import series_tensor
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_LATENT_WINDOWS = 2000
+REPORT_METRICS = ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "pa_k_auc", "event_recall",
+                  "precision", "recall", "f1", "fpr")
+METRIC_NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "best_f1": "best F1",
+                "pa_f1": "PA-F1", "pa_k_auc": "PA%K AUC", "event_recall": "event recall",
+                "precision": "precision", "recall": "recall", "f1": "F1", "fpr": "FPR"}
+
+
+# -- plots (pure: arrays in, PNG bytes out) -----------------------------------------------
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _use_log(ax: Any, values: np.ndarray) -> None:
+    """Reconstruction errors span decades: log scale when every value is positive."""
+    if values.size and np.nanmin(values) > 0:
+        ax.set_yscale("log")
+
+
+def timeline_png(
+    scores: np.ndarray, labels: np.ndarray, threshold: float, title: str,
+    entities: np.ndarray | None = None,
+) -> bytes:
+    """Score per validation row, labelled rows shaded, the applied threshold as a line."""
+    fig = Figure(figsize=(11, 3.6))
+    ax = fig.add_subplot()
+    x = np.arange(scores.size)
+    ax.plot(x, scores, lw=0.6, color="#1f4e79", label="score")
+    ax.fill_between(x, 0, 1, where=labels == 1, transform=ax.get_xaxis_transform(),
+                    color="#d62728", alpha=0.18, step="mid", lw=0, label="labelled anomalous")
+    if np.isfinite(threshold):
+        ax.axhline(threshold, color="#d62728", ls="--", lw=1, label=f"threshold {threshold:.4g}")
+    if entities is not None and entities.size:
+        for b in np.flatnonzero(entities[1:] != entities[:-1]) + 1:
+            ax.axvline(b, color="grey", lw=0.5, alpha=0.6)
+    _use_log(ax, scores[np.isfinite(scores)])
+    ax.set(title=title, xlabel="validation row (entities concatenated)", ylabel="score")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def histogram_png(scores: np.ndarray, labels: np.ndarray, threshold: float, title: str) -> bytes:
+    """Overlap of normal and anomalous score distributions, with the threshold."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ok = np.isfinite(scores)
+    s, y = scores[ok], labels[ok]
+    positive = s[s > 0]
+    use_log = positive.size == s.size and s.size > 0
+    values = np.log10(s) if use_log else s
+    bins = np.histogram_bin_edges(values, bins=60) if values.size else 10
+    for mask, name, colour in ((y == 0, "normal", "#1f4e79"), (y == 1, "anomalous", "#d62728")):
+        if mask.any():
+            ax.hist(values[mask], bins=bins, density=True, alpha=0.55, color=colour,
+                    label=f"{name} ({int(mask.sum())} rows)")
+    if np.isfinite(threshold) and (threshold > 0 or not use_log):
+        ax.axvline(np.log10(threshold) if use_log else threshold, color="black", ls="--",
+                   label="threshold")
+    ax.set(title=title, xlabel="log10 score" if use_log else "score", ylabel="density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def training_curves_png(history: list[dict[str, float]], best_epoch: int, title: str) -> bytes:
+    """Train and holdout loss per epoch; the kept (best holdout) epoch marked."""
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    epochs = [h["epoch"] + 1 for h in history]
+    for key, colour in (("train_loss", "#1f4e79"), ("holdout_loss", "#ff7f0e")):
+        values = [h.get(key, float("nan")) for h in history]
+        ax.plot(epochs, values, marker="o", ms=3, color=colour, label=key.replace("_", " "))
+    if best_epoch >= 0:
+        ax.axvline(best_epoch + 1, color="grey", ls=":", label=f"kept epoch {best_epoch + 1}")
+    if not history:
+        ax.text(0.5, 0.5, "fitted in closed form: no epochs", ha="center", transform=ax.transAxes)
+    ax.set(title=title, xlabel="epoch", ylabel="loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(projection (N, 2), explained variance ratio (2,)) by SVD of the centred points."""
+    centred = points - points.mean(axis=0, keepdims=True)
+    _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+    comps = vt[:2]
+    proj = centred @ comps.T
+    if proj.shape[1] < 2:  # a 1-D latent space: plot it against zero
+        proj = np.column_stack([proj, np.zeros(len(proj))])
+    var = sing**2
+    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    return proj, np.pad(ratio, (0, 2 - ratio.size))
+
+
+def latent_png(latent: np.ndarray, labels: np.ndarray, title: str) -> bytes:
+    """2-D PCA of latent means, normal and anomalous windows coloured apart."""
+    proj, ratio = pca_2d(latent.astype(np.float64))
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    for value, name, colour in ((0, "normal", "#1f4e79"), (1, "anomalous", "#d62728")):
+        mask = labels == value
+        if mask.any():
+            ax.scatter(proj[mask, 0], proj[mask, 1], s=6, alpha=0.5, color=colour,
+                       label=f"{name} windows ({int(mask.sum())})")
+    ax.set(title=title, xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# -- Markdown ------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if value != value else f"{value:.4g}"
+    return str(value)
+
+
+def metrics_table(metrics: dict[str, float]) -> list[str]:
+    keys = [k for k in REPORT_METRICS if k in metrics]
+    return ["| metric | value |", "|---|---|",
+            *(f"| {METRIC_NAMES.get(k, k)} | {_fmt(metrics[k])} |" for k in keys)]
+
+
+def threshold_section(threshold: dict[str, Any]) -> list[str]:
+    """Every threshold method with its validation rates; the conformal guarantee spelled out."""
+    lines = ["| method | threshold | precision | recall | F1 | FPR |", "|---|---|---|---|---|---|"]
+    for name, m in threshold["methods"].items():
+        mark = " (applied)" if name == threshold["method"] else ""
+        lines.append(f"| {name}{mark} | {_fmt(m['threshold'])} | {_fmt(m['precision'])} | "
+                     f"{_fmt(m['recall'])} | {_fmt(m['f1'])} | {_fmt(m['fpr'])} |")
+    target = threshold["methods"].get("target_fpr", {})
+    boot, guarantee = target.get("bootstrap_fpr"), target.get("guarantee")
+    if boot and guarantee:
+        lines += ["", f"Target FPR {threshold['target_fpr']:.3g} (split-conformal on "
+                  f"{guarantee['n']} normal validation rows): achieved {boot['achieved']:.4f} on "
+                  f"them, bootstrap {boot.get('level', 0.95):.0%} interval "
+                  f"[{boot['low']:.4f}, {boot['high']:.4f}] ({boot.get('resamples', 0)} resamples)."]
+        if guarantee.get("defined"):
+            low, high = guarantee["conditional_fpr_95"]
+            lines.append(
+                f"Guarantee for new normal rows from the same distribution: expected FPR <= "
+                f"{guarantee['expected_fpr_max']:.4f}; for this calibration slice the FPR lies in "
+                f"[{low:.4f}, {high:.4f}] with 95% probability "
+                f"(P(FPR > target) = {guarantee['p_conditional_fpr_above_target']:.2f}).")
+    return lines
+
+
+def report_markdown(
+    dataset: str, family: str, evaluation: dict[str, Any], plots: list[str]
+) -> str:
+    """The version's report.md: metrics, thresholds, training, plots by relative path."""
+    fit, threshold = evaluation["fit"], evaluation["threshold"]
+    lines = [
+        f"# {dataset} — {family}", "",
+        "## Validation metrics (labelled validation slice)", "",
+        *metrics_table(evaluation["metrics"]), "",
+        "PA-F1 (point-adjusted) is reported for comparison with the literature only: it is "
+        "close to 1 for almost any detector, random ones included. Rank by PR-AUC / VUS-PR.", "",
+        "## Threshold", "", *threshold_section(threshold), "",
+        "## Training", "",
+        f"- epochs run: {fit.get('epochs_run')}, kept epoch: {fit.get('best_epoch', -1) + 1}, "
+        f"best holdout loss: {_fmt(fit.get('best_holdout'))}",
+        f"- fit time: {_fmt(fit.get('fit_seconds'))} s on {fit.get('device')}, "
+        f"{_fmt(fit.get('samples_per_s'))} windows/s, {fit.get('train_windows')} training windows",
+        "", "## Plots", "",
+        *(f"![{name}]({name})" for name in plots),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- the Prefect stage -----------------------------------------------------------------------
+
+
+def _latent_of(model: WindowModel, windows: WindowSet, batch: int = 1024) -> np.ndarray:
+    with torch.no_grad():
+        parts = [model.latent_means(windows.batch(torch.arange(i, min(i + batch, len(windows)))))
+                 for i in range(0, len(windows), batch)]
+    return torch.cat(parts).float().cpu().numpy()
+
+
+def latent_plot(cfg: DatasetConfig, prepared: PreparedData, model: WindowModel, title: str) -> bytes:
+    """Latent means of (at most MAX_LATENT_WINDOWS, evenly spaced) validation windows."""
+    scaled, index, _ = load_prepared(cfg, prepared)
+    val = index.filter(pl.col("split") == "validation")
+    if val.height > MAX_LATENT_WINDOWS:
+        val = val.gather_every(val.height // MAX_LATENT_WINDOWS + 1)
+    device = next(model.parameters()).device
+    windows = WindowSet(series_tensor(scaled, cfg.columns.features, device),
+                        torch.from_numpy(val["start_row"].to_numpy()), cfg.window.length)
+    return latent_png(_latent_of(model, windows), val["label"].to_numpy(), title)
+
+
+def build_plots(
+    cfg: DatasetConfig, prepared: PreparedData, candidate: str, evaluation: dict[str, Any]
+) -> dict[str, bytes]:
+    """All PNGs of one candidate, keyed by their name inside the version."""
+    store = store_for(cfg)
+    family, fit = evaluation["fit"]["family"], evaluation["fit"]
+    threshold = float(evaluation["threshold"]["threshold"])
+    val = pl.from_arrow(store.read_parquet(validation_scores_key(candidate)))
+    scores, labels = val["score"].to_numpy(), val["label"].to_numpy()
+    title = f"{cfg.name} / {family}"
+    plots = {
+        "plots/timeline.png": timeline_png(scores, labels, threshold, f"{title}: validation scores",
+                                           val["entity"].rle_id().to_numpy()),
+        "plots/histogram.png": histogram_png(scores, labels, threshold,
+                                             f"{title}: normal vs anomalous rows"),
+        "plots/training.png": training_curves_png(fit.get("history", []), fit.get("best_epoch", -1),
+                                                  f"{title}: training"),
+    }
+    model = model_from_bytes(fit["arguments"], store.read_bytes(f"{candidate}/weights.safetensors"),
+                             pick_device(cfg.training.device))
+    if hasattr(model, "latent_means"):
+        plots["plots/latent_pca.png"] = latent_plot(cfg, prepared, model,
+                                                    f"{title}: latent means, 2-D PCA")
+    return plots
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_candidate(
+    cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedData, candidate: str,
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
+    """Plots + report.md for one calibrated candidate, returned as extra version files."""
+    plots = build_plots(cfg, prepared, candidate, evaluation)
+    report = report_markdown(cfg.name, family.name, evaluation, sorted(plots)).encode()
+    run_logger(__name__).info("%s: report with %d plots", family.name, len(plots))
+    extra = {**evaluation.get("extra_files", {}), **plots, "report.md": report}
+    return {**evaluation, "extra_files": extra}
+
+
+# -- Prefect artifacts -----------------------------------------------------------------------
+
+
+def artifact_key(kind: str, dataset: str) -> str:
+    """Stable artifact key (Prefect allows lowercase letters, digits and dashes only)."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{kind}-{dataset}".lower())).strip("-")
+
+
+def candidates_table(
+    candidates: list[tuple[VersionRef, dict[str, Any]]], champion: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per family: version, champion flag, applied threshold, validation metrics."""
+    rows = []
+    for ref, ev in candidates:
+        m, t = ev["metrics"], ev["threshold"]
+        rows.append({
+            "family": ref.family, "version": ref.version,
+            "champion": ref.version == champion.get("version") and ref.family == champion.get("family"),
+            "threshold_method": t["method"], "threshold": round(float(t["threshold"]), 6),
+            **{k: (None if m.get(k) != m.get(k) else round(float(m[k]), 4))
+               for k in REPORT_METRICS if k in m},
+        })
+    return rows
+
+
+def run_markdown(
+    cfg: DatasetConfig, candidates: list[tuple[VersionRef, dict[str, Any]]], champion: dict[str, Any]
+) -> str:
+    """The run summary shown in the Prefect UI: champion, per-family metrics, report locations."""
+    store = store_for(cfg)
+    metric = champion["metric"]
+    keys = [k for k in ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "f1", "fpr")]
+    lines = [
+        f"# Training run — {cfg.name}", "",
+        f"Champion: **{champion['family']}** `{champion['version']}` "
+        f"({METRIC_NAMES.get(metric, metric)} {champion['value']:.4f} on the labelled validation "
+        f"slice).", "",
+        "| family | version | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for ref, ev in candidates:
+        values = " | ".join(_fmt(ev["metrics"].get(k, float("nan"))) for k in keys)
+        lines.append(f"| {ref.family} | `{ref.version}` | {values} |")
+    lines += ["", "PA-F1 inflates almost every detector to ~0.9+: read PR-AUC and VUS-PR.", "",
+              "Reports and plots (inside each immutable version):", ""]
+    lines += [f"- {ref.family}: {store.uri(ref.key + '/report.md')}" for ref, _ in candidates]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish-training-artifacts", cache_policy=NO_CACHE)
+def publish_training_artifacts(
+    cfg: DatasetConfig, candidates: list[tuple[VersionRef, dict[str, Any]]], champion: dict[str, Any]
+) -> dict[str, str]:
+    """Keyed table + markdown artifacts of one training run; the keys are stable per dataset."""
+    keys = {"table": artifact_key("train", f"{cfg.name}-candidates"),
+            "markdown": artifact_key("train", f"{cfg.name}-report")}
+    create_table_artifact(key=keys["table"], table=candidates_table(candidates, champion),
+                          description=f"nightowl: candidates of the last training run of {cfg.name}")
+    create_markdown_artifact(key=keys["markdown"], markdown=run_markdown(cfg, candidates, champion),
+                             description=f"nightowl: training report of {cfg.name}")
+    return keys

@@ -1,0 +1,68 @@
+"""Benchmark runner: real pipeline on a tiny public table; SMD interpretation alignment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from flows.benchmark import (
+    CHAMPION,
+    TABLE_COLUMNS,
+    BenchmarkOptions,
+    format_table,
+    interpretation_truth,
+    run_benchmark,
+)
+from tasks.loaders import LoadReport
+from tasks.metrics import InterpretationSegment
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_odds_cardio_through_the_real_pipeline(tmp_path):
+    table = run_benchmark("odds", DATA / "tabular", tmp_path,
+                          BenchmarkOptions(families=("dense_ae",), epochs=2))
+    assert set(TABLE_COLUMNS) | {"fpr", "picked", "version"} <= set(table.columns)
+    assert table["family"].to_list() == ["dense_ae", CHAMPION, "dense_ae", CHAMPION]
+    assert table["series"].to_list() == ["cardio", "cardio", "mean", "mean"]
+    first = table.row(0, named=True)
+    for column in ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "fit_s", "score_rows_per_s"):
+        assert np.isfinite(first[column]), column
+    assert first["roc_auc"] > 0.7  # cardio is easy; a broken pipeline scores ~0.5
+    assert table.row(1, named=True)["picked"] == "dense_ae"
+    assert 0.0 <= first["fpr"] <= 0.15  # target 0.05 on unseen normal rows
+
+    text = format_table(table)
+    assert text.splitlines()[0].startswith("| dataset | series | family | ROC-AUC | PR-AUC | VUS-PR")
+    assert "champion (dense_ae)" in text
+
+    version = tmp_path / "store" / "models" / "odds-cardio" / "dense_ae" / first["version"]
+    manifest = json.loads((version / "MANIFEST.json").read_text())["files"]
+    assert {"report.md", "plots/timeline.png", "plots/histogram.png", "plots/training.png"} <= set(manifest)
+    metrics = json.loads((version / "metrics.json").read_text())["validation"]
+    assert {"roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "pa_k_auc", "event_recall"} <= set(metrics)
+    threshold = json.loads((version / "threshold.json").read_text())
+    assert "youden" in threshold["methods"] and threshold["normaliser"]["reference"]
+
+
+def test_unknown_family_or_kind_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown families \\['nope'\\]"):
+        run_benchmark("odds", DATA / "tabular", tmp_path, BenchmarkOptions(families=("nope",)))
+    with pytest.raises(ValueError, match="unknown benchmark kind 'xyz'"):
+        run_benchmark("xyz", DATA / "tabular", tmp_path)
+
+
+def test_interpretation_truth_aligns_with_the_scored_tail():
+    """Segment rows index the test file (offset = train rows); the scored frame is the tail."""
+    segs = (InterpretationSegment(2, 4, frozenset({1})), InterpretationSegment(6, 7, frozenset({0, 2})))
+    report = LoadReport("smd-x", (), {"train": 10, "validation": 5, "score": 5}, {},
+                        interpretation=segs, interpretation_offset=10)
+    frame = pl.DataFrame({"label": np.zeros(10)})  # validation + score rows: series rows 10..19
+    truth = interpretation_truth(report, frame, 3)
+    assert truth.shape == (10, 3)
+    assert truth[2:4, 1].all() and truth[6, [0, 2]].all() and truth.sum() == 4
+    assert interpretation_truth(LoadReport("x", (), {"train": 1}, {}), frame, 3) is None

@@ -1,0 +1,136 @@
+"""Reports: PNG plots and Markdown stored with a version; keyed Prefect artifacts per training run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from schemas.config import ThresholdConfig, parse_config
+from tasks.calibrate import calibrate, validation_metrics
+from tasks.register import VersionRef, choose_champion, read_champion
+from tasks.report import (
+    PNG_MAGIC,
+    artifact_key,
+    candidates_table,
+    histogram_png,
+    latent_png,
+    pca_2d,
+    publish_training_artifacts,
+    report_markdown,
+    timeline_png,
+    training_curves_png,
+)
+from tasks.store import Store
+
+
+def _cfg(tmp_path, metric: str = "pr_auc"):
+    return parse_config({
+        "name": "rep_ds",
+        "source": {"path": str(tmp_path / "raw" / "*.csv")},
+        "columns": {"features": ["a", "b"]},
+        "splits": {"train": {"start": "2026-01-01", "end": "2026-01-02"},
+                   "validation": [{"start": "2026-01-02", "end": "2026-01-03"}]},
+        "families": [{"name": "dense_ae"}],
+        "selection": {"metric": metric},
+        "store": {"root": f"file://{tmp_path}/store"},
+    })
+
+
+def _evaluation(seed: int, shift: float) -> dict:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(600, dtype=np.int8)
+    labels[200:230] = labels[400:420] = 1
+    scores = rng.gamma(2.0, size=600) + shift * labels
+    threshold = calibrate(rng.gamma(2.0, size=400), scores, labels, ThresholdConfig())
+    fit = {"family": "dense_ae", "epochs_run": 3, "best_epoch": 1, "best_holdout": 0.5,
+           "fit_seconds": 1.2, "device": "cpu", "samples_per_s": 900.0, "train_windows": 1000,
+           "history": [{"epoch": e, "train_loss": 1 / (e + 1), "holdout_loss": 1.1 / (e + 1)}
+                       for e in range(3)]}
+    metrics = validation_metrics(labels, scores, threshold["threshold"], window=8)
+    return {"labels": labels, "scores": scores, "threshold": threshold, "metrics": metrics,
+            "fit": fit}
+
+
+def test_plots_are_pngs_and_deterministic():
+    ev = _evaluation(0, 4.0)
+    t = ev["threshold"]["threshold"]
+    pngs = [
+        timeline_png(ev["scores"], ev["labels"], t, "timeline", np.repeat([0, 1], 300)),
+        histogram_png(ev["scores"], ev["labels"], t, "hist"),
+        training_curves_png(ev["fit"]["history"], 1, "training"),
+        training_curves_png([], -1, "closed form"),
+        latent_png(np.random.default_rng(1).normal(size=(300, 8)), ev["labels"][:300], "latent"),
+    ]
+    assert all(p.startswith(PNG_MAGIC) and len(p) > 5000 for p in pngs)
+    # identical inputs give identical bytes, so content-addressed versions stay stable
+    assert histogram_png(ev["scores"], ev["labels"], t, "hist") == pngs[1]
+
+
+def test_pca_2d_finds_the_dominant_directions():
+    rng = np.random.default_rng(2)
+    points = rng.normal(size=(2000, 5)) * np.array([10.0, 3.0, 0.1, 0.1, 0.1])
+    proj, ratio = pca_2d(points)
+    assert proj.shape == (2000, 2)
+    assert ratio[0] == pytest.approx(100 / 109.03, abs=0.02) and ratio[0] > ratio[1] > 0.05
+    assert pca_2d(points[:, :1])[0].shape == (2000, 2)  # a 1-D latent space still plots
+
+
+def test_report_markdown_names_metrics_threshold_guarantee_and_plots():
+    ev = _evaluation(0, 4.0)
+    md = report_markdown("rep_ds", "dense_ae", ev, ["plots/histogram.png", "plots/timeline.png"])
+    assert f"| PR-AUC | {ev['metrics']['pr_auc']:.4g} |" in md
+    assert "| VUS-PR |" in md and "PA-F1 (point-adjusted)" in md
+    assert "target_fpr (applied)" in md and "youden" in md
+    boot = ev["threshold"]["methods"]["target_fpr"]["bootstrap_fpr"]
+    assert f"[{boot['low']:.4f}, {boot['high']:.4f}]" in md
+    assert "![plots/timeline.png](plots/timeline.png)" in md
+
+
+def test_artifact_keys_are_prefect_safe():
+    assert artifact_key("train", "smd_machine-2-1-candidates") == "train-smd-machine-2-1-candidates"
+    assert artifact_key("train", "Odds__Cardio") == "train-odds-cardio"
+
+
+def test_champion_by_configured_metric_keeps_every_candidates_metrics(tmp_path):
+    cfg = _cfg(tmp_path, metric="vus_pr")
+    a = {"pr_auc": 0.9, "vus_pr": 0.4, "roc_auc": 0.9}
+    b = {"pr_auc": 0.5, "vus_pr": 0.6, "roc_auc": 0.8}
+    pointer = choose_champion.fn(cfg, [(VersionRef("rep_ds", "fa", "v1"), a),
+                                       (VersionRef("rep_ds", "fb", "v2"), b)])
+    assert (pointer["family"], pointer["metric"], pointer["value"]) == ("fb", "vus_pr", 0.6)
+    stored = read_champion(Store(cfg.store.root), "rep_ds")
+    assert stored["candidates"]["fa"]["metrics"] == a and stored["candidates"]["fb"]["metrics"] == b
+
+
+def test_artifacts_are_created_in_a_flow_with_stable_keys(tmp_path, prefect_harness):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    cfg = _cfg(tmp_path)
+    candidates = [(VersionRef("rep_ds", "dense_ae", "aaaa1111"), _evaluation(0, 4.0)),
+                  (VersionRef("rep_ds", "vae", "bbbb2222"), _evaluation(1, 1.0))]
+    champion = {"family": "dense_ae", "version": "aaaa1111", "metric": "pr_auc",
+                "value": candidates[0][1]["metrics"]["pr_auc"]}
+
+    @flow(name="report-artifacts-test")
+    def run() -> dict[str, str]:
+        return publish_training_artifacts(cfg, candidates, champion)
+
+    keys = run()
+    assert keys == {"table": "train-rep-ds-candidates", "markdown": "train-rep-ds-report"}
+
+    async def latest(key: str):
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return found[-1]
+
+    table, markdown = asyncio.run(latest(keys["table"])), asyncio.run(latest(keys["markdown"]))
+    assert table.type == "table" and markdown.type == "markdown"
+    rows = candidates_table(candidates, champion)
+    assert [r["family"] for r in rows] == ["dense_ae", "vae"] and rows[0]["champion"]
+    assert "dense_ae" in str(table.data) and "bbbb2222" in str(table.data)
+    assert "Champion: **dense_ae**" in markdown.data and "rep_ds/dense_ae/aaaa1111/report.md" in markdown.data
