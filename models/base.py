@@ -9,11 +9,14 @@ each row by its features. Higher always means more abnormal.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+if TYPE_CHECKING:  # engine imports this module; the annotation alone needs WindowSet
+    from models.engine import WindowSet
 
 
 class FamilyParams(BaseModel):
@@ -29,6 +32,9 @@ class WindowModel(nn.Module):
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[FamilyParams]] = FamilyParams
+    # False for families fitted in closed form (PCA, IsolationForest): the engine
+    # then calls `fit_direct` once instead of running its gradient loop.
+    trainable: ClassVar[bool] = True
 
     def __init__(self, n_features: int, window: int, params: FamilyParams) -> None:
         super().__init__()
@@ -66,6 +72,10 @@ class WindowModel(nn.Module):
         loss.backward()
         opt.step()
         return loss.detach()
+
+    def fit_direct(self, windows: WindowSet) -> None:
+        """Closed-form fit on the training windows; only for `trainable = False` families."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by the engine's loop")
 
     def holdout_loss(self, x: torch.Tensor) -> torch.Tensor:
         """What early stopping watches; by default the training loss."""

@@ -117,6 +117,8 @@ def fit(
     gen = seed_everything(settings.seed)
     model.to(device)
     train_idx, hold_idx = _split(len(windows), settings, gen)
+    if not model.trainable:
+        return _fit_direct(model, windows, train_idx, hold_idx, settings)
     optimizers = model.configure_optimizers(settings.lr, settings.weight_decay)
     autocast = _autocast_factory(device, settings.amp)
     if settings.compile:
@@ -170,6 +172,28 @@ def _split(n: int, settings: EngineSettings, gen: torch.Generator) -> tuple[torc
         perm = perm[: settings.max_train_windows]
     n_hold = max(1, int(len(perm) * settings.holdout_fraction))
     return perm[n_hold:], perm[:n_hold]
+
+
+def _fit_direct(
+    model: WindowModel,
+    windows: WindowSet,
+    train_idx: torch.Tensor,
+    hold_idx: torch.Tensor,
+    settings: EngineSettings,
+) -> FitResult:
+    """Closed-form families: one fit, no epochs, no checkpoints (a rerun refits identically)."""
+    t0 = time.perf_counter()
+    model.fit_direct(windows.subset(train_idx))
+    model.eval()
+    train = _holdout_loss(model, windows, train_idx, settings.batch_size, contextlib.nullcontext)
+    holdout = _holdout_loss(model, windows, hold_idx, settings.batch_size, contextlib.nullcontext)
+    seconds = time.perf_counter() - t0
+    return FitResult(
+        history=[{"epoch": 0, "train_loss": train, "holdout_loss": holdout}],
+        best_epoch=0, best_holdout=holdout, epochs_run=0, train_windows=len(train_idx),
+        seconds=seconds, samples_per_s=len(train_idx) / seconds if seconds > 0 else 0.0,
+        device=str(windows.series.device),
+    )
 
 
 def _autocast_factory(device: torch.device, amp: bool) -> Callable[[], Any]:

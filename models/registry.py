@@ -6,7 +6,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from models.anogan import AnoGAN
 from models.base import WindowModel
+from models.classical import IsolationForestModel, PCAReconstruction
 from models.dense_ae import DenseAE
 from models.lstm_ae import LSTMAE
 from models.transformer_ae import TransformerAE
@@ -16,6 +18,7 @@ from models.vae import VAE
 FAMILIES: dict[str, type[WindowModel]] = {
     cls.name: cls for cls in (DenseAE, VAE, LSTMAE, TransformerAE, USAD)
 }
+FAMILIES |= {cls.name: cls for cls in (AnoGAN, PCAReconstruction, IsolationForestModel)}
 
 
 class UnknownFamilyError(KeyError):
