@@ -31,11 +31,11 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import BenchData, smd, synthetic, table  # noqa: E402
-from models.anogan import AnoGAN  # noqa: E402
-from models.engine import EngineSettings, WindowSet, fit  # noqa: E402
-from models.registry import build_model  # noqa: E402
-from tasks.model_io import model_from_bytes, weights_bytes  # noqa: E402
+from benchmarks.common import BenchData, smd, synthetic, table
+from models.anogan import AnoGAN
+from models.engine import EngineSettings, WindowSet, fit
+from models.registry import build_model
+from tasks.model_io import model_from_bytes, weights_bytes
 
 LOADERS = {"smd": smd, "synthetic": synthetic}
 

@@ -29,6 +29,7 @@ spread evenly over the L*F elements, so the window's element scores sum to A(x).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any, Literal
 
@@ -60,7 +61,7 @@ class AnoGANParams(FamilyParams):
 def _mlp(sizes: list[int], sn: bool = False, out_act: bool = False) -> nn.Sequential:
     """Linear layers with LeakyReLU(0.2) between them (and after the last if `out_act`)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         lin = nn.Linear(a, b)
         layers.append(spectral_norm(lin) if sn else lin)
         if out_act or i < len(sizes) - 2:

@@ -114,7 +114,7 @@ def test_row_contributions_sum_to_window_scores(name):
     model, _ = _fitted(name)
     series = _series(160, seed=3)
     tiles = WindowSet(series, torch.arange(0, 160 - L + 1, L), L)  # each row covered once
-    contrib, cover = row_contributions(model, tiles)
+    contrib, _ = row_contributions(model, tiles)
     with torch.no_grad():
         window = model.element_scores(tiles.batch(torch.arange(len(tiles)))).sum(dim=(1, 2))
     per_window = contrib[: len(tiles) * L].sum(dim=1).reshape(len(tiles), L).sum(dim=1)
