@@ -9,6 +9,7 @@ each row by its features. Higher always means more abnormal.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -42,6 +43,13 @@ class WindowModel(nn.Module):
         self.window = window
         self.params = params
         self.current_epoch = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives; buffer-only families (PCA, IsolationForest) count too."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     # -- what a family must supply --------------------------------------------------
     def loss(self, x: torch.Tensor) -> torch.Tensor:

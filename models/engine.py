@@ -249,7 +249,7 @@ def _checkpoint(
     tensors["rng"] = gen.get_state()
     # The global RNG drives dropout and VAE sampling: without it a resumed run diverges.
     tensors["rng_cpu"] = torch.get_rng_state()
-    device = next(model.parameters()).device
+    device = model.device
     if device.type == "cuda":
         tensors["rng_cuda"] = torch.cuda.get_rng_state(device)
     meta = {
@@ -272,7 +272,7 @@ def _restore(
 ) -> tuple[int, dict[str, torch.Tensor], int]:
     """Load a checkpoint; returns (first epoch to run, best weights, bad epochs so far)."""
     tensors, meta = checkpoint
-    device = next(model.parameters()).device
+    device = model.device
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
     for i, opt in enumerate(optimizers):

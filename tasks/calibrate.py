@@ -24,7 +24,7 @@ from tasks.metrics import evaluate
 from tasks.model_io import model_from_bytes
 from tasks.normalise import normaliser_json, p_values  # noqa: F401 - p_values re-exported
 from tasks.prepare import PreparedData, load_prepared
-from tasks.score import score_rows
+from tasks.score import feature_error_scale, score_rows
 from schemas.config import DatasetConfig, FamilyConfig, ThresholdConfig
 
 
@@ -198,12 +198,15 @@ def calibrate_candidate(
     model = model_from_bytes(fit_info["arguments"], store.read_bytes(f"{candidate}/weights.safetensors"),
                              pick_device(cfg.training.device))
     scaled, _, _ = load_prepared(cfg, prepared)
-    scores, _ = score_rows(model, scaled, cfg.columns.features, cfg.window.length)
     split = scaled["split"].to_numpy()
     labels = scaled["label"].to_numpy().astype(np.int8)
     train = (split == "train") & (labels == 0)
     val = split == "validation"
+    _, raw = score_rows(model, scaled, cfg.columns.features, cfg.window.length)
+    feature_scale = feature_error_scale(raw[train])
+    scores = (raw / feature_scale.astype(np.float32)).sum(axis=1)
     threshold = calibrate(scores[train], scores[val], labels[val], cfg.threshold)
+    threshold["feature_scale"] = feature_scale.tolist()
     ok = val & np.isfinite(scores)
     metrics = validation_metrics(labels[ok], scores[ok], threshold["threshold"], cfg.window.length)
     store.write_parquet(validation_scores_key(candidate), scaled.filter(pl.Series(val)).select(

@@ -35,15 +35,29 @@ CONTRIB_PREFIX = "contrib__"
 
 def score_rows(
     model: WindowModel, scaled: pl.DataFrame, features: list[str], length: int,
-    device: torch.device | None = None, batch_size: int = 2048,
+    feature_scale: np.ndarray | None = None, batch_size: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (T,), contributions (T, F)) for a frame sorted by entity, timestamp."""
-    device = device or next(model.parameters()).device
+    """(scores (T,), contributions (T, F)) for a frame sorted by entity, timestamp.
+
+    With `feature_scale` (each feature's mean contribution on normal training rows),
+    contributions are in units of that feature's typical training error, so a
+    feature that is always hard to reconstruct cannot drown out the others.
+    """
+    device = model.device
     starts = window_starts(scaled["entity"].rle_id().to_numpy(), length, 1)
     windows = WindowSet(series_tensor(scaled, features, device), torch.from_numpy(starts), length)
     contrib, _ = row_contributions(model, windows, batch_size)
     contrib_np = contrib.cpu().numpy()
+    if feature_scale is not None:
+        contrib_np = contrib_np / np.asarray(feature_scale, dtype=np.float32)
     return contrib_np.sum(axis=1), contrib_np
+
+
+def feature_error_scale(contributions: np.ndarray) -> np.ndarray:
+    """Mean contribution per feature over (normal training) rows, floored to stay positive."""
+    scale = np.nanmean(contributions, axis=0).astype(np.float64)
+    floor = max(float(np.nanmean(scale)) * 1e-3, 1e-12)
+    return np.maximum(np.nan_to_num(scale, nan=floor), floor)
 
 
 def scores_frame(
@@ -88,7 +102,8 @@ def score_day(cfg: DatasetConfig, day: date) -> dict[str, object]:
         return {"date": day.isoformat(), "status": "missing", "rows": 0, "anomalies": 0}
     loaded = champion_model(cfg)
     scores, contrib = score_rows(loaded.model, apply_scaler(frame, loaded.scaler),
-                                 loaded.features, loaded.window)
+                                 loaded.features, loaded.window,
+                                 loaded.threshold.get("feature_scale"))
     out = scores_frame(frame, scores, contrib, loaded).filter(today)
     key = scores_key(cfg, day)
     store.write_parquet(key, out.to_arrow())

@@ -50,7 +50,7 @@ def training_starts(index: pl.DataFrame, normal_only: bool) -> torch.Tensor:
     keep = pl.col("split") == "train"
     if normal_only:
         keep &= pl.col("label") == 0
-    return torch.from_numpy(index.filter(keep)["start_row"].to_numpy())
+    return torch.tensor(index.filter(keep)["start_row"].to_numpy(), dtype=torch.long)
 
 
 def engine_settings(cfg: DatasetConfig, family: FamilyConfig) -> EngineSettings:
@@ -89,6 +89,7 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
         training_starts(index, cfg.splits.train_on_normal_only),
         cfg.window.length,
     )
+    torch.manual_seed(settings.seed)  # the initial weights too are part of a reproducible run
     model = build_model(family.name, len(features), cfg.window.length, family.params).to(device)
     key = candidate_key(cfg, run_id, family.name)
     resume = _read_checkpoint(store, f"{key}/{CHECKPOINT}")
