@@ -232,7 +232,7 @@ def latent_plot(cfg: DatasetConfig, prepared: PreparedData, model: WindowModel, 
     val = index.filter(pl.col("split") == "validation")
     if val.height > MAX_LATENT_WINDOWS:
         val = val.gather_every(val.height // MAX_LATENT_WINDOWS + 1)
-    device = next(model.parameters()).device
+    device = model.device
     windows = WindowSet(series_tensor(scaled, cfg.columns.features, device),
                         torch.from_numpy(val["start_row"].to_numpy()), cfg.window.length)
     return latent_png(_latent_of(model, windows), val["label"].to_numpy(), title)
