@@ -107,10 +107,15 @@ def benchmark(
     max_train_windows: Optional[int] = typer.Option(None, help="cap training windows per family"),
     window: Optional[int] = typer.Option(None, help="override the loader's window length"),
     work_dir: Path = typer.Option(Path(".nightowl/benchmark"), help="raw files, store, reports"),
+    threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a shared, loaded box)"),
 ) -> None:
     """Run families through the real pipeline on every series under PATH; metrics on unseen rows."""
     _quiet_defaults()
+    import torch
+
     from flows.benchmark import BenchmarkOptions, format_table, run_benchmark
+
+    torch.set_num_threads(threads)
 
     options = BenchmarkOptions(
         families=tuple(f.strip() for f in families.split(",") if f.strip()) if families else (),
