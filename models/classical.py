@@ -105,7 +105,7 @@ class PCAReconstruction(DirectFitModel):
         if self.params.n_components is not None:
             return min(self.params.n_components, len(s))
         ratio = s.pow(2).cumsum(0) / s.pow(2).sum().clamp(min=1e-30)
-        return int(torch.searchsorted(ratio, torch.tensor(self.params.variance, dtype=ratio.dtype))) + 1
+        return int(torch.searchsorted(ratio, torch.tensor(self.params.variance, dtype=ratio.dtype, device=ratio.device))) + 1
 
     def element_scores(self, x: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
