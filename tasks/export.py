@@ -84,9 +84,12 @@ class OnnxScorer:
 
 @torch.no_grad()
 def parity(model: WindowModel, scorer: OnnxScorer, windows: torch.Tensor) -> float:
-    """Max abs difference between torch and ONNX Runtime element scores on `windows`."""
-    model.eval()
-    expected = model.element_scores(windows.to(next(model.parameters()).device)).float().cpu()
+    """Max abs difference between torch on the CPU and ONNX Runtime on `windows`.
+
+    The reference is a CPU copy: on CUDA, cuDNN's TF32 RNN kernels alone move LSTM
+    scores by ~4e-4 (measured on an H200), which says nothing about the export.
+    """
+    expected = cpu_copy(model).element_scores(windows.cpu()).float()
     return float((scorer.element_scores(windows.cpu()) - expected).abs().max())
 
 
