@@ -236,15 +236,18 @@ def _checkpoint(
     result: FitResult,
     gen: torch.Generator,
 ) -> Checkpoint:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tensors |= {f"best.{k}": v.cpu().contiguous() for k, v in best_state.items()}
+    # Copies, never views: on the CPU `.cpu()` returns the live tensor itself, and Adam's
+    # `step` stays on the CPU even for CUDA models, so an in-memory checkpoint would keep
+    # changing with training (seen on CUDA: a resume restarted Adam at the wrong step).
+    tensors = {f"model.{k}": _snapshot(v) for k, v in model.state_dict().items()}
+    tensors |= {f"best.{k}": _snapshot(v) for k, v in best_state.items()}
     groups = []
     for i, opt in enumerate(optimizers):
         sd = opt.state_dict()
         for pid, state in sd["state"].items():
             for name, value in state.items():
                 t = value if torch.is_tensor(value) else torch.tensor(value)
-                tensors[f"opt{i}.{pid}.{name}"] = t.detach().cpu().contiguous()
+                tensors[f"opt{i}.{pid}.{name}"] = _snapshot(t)
         groups.append(sd["param_groups"])
     tensors["rng"] = gen.get_state()
     # The global RNG drives dropout and VAE sampling: without it a resumed run diverges.
@@ -261,6 +264,11 @@ def _checkpoint(
         "param_groups": groups,
     }
     return tensors, meta
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy that later in-place updates cannot reach."""
+    return t.detach().to("cpu", copy=True).contiguous()
 
 
 def _restore(

@@ -105,3 +105,15 @@ def test_usad_two_optimizer_state_round_trips() -> None:
                 assert torch.equal(value.cpu(), tensors[f"opt{i}.{pid}.{key}"]), (i, pid, key)
         assert int(state["state"][0]["step"]) == (KILL_AFTER + 1) * len(range(0, 176, 32))
         assert [g["lr"] for g in state["param_groups"]] == [SETTINGS.lr]
+
+
+def test_checkpoint_is_a_snapshot_not_a_view_of_live_training_state() -> None:
+    """A hook may keep the checkpoint in memory; training on must not change it."""
+    kept: list[tuple[Checkpoint, Checkpoint]] = []
+    fit(model("usad"), windows(), SETTINGS,
+        on_epoch_end=lambda epoch, c: kept.append((c, through_safetensors(c))))
+    (live, _), (copied, _) = kept[0]
+    assert live.keys() == copied.keys()
+    changed = [k for k in live if not torch.equal(live[k], copied[k])]
+    assert changed == []
+    assert int(copied["opt0.0.step"]) < int(kept[-1][1][0]["opt0.0.step"])
