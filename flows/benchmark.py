@@ -15,6 +15,7 @@ train flow runs), so one benchmark needs no Prefect API and no server.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,20 +81,34 @@ def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetCo
     return parse_config(data, origin=f"benchmark({cfg.name})")
 
 
-def train_candidates(cfg: DatasetConfig, run_id: str) -> tuple[list[tuple[VersionRef, dict]], dict]:
-    """The train flow's stages in its order: every family registered, champion chosen on validation."""
+Candidates = list[tuple[VersionRef, dict[str, Any]]]
+
+
+def train_candidates(cfg: DatasetConfig, run_id: str) -> tuple[Candidates, dict, dict[str, str]]:
+    """The train flow's stages in its order: every family registered, champion chosen on validation.
+
+    A family whose parameters do not fit this data (ValueError, e.g. a latent as
+    wide as a univariate window) is reported as failed instead of ending the run.
+    """
     ingest_source.fn(cfg)
     scaled_key, scaler_key, rows = scale_dataset.fn(cfg)
     windows_key, n_windows = window_dataset.fn(cfg, scaled_key)
     prepared = PreparedData(scaled_key, scaler_key, windows_key, rows, n_windows)
-    candidates = []
+    candidates, failed = [], {}
     for family in cfg.families:
-        candidate = train_family.fn(cfg, family, prepared, run_id)
+        try:
+            candidate = train_family.fn(cfg, family, prepared, run_id)
+        except ValueError as err:
+            log.warning("%s: %s failed: %s", cfg.name, family.name, err)
+            failed[family.name] = str(err)
+            continue
         evaluation = calibrate_candidate.fn(cfg, family, prepared, candidate)
         evaluation = report_candidate.fn(cfg, family, prepared, candidate, evaluation)
         candidates.append((register_candidate.fn(cfg, scaler_key, candidate, evaluation), evaluation))
+    if not candidates:
+        raise ValueError(f"{cfg.name}: every family failed: {failed}")
     champion = choose_champion.fn(cfg, [(ref, ev["metrics"]) for ref, ev in candidates])
-    return candidates, champion
+    return candidates, champion, failed
 
 
 def score_split_rows(cfg: DatasetConfig) -> pl.DataFrame:
@@ -141,17 +156,19 @@ def benchmark_series(
     """One series or table: train all families, evaluate each and the champion on the score split."""
     cfg, report = KINDS[kind][1](root, name, work_dir)
     cfg = benchmark_config(cfg, options)
-    candidates, champion = train_candidates(cfg, run_id=f"benchmark-{new_run_id()}")
+    candidates, champion, failed = train_candidates(cfg, run_id=f"benchmark-{new_run_id()}")
     frame = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))
-    rows = []
+    rows: list[dict[str, Any]] = [
+        {"dataset": kind, "series": name, "family": family, "picked": "", "note": f"failed: {why}"}
+        for family, why in failed.items()]
     for ref, ev in candidates:
         metrics = evaluate_version(cfg, ref, frame, truth)
-        rows.append({"dataset": kind, "series": name, "family": ref.family, "picked": "",
+        rows.append({"dataset": kind, "series": name, "family": ref.family, "picked": "", "note": "",
                      "version": ref.version, "fit_s": float(ev["fit"]["fit_seconds"]),
                      f"val_{champion['metric']}": float(ev["metrics"][champion["metric"]]),
                      "target_fpr": cfg.threshold.target_fpr, **metrics})
-    best = next(r for r in rows if r["version"] == champion["version"])
+    best = next(r for r in rows if r.get("version") == champion["version"])
     rows.append({**best, "family": CHAMPION, "picked": best["family"]})
     log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
              champion["metric"], champion["value"])
@@ -163,6 +180,8 @@ def with_means(table: pl.DataFrame) -> pl.DataFrame:
     numeric = [c for c, t in table.schema.items() if t.is_numeric()]
     means = table.group_by("dataset", "family", maintain_order=True).agg(
         pl.lit("mean").alias("series"), pl.lit("").alias("picked"), pl.lit("").alias("version"),
+        pl.format("mean of {} series", pl.col("pr_auc").fill_nan(None).is_not_null().sum())
+        .alias("note"),
         *(pl.col(c).fill_nan(None).mean() for c in numeric))
     return pl.concat([table, means.select(table.columns)], how="vertical_relaxed")
 
@@ -206,13 +225,19 @@ def format_table(table: pl.DataFrame) -> str:
             value = row.get(c)
             if c == "family" and row.get("picked"):
                 value = f"{CHAMPION} ({row['picked']})"
+            elif c == "family" and (row.get("note") or "").startswith("failed"):
+                value = f"{value} (failed)"
             cells.append(_cell(c, value))
         lines.append("| " + " | ".join(cells) + " |")
+    failures = table.filter(pl.col("note").str.starts_with("failed"))
+    if failures.height:
+        lines += ["", *(f"- {r['series']} / {r['family']}: {r['note']}"
+                        for r in failures.iter_rows(named=True))]
     return "\n".join(lines)
 
 
 def _cell(column: str, value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
         if column == "score_rows_per_s":

@@ -14,6 +14,7 @@ give identical files and the content-addressed version id stays stable.
 from __future__ import annotations
 
 import io
+import math
 import re
 from typing import Any
 
@@ -159,7 +160,7 @@ def latent_png(latent: np.ndarray, labels: np.ndarray, title: str) -> bytes:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
-        return "n/a" if value != value else f"{value:.4g}"
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
     return str(value)
 
 
@@ -179,10 +180,11 @@ def threshold_section(threshold: dict[str, Any]) -> list[str]:
     target = threshold["methods"].get("target_fpr", {})
     boot, guarantee = target.get("bootstrap_fpr"), target.get("guarantee")
     if boot and guarantee:
-        lines += ["", f"Target FPR {threshold['target_fpr']:.3g} (split-conformal on "
-                  f"{guarantee['n']} normal validation rows): achieved {boot['achieved']:.4f} on "
-                  f"them, bootstrap {boot.get('level', 0.95):.0%} interval "
-                  f"[{boot['low']:.4f}, {boot['high']:.4f}] ({boot.get('resamples', 0)} resamples)."]
+        lines += ["", (f"Target FPR {threshold['target_fpr']:.3g} (split-conformal on "
+                       f"{guarantee['n']} normal validation rows): achieved {boot['achieved']:.4f} "
+                       f"on them, bootstrap {boot.get('level', 0.95):.0%} interval "
+                       f"[{boot['low']:.4f}, {boot['high']:.4f}] "
+                       f"({boot.get('resamples', 0)} resamples).")]
         if guarantee.get("defined"):
             low, high = guarantee["conditional_fpr_95"]
             lines.append(
@@ -202,14 +204,14 @@ def report_markdown(
         f"# {dataset} — {family}", "",
         "## Validation metrics (labelled validation slice)", "",
         *metrics_table(evaluation["metrics"]), "",
-        "PA-F1 (point-adjusted) is reported for comparison with the literature only: it is "
-        "close to 1 for almost any detector, random ones included. Rank by PR-AUC / VUS-PR.", "",
+        ("PA-F1 (point-adjusted) is reported for comparison with the literature only: it is "
+         "close to 1 for almost any detector, random ones included. Rank by PR-AUC / VUS-PR."), "",
         "## Threshold", "", *threshold_section(threshold), "",
         "## Training", "",
-        f"- epochs run: {fit.get('epochs_run')}, kept epoch: {fit.get('best_epoch', -1) + 1}, "
-        f"best holdout loss: {_fmt(fit.get('best_holdout'))}",
-        f"- fit time: {_fmt(fit.get('fit_seconds'))} s on {fit.get('device')}, "
-        f"{_fmt(fit.get('samples_per_s'))} windows/s, {fit.get('train_windows')} training windows",
+        (f"- epochs run: {fit.get('epochs_run')}, kept epoch: {fit.get('best_epoch', -1) + 1}, "
+         f"best holdout loss: {_fmt(fit.get('best_holdout'))}"),
+        (f"- fit time: {_fmt(fit.get('fit_seconds'))} s on {fit.get('device')}, "
+         f"{_fmt(fit.get('samples_per_s'))} windows/s, {fit.get('train_windows')} training windows"),
         "", "## Plots", "",
         *(f"![{name}]({name})" for name in plots),
     ]
@@ -311,9 +313,9 @@ def run_markdown(
     keys = [k for k in ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "f1", "fpr")]
     lines = [
         f"# Training run — {cfg.name}", "",
-        f"Champion: **{champion['family']}** `{champion['version']}` "
-        f"({METRIC_NAMES.get(metric, metric)} {champion['value']:.4f} on the labelled validation "
-        f"slice).", "",
+        (f"Champion: **{champion['family']}** `{champion['version']}` "
+         f"({METRIC_NAMES.get(metric, metric)} {champion['value']:.4f} on the labelled validation "
+         f"slice)."), "",
         "| family | version | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]

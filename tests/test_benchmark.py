@@ -16,6 +16,7 @@ from flows.benchmark import (
     format_table,
     interpretation_truth,
     run_benchmark,
+    with_means,
 )
 from tasks.loaders import LoadReport
 from tasks.metrics import InterpretationSegment
@@ -66,3 +67,21 @@ def test_interpretation_truth_aligns_with_the_scored_tail():
     assert truth.shape == (10, 3)
     assert truth[2:4, 1].all() and truth[6, [0, 2]].all() and truth.sum() == 4
     assert interpretation_truth(LoadReport("x", (), {"train": 1}, {}), frame, 3) is None
+
+
+def test_failed_family_is_reported_not_averaged_as_zero():
+    rows = [
+        {"dataset": "nab", "series": "a", "family": "tae", "picked": "", "note": "failed: latent too wide"},
+        {"dataset": "nab", "series": "a", "family": "ae", "picked": "", "note": "", "version": "v1",
+         "roc_auc": 0.8, "pr_auc": 0.4, "vus_pr": 0.5, "best_f1": 0.5, "pa_f1": 0.9, "fit_s": 1.0,
+         "score_rows_per_s": 1e5, "fpr": 0.05},
+        {"dataset": "nab", "series": "b", "family": "ae", "picked": "", "note": "", "version": "v2",
+         "roc_auc": 0.6, "pr_auc": 0.2, "vus_pr": 0.3, "best_f1": 0.3, "pa_f1": 0.9, "fit_s": 3.0,
+         "score_rows_per_s": 3e5, "fpr": 0.07},
+    ]
+    table = with_means(pl.DataFrame(rows, infer_schema_length=None))
+    means = {r["family"]: r for r in table.filter(pl.col("series") == "mean").iter_rows(named=True)}
+    assert means["ae"]["pr_auc"] == pytest.approx(0.3) and means["ae"]["note"] == "mean of 2 series"
+    assert means["tae"]["pr_auc"] is None and means["tae"]["note"] == "mean of 0 series"
+    text = format_table(table)
+    assert "| nab | a | tae (failed) | n/a |" in text and "- a / tae: failed: latent too wide" in text
