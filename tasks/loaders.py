@@ -45,7 +45,7 @@ SYNTHETIC_START = datetime(2024, 1, 1)
 
 NAB_TRAIN_FRACTION = 0.15  # NAB's probationary period
 NAB_VALIDATION_TARGET = 0.50  # validation ends near the middle of the series
-SMD_VALIDATION_FRACTION = 0.30  # of the test file
+SMD_VALIDATION_FRACTION = 0.50  # of the test file: 4 labelled events for selection, 9 held out
 Format = Literal["parquet", "csv"]
 
 
