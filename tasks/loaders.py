@@ -405,7 +405,7 @@ def load_smd(
     No timestamps in SMD: rows get 1-minute steps from ``SYNTHETIC_START``; the
     test file continues right after train. Train rows are label 0. Splits:
     train = the train file; validation/score cut in the test file by
-    ``choose_boundary`` targeting its first 30%. ``LoadReport.interpretation``
+    ``choose_boundary`` targeting its first half. ``LoadReport.interpretation``
     holds the interpretation_label segments (test-file rows, 0-based dims) and
     ``interpretation_offset`` = number of train rows.
     """
