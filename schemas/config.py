@@ -156,6 +156,14 @@ class SelectionConfig(_Strict):
     )
 
 
+class ScoringConfig(_Strict):
+    """How nightly scoring runs the champion."""
+
+    backend: Literal["torch", "onnx"] = Field(
+        "torch", description="onnx: the version's model.onnx on ONNX Runtime's CPU provider"
+    )
+
+
 class DriftConfig(_Strict):
     """When a night counts as drifted (compared with the champion's training reference)."""
 
@@ -206,6 +214,7 @@ class DatasetConfig(_Strict):
     threshold: ThresholdConfig = ThresholdConfig()
     selection: SelectionConfig = SelectionConfig()
     store: StoreConfig = StoreConfig()
+    scoring: ScoringConfig = ScoringConfig()
     drift: DriftConfig = DriftConfig()
     alerts: AlertConfig = AlertConfig()
     retrain: RetrainConfig = RetrainConfig()

@@ -16,8 +16,9 @@ from tasks.register import VersionRef, load_version_files
 from tasks.scale import ScalerParams
 from tasks.store import Store
 
-WEIGHTS, CONFIG, SCALER, THRESHOLD, METRICS = (
+WEIGHTS, CONFIG, SCALER, THRESHOLD, METRICS, ONNX = (
     "weights.safetensors", "config.json", "scaler.json", "threshold.json", "metrics.json",
+    "model.onnx",
 )
 
 

@@ -21,10 +21,11 @@ from models.engine import WindowSet, pick_device
 from models.scoring import row_contributions
 from schemas.config import DatasetConfig
 from tasks.common import run_logger, store_for
+from tasks.export import OnnxScorer
 from tasks.ingest import load_validated
-from tasks.model_io import LoadedModel, load_model
+from tasks.model_io import ONNX, LoadedModel, load_model
 from tasks.normalise import p_values_from_threshold
-from tasks.register import champion_ref, read_champion
+from tasks.register import champion_ref, load_version_files, read_champion
 from tasks.scale import apply_scaler
 from tasks.train import series_tensor
 from tasks.window import window_starts
@@ -34,7 +35,7 @@ CONTRIB_PREFIX = "contrib__"
 
 
 def score_rows(
-    model: WindowModel, scaled: pl.DataFrame, features: list[str], length: int,
+    model: WindowModel | OnnxScorer, scaled: pl.DataFrame, features: list[str], length: int,
     feature_scale: np.ndarray | None = None, batch_size: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (T,), contributions (T, F)) for a frame sorted by entity, timestamp.
@@ -43,7 +44,7 @@ def score_rows(
     contributions are in units of that feature's typical training error, so a
     feature that is always hard to reconstruct cannot drown out the others.
     """
-    device = model.device
+    device = model.device if isinstance(model, WindowModel) else torch.device("cpu")
     starts = window_starts(scaled["entity"].rle_id().to_numpy(), length, 1)
     windows = WindowSet(series_tensor(scaled, features, device), torch.from_numpy(starts), length)
     contrib, _ = row_contributions(model, windows, batch_size)
@@ -85,6 +86,14 @@ def champion_model(cfg: DatasetConfig) -> LoadedModel:
     return load_model(store, champion_ref(pointer), pick_device(cfg.training.device))
 
 
+def champion_scorer(cfg: DatasetConfig, loaded: LoadedModel) -> WindowModel | OnnxScorer:
+    """The torch model, or its verified ONNX graph on ONNX Runtime when the config says so."""
+    if cfg.scoring.backend == "torch":
+        return loaded.model
+    files = load_version_files(store_for(cfg), loaded.ref, [ONNX])  # sha256-checked
+    return OnnxScorer(files[ONNX])
+
+
 def scores_key(cfg: DatasetConfig, day: date) -> str:
     return f"scores/{cfg.name}/date={day.isoformat()}/scores.parquet"
 
@@ -101,7 +110,8 @@ def score_day(cfg: DatasetConfig, day: date) -> dict[str, object]:
         log.warning("no validated rows for %s on %s: nothing scored", cfg.name, day)
         return {"date": day.isoformat(), "status": "missing", "rows": 0, "anomalies": 0}
     loaded = champion_model(cfg)
-    scores, contrib = score_rows(loaded.model, apply_scaler(frame, loaded.scaler),
+    scorer = champion_scorer(cfg, loaded)
+    scores, contrib = score_rows(scorer, apply_scaler(frame, loaded.scaler),
                                  loaded.features, loaded.window,
                                  loaded.threshold.get("feature_scale"))
     out = scores_frame(frame, scores, contrib, loaded).filter(today)

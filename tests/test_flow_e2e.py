@@ -158,3 +158,22 @@ def test_bad_night_is_quarantined_and_leaves_earlier_data_and_champion_untouched
     assert "2026-01-15.csv" in outcome["reason"] and "'s03'" in outcome["reason"]
     after = {k: store.read_bytes(k) for k in before}
     assert after == before
+
+
+def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
+    from datetime import date
+
+    from schemas.config import ScoringConfig
+    from tasks.score import score_day
+
+    cfg, _, _, nights = trained
+    store = store_for(cfg)
+    night = nights[0]
+    torch_scores = pl.from_arrow(store.read_parquet(night["key"]))
+    onnx_cfg = cfg.model_copy(update={"scoring": ScoringConfig(backend="onnx")})
+    result = score_day.fn(onnx_cfg, date.fromisoformat(night["date"]))
+    onnx_scores = pl.from_arrow(store.read_parquet(result["key"]))
+    assert onnx_scores.height == torch_scores.height
+    np.testing.assert_allclose(onnx_scores["score"].to_numpy(), torch_scores["score"].to_numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert (onnx_scores["is_anomaly"] == torch_scores["is_anomaly"]).mean() > 0.999
