@@ -32,7 +32,6 @@ from models.registry import build_model  # noqa: E402
 from models.scoring import row_contributions  # noqa: E402
 
 
-
 def params(n_features: int) -> dict:
     """The chapter's shape rule: latent about 20% of the input, two hidden layers."""
     return {"hidden": [64, 32], "latent": max(2, n_features // 5)}

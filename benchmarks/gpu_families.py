@@ -117,7 +117,7 @@ def main() -> None:
         r["wall_s"] = time.perf_counter() - t0
         results.append(r)
         print(json.dumps(r), flush=True)
-    print(f"\n| family | train samples/s | score rows/s | fit s | val ROC-AUC |\n|---|---|---|---|---|")
+    print("\n| family | train samples/s | score rows/s | fit s | val ROC-AUC |\n|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['family']} | error: {r['error'][:60]} | | | |")

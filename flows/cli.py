@@ -6,7 +6,6 @@ import json
 import os
 from datetime import date
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,7 +21,7 @@ def _quiet_defaults() -> None:
 
 
 @app.command()
-def demo(config: Optional[Path] = ConfigArg) -> None:
+def demo(config: Path | None = ConfigArg) -> None:
     """Run the whole pipeline on the embedded synthetic dataset and print a summary."""
     _quiet_defaults()
     from flows.demo import demo_flow, format_summary
@@ -32,8 +31,8 @@ def demo(config: Optional[Path] = ConfigArg) -> None:
 
 
 @app.command()
-def train(config: Optional[Path] = ConfigArg,
-          run_id: Optional[str] = typer.Option(None, help="resume this run's checkpoints")) -> None:
+def train(config: Path | None = ConfigArg,
+          run_id: str | None = typer.Option(None, help="resume this run's checkpoints")) -> None:
     """Train every configured family and choose the champion."""
     _quiet_defaults()
     from flows.train import train_flow
@@ -43,7 +42,7 @@ def train(config: Optional[Path] = ConfigArg,
 
 
 @app.command()
-def score(day: str = typer.Argument(..., help="YYYY-MM-DD"), config: Optional[Path] = ConfigArg) -> None:
+def score(day: str = typer.Argument(..., help="YYYY-MM-DD"), config: Path | None = ConfigArg) -> None:
     """Score one night with the champion (rerunning replaces the partition)."""
     _quiet_defaults()
     from flows.nightly import nightly_flow
@@ -53,7 +52,7 @@ def score(day: str = typer.Argument(..., help="YYYY-MM-DD"), config: Optional[Pa
 
 
 @app.command()
-def backfill(start: str, end: str, config: Optional[Path] = ConfigArg) -> None:
+def backfill(start: str, end: str, config: Path | None = ConfigArg) -> None:
     """Score every night in [START, END)."""
     _quiet_defaults()
     from flows.nightly import backfill_flow
@@ -64,9 +63,9 @@ def backfill(start: str, end: str, config: Optional[Path] = ConfigArg) -> None:
 
 
 @app.command()
-def serve(config: Optional[Path] = ConfigArg,
+def serve(config: Path | None = ConfigArg,
           cron: str = typer.Option("0 2 * * *", help="schedule of the nightly deployment"),
-          limit: Optional[int] = typer.Option(None, help="max concurrent flow runs")) -> None:
+          limit: int | None = typer.Option(None, help="max concurrent flow runs")) -> None:
     """Serve the nightly, train, retrain (drift-triggered) and backfill deployments locally."""
     _quiet_defaults()
     from flows.deploy import serve as serve_deployments
@@ -101,11 +100,11 @@ def check_config(config: Path) -> None:
 def benchmark(
     kind: str = typer.Argument(..., help="smd, nab or odds"),
     path: Path = typer.Argument(..., help="root of the data set (e.g. ../shared/data/smd)"),
-    families: Optional[str] = typer.Option(None, help="comma-separated families (default: all)"),
-    out: Optional[Path] = typer.Option(None, help="also write the table as CSV here"),
-    epochs: Optional[int] = typer.Option(None, help="cap training epochs per family"),
-    max_train_windows: Optional[int] = typer.Option(None, help="cap training windows per family"),
-    window: Optional[int] = typer.Option(None, help="override the loader's window length"),
+    families: str | None = typer.Option(None, help="comma-separated families (default: all)"),
+    out: Path | None = typer.Option(None, help="also write the table as CSV here"),
+    epochs: int | None = typer.Option(None, help="cap training epochs per family"),
+    max_train_windows: int | None = typer.Option(None, help="cap training windows per family"),
+    window: int | None = typer.Option(None, help="override the loader's window length"),
     work_dir: Path = typer.Option(Path(".nightowl/benchmark"), help="raw files, store, reports"),
     threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a shared, loaded box)"),
 ) -> None:

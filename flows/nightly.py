@@ -16,11 +16,11 @@ from prefect import flow
 from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.alert import alert_night
+from tasks.common import run_logger
 from tasks.drift import check_drift
 from tasks.ingest import ingest_source
-from tasks.nightly import champion_reference, ingest_night, night_inputs
 from tasks.night_report import publish_night
-from tasks.common import run_logger
+from tasks.nightly import champion_reference, ingest_night, night_inputs
 from tasks.score import score_day
 
 

@@ -9,14 +9,9 @@ from typing import Any
 from prefect import flow
 
 from flows.common import resolve_config
-from flows.train import new_run_id
-from tasks.calibrate import calibrate_candidate
-from tasks.drift import training_reference
+from flows.train import new_run_id, train_candidates
 from tasks.ingest import ingest_source
-from tasks.prepare import PreparedData, scale_dataset, window_dataset
 from tasks.promote import latest_validated_day, promote_if_better, rolling_splits, with_splits
-from tasks.register import register_candidate
-from tasks.train import train_family
 
 
 @flow(name="nightowl-retrain", log_prints=True)
@@ -31,18 +26,8 @@ def retrain_flow(config: str | None = None, as_of: date | None = None,
     cfg = with_splits(base, splits)
     run_id = new_run_id()
 
-    scaled_key, scaler_key, rows = scale_dataset(cfg)
-    windows_key, n_windows = window_dataset(cfg, scaled_key)
-    prepared = PreparedData(scaled_key, scaler_key, windows_key, rows, n_windows)
-    candidates = []
-    for family in cfg.families:
-        candidate = train_family(cfg, family, prepared, run_id)
-        evaluation = calibrate_candidate(cfg, family, prepared, candidate)
-        evaluation = {**evaluation, "extra_files": {
-            **evaluation.get("extra_files", {}),
-            **training_reference(cfg, prepared, candidate, evaluation["threshold"])}}
-        ref = register_candidate(cfg, scaler_key, candidate, evaluation)
-        candidates.append((ref, evaluation["metrics"]))
+    _, trained = train_candidates(cfg, run_id)
+    candidates = [(ref, evaluation["metrics"]) for ref, evaluation in trained]
     decision = promote_if_better(cfg, splits, candidates, trigger)
     return {"dataset": cfg.name, "run_id": run_id, "ingestion": ingestion["rows_validated"],
             "decision": {k: decision[k] for k in ("promoted", "reason", "key", "metric")}}

@@ -15,7 +15,7 @@ from tasks.calibrate import calibrate_candidate
 from tasks.drift import training_reference
 from tasks.ingest import ingest_source
 from tasks.prepare import PreparedData, scale_dataset, window_dataset
-from tasks.register import choose_champion, register_candidate
+from tasks.register import VersionRef, choose_champion, register_candidate
 from tasks.report import publish_training_artifacts, report_candidate
 from tasks.synthetic import materialize
 from tasks.train import train_family
@@ -27,6 +27,29 @@ def materialize_source(cfg: DatasetConfig) -> int:
     if cfg.source.synthetic is None:
         return 0
     return len(materialize(cfg.source.synthetic, cfg.source.path))
+
+
+Candidate = tuple[VersionRef, dict[str, Any]]
+
+
+def train_candidates(cfg: DatasetConfig, run_id: str) -> tuple[PreparedData, list[Candidate]]:
+    """scale -> window -> for each family: train, calibrate, report, register a version.
+
+    Shared by the training and the retraining flow; choosing what to promote is theirs.
+    """
+    scaled_key, scaler_key, rows = scale_dataset(cfg)
+    windows_key, n_windows = window_dataset(cfg, scaled_key)
+    prepared = PreparedData(scaled_key, scaler_key, windows_key, rows, n_windows)
+    candidates = []
+    for family in cfg.families:
+        candidate = train_family(cfg, family, prepared, run_id)
+        evaluation = calibrate_candidate(cfg, family, prepared, candidate)
+        reference = training_reference(cfg, prepared, candidate, evaluation["threshold"])
+        evaluation["extra_files"] = {**evaluation.get("extra_files", {}), **reference}  # drift
+        evaluation = report_candidate(cfg, family, prepared, candidate, evaluation)  # report.md
+        ref = register_candidate(cfg, scaler_key, candidate, evaluation)
+        candidates.append((ref, evaluation))
+    return prepared, candidates
 
 
 def new_run_id() -> str:
@@ -45,20 +68,7 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     materialize_source(cfg)
     ingestion = ingest_source(cfg)
 
-    scaled_key, scaler_key, rows = scale_dataset(cfg)
-    windows_key, n_windows = window_dataset(cfg, scaled_key)
-    prepared = PreparedData(scaled_key, scaler_key, windows_key, rows, n_windows)
-
-    candidates = []
-    for family in cfg.families:
-        candidate = train_family(cfg, family, prepared, run_id)
-        evaluation = calibrate_candidate(cfg, family, prepared, candidate)
-        evaluation = {**evaluation, "extra_files": {  # drift reference for nightly checks
-            **evaluation.get("extra_files", {}), **training_reference(cfg, prepared, candidate, evaluation["threshold"])}}
-        evaluation = report_candidate(cfg, family, prepared, candidate, evaluation)  # report.md, plots/
-        ref = register_candidate(cfg, scaler_key, candidate, evaluation)
-        candidates.append((ref, evaluation))
-
+    prepared, candidates = train_candidates(cfg, run_id)
     champion = choose_champion(cfg, [(ref, ev["metrics"]) for ref, ev in candidates])
     publish_training_artifacts(cfg, candidates, champion)
     return {

@@ -96,7 +96,8 @@ def feature_bounds(cfg: DatasetConfig, feature: str) -> tuple[float, float]:
 def _bounds_rule(lo: float, hi: float) -> str:
     if lo == -FLOAT_MAX and hi == FLOAT_MAX:
         return "finite value"
-    show = lambda v: "-max" if v == -FLOAT_MAX else "max" if v == FLOAT_MAX else f"{v:g}"
+    def show(v):
+        return "-max" if v == -FLOAT_MAX else "max" if v == FLOAT_MAX else f"{v:g}"
     return f"finite value in [{show(lo)}, {show(hi)}]"
 
 

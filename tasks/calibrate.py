@@ -11,13 +11,14 @@ import math
 from typing import Any
 
 import numpy as np
-
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from scipy import stats
 from sklearn.metrics import precision_recall_curve, roc_curve
+
 from models.engine import pick_device
+from schemas.config import DatasetConfig, FamilyConfig, ThresholdConfig
 from tasks.common import run_logger, store_for
 from tasks.export import onnx_version_files
 from tasks.metrics import evaluate
@@ -25,7 +26,6 @@ from tasks.model_io import model_from_bytes
 from tasks.normalise import normaliser_json, p_values  # noqa: F401 - p_values re-exported
 from tasks.prepare import PreparedData, load_prepared
 from tasks.score import feature_error_scale, score_rows
-from schemas.config import DatasetConfig, FamilyConfig, ThresholdConfig
 
 
 def percentile_threshold(train_scores: np.ndarray, percentile: float) -> float:

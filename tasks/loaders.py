@@ -117,7 +117,8 @@ def _splits(ts: np.ndarray, train_end: int, val_end: int) -> dict[str, Any]:
             f"invalid split rows train_end={train_end}, validation_end={val_end}, n={ts.size}"
         )
     step = np.median(np.diff(ts)) if ts.size > 1 else np.timedelta64(1, "m")
-    as_dt = lambda v: v.astype("datetime64[us]").item()
+    def as_dt(v):
+        return v.astype("datetime64[us]").item()
     return {
         "train": {"start": as_dt(ts[0]), "end": as_dt(ts[train_end])},
         "validation": [{"start": as_dt(ts[train_end]), "end": as_dt(ts[val_end])}],

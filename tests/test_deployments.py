@@ -55,8 +55,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.integration
 def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
-    from tasks.synthetic import materialize
     from schemas.config import parse_config
+    from tasks.synthetic import materialize
 
     data = tiny_config(tmp_path)
     cfg = parse_config(data)
@@ -73,7 +73,7 @@ def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
     procs: list[subprocess.Popen] = []
 
     def start(name: str, *args: str) -> subprocess.Popen:
-        out = open(logs / f"{name}.log", "wb")
+        out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - the server holds it open
         proc = subprocess.Popen(list(args), env=env, cwd=tmp_path, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(proc)

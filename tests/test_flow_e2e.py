@@ -140,7 +140,6 @@ def test_scores_layer_explains_each_row(trained) -> None:
 
 def test_bad_night_is_quarantined_and_leaves_earlier_data_and_champion_untouched(trained) -> None:
     from flows.train import train_flow  # noqa: F401 - ensures flows import cleanly
-
     from tasks.ingest import ingest_source
 
     cfg, _, _, _ = trained

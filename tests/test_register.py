@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tasks.register import (
@@ -31,10 +33,10 @@ def test_version_is_content_addressed_and_idempotent(store: Store) -> None:
 
 def test_flipped_byte_in_weights_is_refused(store: Store) -> None:
     ref = register_version(store, "ds", "dense_ae", FILES)
-    path = store.path(f"{ref.key}/weights.safetensors")
-    data = bytearray(open(path, "rb").read())
+    path = Path(store.path(f"{ref.key}/weights.safetensors"))
+    data = bytearray(path.read_bytes())
     data[3] ^= 0x01
-    open(path, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="weights.safetensors: sha256 mismatch"):
         load_version_files(store, ref)
 
