@@ -33,7 +33,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 class MeanDistance:
     """A real, tiny detector: squared distance to the train mean (PyOD's fit/decision_function)."""
 
-    def fit(self, x: np.ndarray) -> "MeanDistance":
+    def fit(self, x: np.ndarray) -> MeanDistance:
         self.mean_ = x.mean(axis=0)
         return self
 
