@@ -36,6 +36,7 @@ def format_summary(result: dict[str, Any], config: str | None = None) -> str:
         f"nightowl demo — dataset '{cfg.name}'",
         f"  rows in: {ing['rows_in']}   validated: {ing['rows_validated']}   "
         f"quarantined: {ing['rows_quarantined']}",
+        *(f"    quarantined: {b['reason']}" for b in ing["batches"] if b["status"] == "quarantined"),
         "  validation (labelled slice):",
         f"    {'family':<14}{'ROC-AUC':>9}{'PR-AUC':>9}{'F1':>7}   threshold (method)",
     ]

@@ -35,6 +35,9 @@ class SyntheticSource(_Strict):
     clean_days: int = Field(
         14, ge=1, description="leading days without injected anomalies (the training period)"
     )
+    corrupt_deliveries: int = Field(
+        0, ge=0, description="extra re-sent day files with a broken sensor column, to show quarantine"
+    )
 
 
 class SourceConfig(_Strict):

@@ -135,4 +135,26 @@ def materialize(cfg: SyntheticSource, source_path: str, overwrite: bool = False)
     if existing and not overwrite:
         return existing
     frame, _ = generate(cfg)
-    return write_daily_csv(frame, source_directory(source_path))
+    written = write_daily_csv(frame, source_directory(source_path))
+    return sorted(written + write_corrupt_deliveries(frame, source_directory(source_path),
+                                                     cfg.corrupt_deliveries))
+
+
+def write_corrupt_deliveries(frame: pl.DataFrame, directory: str, count: int) -> list[str]:
+    """Re-sent copies of the last days in which one sensor dropped out (empty cells).
+
+    Real feeds do this; validation must quarantine them and keep the good originals.
+    """
+    import os
+
+    days = sorted(frame["timestamp"].dt.date().unique())[-count:] if count else []
+    written = []
+    for day in days:
+        part = frame.filter(pl.col("timestamp").dt.date() == day).sort(["entity", "timestamp"])
+        broken = part.with_columns(
+            pl.when(pl.int_range(pl.len()) % 7 == 3).then(None).otherwise(pl.col("s01")).alias("s01")
+        )
+        path = os.path.join(directory, f"{day.isoformat()}-resend.csv")
+        broken.write_csv(path)
+        written.append(path)
+    return written
