@@ -28,6 +28,7 @@ def small_config(tmp_path: Path) -> DatasetConfig:
         "validation": [{"start": datetime(2026, 1, 11), "end": datetime(2026, 1, 13)}],
         "score": {"start": datetime(2026, 1, 13), "end": datetime(2026, 1, 15)},
     }
+    data["families"] = [f for f in data["families"] if f["name"] == "dense_ae"]
     data["store"]["root"] = f"file://{tmp_path}/store"
     return parse_config(data, origin="small-synthetic")
 
@@ -94,7 +95,9 @@ def trained(tmp_path_factory, prefect_harness):
 
 def test_training_flow_meets_detection_and_false_positive_targets(trained) -> None:
     cfg, _, result, _ = trained
-    assert result["ingestion"]["rows_quarantined"] == 0
+    quarantined = [b["source"] for b in result["ingestion"]["batches"]
+                   if b["status"] == "quarantined"]
+    assert [q.rsplit("/", 1)[-1] for q in quarantined] == ["2026-01-14-resend.csv"]
     (candidate,) = result["candidates"]
     assert candidate["family"] == "dense_ae"
     assert candidate["metrics"]["roc_auc"] >= 0.9
