@@ -103,15 +103,18 @@ def detectors(train: np.ndarray, seed: int = 0) -> dict[str, Callable[[], Any]]:
     }
 
 
-def split_rows(cfg: DatasetConfig, window: int) -> SplitRows:
-    """The loader's raw rows, split by the config and scaled like the pipeline (train-only fit)."""
+def split_rows(cfg: DatasetConfig, window: int, scaling: str | None = None) -> SplitRows:
+    """The loader's raw rows, split by the config and scaled like the pipeline (train-only fit).
+
+    `scaling` overrides the config's method (to compare under another scaling).
+    """
     frame = pl.read_parquet(cfg.source.path).sort(["entity", "timestamp"])
     frame = assign_splits(frame, cfg.splits)
     feats = cfg.columns.features
     train = frame.filter(pl.col("split") == "train")
     if cfg.splits.train_on_normal_only:
         train = train.filter(pl.col("label") == 0)
-    scaled = apply_scaler(frame, fit_scaler(train, feats, cfg.scaling.method))
+    scaled = apply_scaler(frame, fit_scaler(train, feats, scaling or cfg.scaling.method))
 
     def part(name: str, normal_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
         rows = scaled.filter(pl.col("split") == name)
@@ -158,12 +161,14 @@ def run_detector(make: Callable[[], Any], rows: SplitRows) -> dict[str, float]:
             "fit_s": fit_s, "score_rows_per_s": rows.score.shape[0] / max(score_s, 1e-9)}
 
 
-def benchmark_series(kind: str, name: str, work_dir: Path, only: set[str]) -> list[dict[str, Any]]:
+def benchmark_series(
+    kind: str, name: str, work_dir: Path, only: set[str], scaling: str | None = None
+) -> list[dict[str, Any]]:
     """Every detector on one series, then the validation pick and the score-split oracle."""
     _, load, root = LOADERS[kind]
     cfg, _ = load(root, name, work_dir / kind)
     window = NAB_WINDOW if kind == "nab" else cfg.window.length
-    rows = split_rows(cfg, window)
+    rows = split_rows(cfg, window, scaling)
     log.info("%s %s: train %s, validation %s (%d anomalous), score %s (%d anomalous)", kind, name,
              rows.train.shape, rows.val.shape, int(rows.val_labels.sum()), rows.score.shape,
              int(rows.score_labels.sum()))
@@ -239,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", default="smd,nab,odds")
     parser.add_argument("--detectors", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scaling", default=None, choices=["standard", "robust", "minmax"],
+                        help="override the loader's scaling (default: the pipeline's own)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -252,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind in (k.strip() for k in args.kinds.split(",") if k.strip()):
             discover, _, root = LOADERS[kind]
             for name in discover(root):
-                rows += benchmark_series(kind, name, Path(tmp), only)
+                rows += benchmark_series(kind, name, Path(tmp), only, args.scaling)
     table = with_means(pl.DataFrame(rows, infer_schema_length=None))
     print(format_table(table))
     if args.out:
