@@ -26,12 +26,11 @@ import numpy as np
 import polars as pl
 
 from flows.train import new_run_id
-from models.engine import pick_device
 from models.registry import FAMILIES
 from schemas.config import DatasetConfig, parse_config
 from tasks import loaders
 from tasks.calibrate import calibrate_candidate, rates
-from tasks.common import store_for
+from tasks.common import compute_device, store_for
 from tasks.ingest import ingest_source, load_validated
 from tasks.metrics import evaluate, hit_rate, interpretation_mask
 from tasks.model_io import load_model
@@ -66,12 +65,14 @@ class BenchmarkOptions:
     epochs: int | None = None
     max_train_windows: int | None = None
     window: int | None = None
+    threads: int = 1
 
 
 def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetConfig:
     """The loader's config with the chosen families and compute caps (validated again)."""
     data = cfg.model_dump()
     data["families"] = [{"name": f} for f in options.families or sorted(FAMILIES)]
+    data["training"]["cpu_threads"] = options.threads
     if options.epochs is not None:
         data["training"]["epochs"] = options.epochs
     if options.max_train_windows is not None:
@@ -122,7 +123,7 @@ def evaluate_version(
     cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame, truth: np.ndarray | None
 ) -> dict[str, float]:
     """Score-split metrics of one registered version at its calibrated threshold, plus speed."""
-    loaded = load_model(store_for(cfg), ref, pick_device(cfg.training.device))
+    loaded = load_model(store_for(cfg), ref, compute_device(cfg))
     scaled = apply_scaler(frame, loaded.scaler)
     score_rows(loaded.model, scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
     started = time.perf_counter()

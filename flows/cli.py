@@ -110,15 +110,11 @@ def benchmark(
 ) -> None:
     """Run families through the real pipeline on every series under PATH; metrics on unseen rows."""
     _quiet_defaults()
-    import torch
-
     from flows.benchmark import BenchmarkOptions, format_table, run_benchmark
-
-    torch.set_num_threads(threads)
 
     options = BenchmarkOptions(
         families=tuple(f.strip() for f in families.split(",") if f.strip()) if families else (),
-        epochs=epochs, max_train_windows=max_train_windows, window=window)
+        epochs=epochs, max_train_windows=max_train_windows, window=window, threads=threads)
     table = run_benchmark(kind, path, work_dir / kind, options)
     typer.echo(format_table(table))
     if out:

@@ -17,9 +17,8 @@ from prefect.cache_policies import NO_CACHE
 from scipy import stats
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from models.engine import pick_device
 from schemas.config import DatasetConfig, FamilyConfig, ThresholdConfig
-from tasks.common import run_logger, store_for
+from tasks.common import compute_device, run_logger, store_for
 from tasks.export import onnx_version_files
 from tasks.metrics import evaluate
 from tasks.model_io import model_from_bytes
@@ -196,7 +195,7 @@ def calibrate_candidate(
     store = store_for(cfg)
     fit_info = store.read_json(f"{candidate}/fit.json")
     model = model_from_bytes(fit_info["arguments"], store.read_bytes(f"{candidate}/weights.safetensors"),
-                             pick_device(cfg.training.device))
+                             compute_device(cfg))
     scaled, _, _ = load_prepared(cfg, prepared)
     split = scaled["split"].to_numpy()
     labels = scaled["label"].to_numpy().astype(np.int8)

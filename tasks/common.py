@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
+import torch
+
+from models.engine import pick_device
 from schemas.config import DatasetConfig
 from tasks.store import Store
 
@@ -26,3 +29,9 @@ def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except Exception:  # noqa: BLE001 - MissingContextError outside a run
         return logging.getLogger(name)
+
+
+def compute_device(cfg: DatasetConfig) -> torch.device:
+    """The device for torch work, with the configured CPU thread count applied first."""
+    torch.set_num_threads(cfg.training.cpu_threads)
+    return pick_device(cfg.training.device)

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, DriftConfig
-from tasks.common import run_logger, store_for
+from tasks.common import compute_device, run_logger, store_for
 from tasks.store import Store
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,6 @@ def training_reference(
     `threshold` is the calibration result: train scores are computed exactly as
     nightly scoring will compute them (same per-feature error scale, if any).
     """
-    from models.engine import pick_device
     from tasks.model_io import model_from_bytes
     from tasks.prepare import load_prepared
     from tasks.score import score_rows
@@ -144,7 +143,7 @@ def training_reference(
     fit_info = store.read_json(f"{candidate}/fit.json")
     model = model_from_bytes(fit_info["arguments"],
                              store.read_bytes(f"{candidate}/weights.safetensors"),
-                             pick_device(cfg.training.device))
+                             compute_device(cfg))
     scaled, _, _ = load_prepared(cfg, prepared)
     scores, _ = score_rows(model, scaled, cfg.columns.features, cfg.window.length,
                            (threshold or {}).get("feature_scale"))

@@ -28,10 +28,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from models.base import WindowModel
-from models.engine import WindowSet, pick_device
+from models.engine import WindowSet
 from schemas.config import DatasetConfig, FamilyConfig
 from tasks.calibrate import validation_scores_key
-from tasks.common import run_logger, store_for
+from tasks.common import compute_device, run_logger, store_for
 from tasks.model_io import model_from_bytes
 from tasks.prepare import PreparedData, load_prepared
 from tasks.register import VersionRef
@@ -259,7 +259,7 @@ def build_plots(
                                                   f"{title}: training"),
     }
     model = model_from_bytes(fit["arguments"], store.read_bytes(f"{candidate}/weights.safetensors"),
-                             pick_device(cfg.training.device))
+                             compute_device(cfg))
     if hasattr(model, "latent_means"):
         plots["plots/latent_pca.png"] = latent_plot(cfg, prepared, model,
                                                     f"{title}: latent means, 2-D PCA")

@@ -17,10 +17,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from models.base import WindowModel
-from models.engine import WindowSet, pick_device
+from models.engine import WindowSet
 from models.scoring import row_contributions
 from schemas.config import DatasetConfig
-from tasks.common import run_logger, store_for
+from tasks.common import compute_device, run_logger, store_for
 from tasks.export import OnnxScorer
 from tasks.ingest import load_validated
 from tasks.model_io import ONNX, LoadedModel, load_model
@@ -83,7 +83,7 @@ def champion_model(cfg: DatasetConfig) -> LoadedModel:
     pointer = read_champion(store, cfg.name)
     if pointer is None:
         raise LookupError(f"no champion for dataset {cfg.name!r}: run training first")
-    return load_model(store, champion_ref(pointer), pick_device(cfg.training.device))
+    return load_model(store, champion_ref(pointer), compute_device(cfg))
 
 
 def champion_scorer(cfg: DatasetConfig, loaded: LoadedModel) -> WindowModel | OnnxScorer:

@@ -24,11 +24,10 @@ from models.engine import (
     checkpoint_metadata_from_json,
     checkpoint_metadata_json,
     fit,
-    pick_device,
 )
 from models.registry import build_model
 from schemas.config import DatasetConfig, FamilyConfig
-from tasks.common import run_logger, store_for
+from tasks.common import compute_device, run_logger, store_for
 from tasks.model_io import to_json_bytes, weights_bytes
 from tasks.prepare import PreparedData, load_prepared
 from tasks.store import Store
@@ -81,7 +80,7 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
     log = run_logger(__name__)
     store = store_for(cfg)
     settings = engine_settings(cfg, family)
-    device = pick_device(settings.device)
+    device = compute_device(cfg)
     scaled, index, _ = load_prepared(cfg, prepared)
     features = cfg.columns.features
     windows = WindowSet(
