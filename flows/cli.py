@@ -65,12 +65,13 @@ def backfill(start: str, end: str, config: Path | None = ConfigArg) -> None:
 @app.command()
 def serve(config: Path | None = ConfigArg,
           cron: str = typer.Option("0 2 * * *", help="schedule of the nightly deployment"),
-          limit: int | None = typer.Option(None, help="max concurrent flow runs")) -> None:
+          limit: int | None = typer.Option(None, help="max concurrent flow runs"),
+          gpu_slots: int = typer.Option(1, help="task runs tagged `gpu` allowed at once")) -> None:
     """Serve the nightly, train, retrain (drift-triggered) and backfill deployments locally."""
     _quiet_defaults()
     from flows.deploy import serve as serve_deployments
 
-    serve_deployments(str(config.resolve()) if config else None, cron, limit)
+    serve_deployments(str(config.resolve()) if config else None, cron, limit, gpu_slots)
 
 
 @app.command()

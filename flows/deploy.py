@@ -49,10 +49,25 @@ def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> li
     ]
 
 
-def serve(config: str | None = None, cron: str = NIGHTLY_CRON, limit: int | None = None) -> None:
+GPU_TAG = "gpu"
+
+
+def ensure_gpu_slots(slots: int = 1) -> None:
+    """A task-run concurrency limit on the `gpu` tag: training tasks queue for the device
+    instead of sharing it (the same as `prefect concurrency-limit create gpu 1`)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
+    log.info("concurrency limit: %d task run(s) tagged %r at a time", slots, GPU_TAG)
+
+
+def serve(config: str | None = None, cron: str = NIGHTLY_CRON, limit: int | None = None,
+          gpu_slots: int = 1) -> None:
     """Register the deployments with the API in PREFECT_API_URL and run them here (blocks)."""
     from prefect import serve as prefect_serve
 
+    ensure_gpu_slots(gpu_slots)
     deployments = build_deployments(config, cron)
     log.info("serving %s", [d.name for d in deployments])
     prefect_serve(*deployments, limit=limit)

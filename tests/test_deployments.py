@@ -101,6 +101,8 @@ def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
         assert run["parameters"]["trigger"]["date"] == "2026-01-09"
         decisions = list((tmp_path / "store" / "models" / "tiny" / "decisions").glob("*.json"))
         assert len(decisions) == 1  # the retrain ran and recorded its decision
+        gpu_limit = client.get("/concurrency_limits/tag/gpu").json()
+        assert gpu_limit["concurrency_limit"] == 1  # training tasks queue for the device
         names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
         assert names == {"nightly", "train", "retrain", "backfill"}
     finally:
