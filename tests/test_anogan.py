@@ -11,20 +11,18 @@ from models.registry import build_model
 from models.scoring import row_contributions
 from tasks.export import OnnxScorer, export_onnx
 from tasks.model_io import model_from_bytes, weights_bytes
+from tests.signals import every_window, sine_series
 
 F, L = 4, 8
 SMALL = {"latent": 8, "hidden": [32, 64]}
 
 
 def _series(t: int = 500, seed: int = 0) -> torch.Tensor:
-    """Correlated sinusoids plus noise: (T, F)."""
-    gen = torch.Generator().manual_seed(seed)
-    steps = torch.arange(t, dtype=torch.float32)[:, None]
-    return torch.sin(steps / 8 + torch.arange(F)) + 0.1 * torch.randn(t, F, generator=gen)
+    return sine_series(t, F, seed)
 
 
 def _windows(series: torch.Tensor) -> WindowSet:
-    return WindowSet(series, torch.arange(series.shape[0] - L + 1), L)
+    return every_window(series, L)
 
 
 def _settings(epochs: int) -> EngineSettings:
