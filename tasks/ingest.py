@@ -436,11 +436,40 @@ def quarantine(
     return keys
 
 
+def _ledger_key(cfg: DatasetConfig, url: str) -> str:
+    return f"{dataset_prefix(cfg)}/ingested/{batch_id_of(url.encode())}.json"
+
+
+def _already_filed(store: Store, cfg: DatasetConfig, url: str, batch_id: str) -> BatchOutcome | None:
+    """The recorded outcome when these exact bytes from this source were filed before."""
+    key = _ledger_key(cfg, url)
+    if not store.exists(key):
+        return None
+    record = store.read_json(key)
+    if record.get("batch_id") != batch_id or not all(store.exists(k) for k in record["keys"]):
+        return None
+    return BatchOutcome(**record)
+
+
 def ingest_batch(store: Store, cfg: DatasetConfig, url: str) -> BatchOutcome:
-    """Read, validate and file one batch. Raises only on I/O errors (which are retryable)."""
-    name = posixpath.basename(url)
+    """Read, validate and file one batch. Raises only on I/O errors (which are retryable).
+
+    A source whose bytes were already filed (validated or quarantined) is not validated
+    again: its recorded outcome is returned, so nightly reruns and backfills stay cheap.
+    """
     data = fetch_bytes(cfg, url)
     batch_id = batch_id_of(data)
+    known = _already_filed(store, cfg, url, batch_id)
+    if known is not None:
+        return known
+    outcome = _file_batch(store, cfg, url, data, batch_id)
+    store.write_json(_ledger_key(cfg, url), outcome.to_dict())  # written last: the commit
+    return outcome
+
+
+def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_id: str) -> BatchOutcome:
+    """Parse and validate the bytes; write validated partitions or the quarantine entry."""
+    name = posixpath.basename(url)
     try:
         frame = parse_batch(cfg, data, name)
     except BatchReadError as err:
