@@ -31,7 +31,8 @@ def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(name)
 
 
-def compute_device(cfg: DatasetConfig) -> torch.device:
-    """The device for torch work, with the configured CPU thread count applied first."""
+def compute_device(cfg: DatasetConfig, preference: str | None = None) -> torch.device:
+    """The device for torch work (a family may override the dataset's preference), with the
+    configured CPU thread count applied first."""
     torch.set_num_threads(cfg.training.cpu_threads)
-    return pick_device(cfg.training.device)
+    return pick_device(preference or cfg.training.device)

@@ -80,7 +80,7 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
     log = run_logger(__name__)
     store = store_for(cfg)
     settings = engine_settings(cfg, family)
-    device = compute_device(cfg)
+    device = compute_device(cfg, settings.device)
     scaled, index, _ = load_prepared(cfg, prepared)
     features = cfg.columns.features
     windows = WindowSet(
