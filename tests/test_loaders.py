@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def test_smd_machine(tmp_path):
     assert frame.height == 23693 + 23694 and int(frame["label"].sum()) == 1170
     assert report.rows["train"] == 23693 and report.positives["train"] == 0
     steps = frame["timestamp"].diff().drop_nulls().unique().to_list()
-    assert len(steps) == 1 and steps[0].total_seconds() == 60
+    assert steps == [timedelta(minutes=1)]  # 1-minute rows, train then test, no gaps
     assert len(report.interpretation) == 13 and report.interpretation[0].start == 6506
     assert report.interpretation[0].dims == frozenset({22, 24, 31, 34, 35})
     mask = interpretation_mask(
