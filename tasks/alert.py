@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import AlertConfig, DatasetConfig
-from tasks.common import run_logger, store_for
+from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.store import Store
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def send_alerts(store: Store, cfg: DatasetConfig, day: date, scores: pl.DataFram
     return {"segments": len(records), "sent": sent, "records": records, "log": log_key(cfg, day)}
 
 
-@task(name="alert", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+@task(name="alert", cache_policy=NO_CACHE, **IO_RETRIES)
 def alert_night(cfg: DatasetConfig, day: date, scores: pl.DataFrame) -> dict[str, Any]:
     """Send tonight's new anomaly segments; write the structured alert log of the night."""
     url = webhook_url(cfg.alerts)

@@ -11,6 +11,9 @@ from models.engine import pick_device
 from schemas.config import DatasetConfig
 from tasks.store import Store
 
+# Retries for stages that touch the store or the source: transient I/O, not bad data.
+IO_RETRIES: dict[str, object] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
+
 
 def store_for(cfg: DatasetConfig) -> Store:
     return _store(cfg.store.root, tuple(sorted(cfg.store.storage_options.items())))

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, DriftConfig
-from tasks.common import compute_device, run_logger, store_for
+from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.store import Store
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def emit_drift_event(cfg: DatasetConfig, day: date, report: dict[str, Any],
     return str(event.id) if event is not None else None
 
 
-@task(name="drift-check", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+@task(name="drift-check", cache_policy=NO_CACHE, **IO_RETRIES)
 def check_drift(
     cfg: DatasetConfig, day: date, reference: dict[str, Any] | None, night: pl.DataFrame,
     scores: np.ndarray, is_anomaly: np.ndarray, config_path: str | None = None,

@@ -13,7 +13,6 @@ Why this shape:
 from __future__ import annotations
 
 import io
-import logging
 import math
 import posixpath
 from dataclasses import asdict, dataclass, field
@@ -24,21 +23,15 @@ import fsspec
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 
 from schemas import arrow as arrow_schemas
 from schemas import suites
 from schemas.config import DatasetConfig
-from tasks.common import store_for
+from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.store import Store, sha256_bytes
 
-log = logging.getLogger(__name__)
-
-# Prefect: retries only where I/O can fail transiently. No result caching: the
-# same config must see new files in the source on every run.
-IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 RAW_EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 MAX_EXAMPLES = 3
 
@@ -70,14 +63,6 @@ class BatchOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """Prefect's run logger inside a task/flow run (shown in the UI), the module logger elsewhere."""
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called outside a flow/task run (tests, scripts)
-        return log
 
 
 def batch_id_of(data: bytes) -> str:
@@ -122,7 +107,7 @@ def list_batches(cfg: DatasetConfig) -> list[str]:
             f"dataset '{cfg.name}': source.path {cfg.source.path!r} does not exist"
         )
     if not files:
-        _logger().warning("dataset '%s': no batches found at %s", cfg.name, cfg.source.path)
+        run_logger(__name__).warning("dataset '%s': no batches found at %s", cfg.name, cfg.source.path)
     return sorted(fs.unstrip_protocol(p) for p in files)
 
 
@@ -475,7 +460,7 @@ def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_i
     except BatchReadError as err:
         reasons = [str(err)]
         keys = quarantine(store, cfg, url, data, batch_id, reasons, error=str(err))
-        _logger().warning("quarantined %s (batch %s): %s", name, batch_id, reasons[0])
+        run_logger(__name__).warning("quarantined %s (batch %s): %s", name, batch_id, reasons[0])
         return BatchOutcome(url, "quarantined", 0, reasons[0], keys, batch_id, reasons)
 
     outcome = validate_frame(cfg, frame, name)
@@ -483,13 +468,13 @@ def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_i
         reasons = outcome.reasons or [f"{name}: failed validation (see validation.json)"]
         keys = quarantine(store, cfg, url, data, batch_id, reasons, result=outcome.result)
         reason = "; ".join(reasons)
-        _logger().warning("quarantined %s (batch %s): %s", name, batch_id, reason)
+        run_logger(__name__).warning("quarantined %s (batch %s): %s", name, batch_id, reason)
         return BatchOutcome(url, "quarantined", frame.height, reason, keys, batch_id, reasons)
 
     # Parts are named after the source, not its content: a corrected re-delivery of
     # the same file replaces its rows instead of adding a second copy beside them.
     keys = write_validated(store, cfg, frame, batch_id_of(url.encode()))
-    _logger().info(
+    run_logger(__name__).info(
         "validated %s (batch %s): %d rows -> %d partitions", name, batch_id, frame.height, len(keys)
     )
     return BatchOutcome(url, "validated", frame.height, None, keys, batch_id, [])
@@ -562,7 +547,7 @@ def ingest_all(store: Store, cfg: DatasetConfig) -> dict[str, Any]:
         "batches_quarantined": sum(o.status == "quarantined" for o in outcomes),
         "batches": [o.to_dict() for o in outcomes],
     }
-    _logger().info(
+    run_logger(__name__).info(
         "dataset '%s': %d batches, %d rows validated, %d rows quarantined",
         cfg.name, len(outcomes), validated, quarantined,
     )  # fmt: skip

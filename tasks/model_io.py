@@ -22,10 +22,6 @@ WEIGHTS, CONFIG, SCALER, THRESHOLD, METRICS, ONNX = (
 )
 
 
-def to_json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
-
-
 def weights_bytes(model: WindowModel) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(state)

@@ -20,13 +20,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
-from tasks.common import run_logger, store_for
+from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.drift import REFERENCE_FILE
 from tasks.ingest import ingest_all, load_validated
 from tasks.register import champion_ref, load_version_files, read_champion
 from tasks.scale import ScalerParams, apply_scaler
 
-IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 DATE_IN_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 

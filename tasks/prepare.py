@@ -11,12 +11,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig
-from tasks.common import run_logger, store_for
+from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.ingest import load_validated
 from tasks.scale import ScalerParams, apply_scaler, fit_scaler
 from tasks.window import build_window_index
-
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
 
 @dataclass(frozen=True)

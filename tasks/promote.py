@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig, TimeRange
 from tasks.calibrate import validation_metrics
-from tasks.common import run_logger, store_for
+from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.ingest import load_validated
 from tasks.register import ChampionConflict, VersionRef, read_champion, set_champion
 from tasks.scale import apply_scaler
@@ -75,7 +75,7 @@ def decide(metric: str, challenger: float, champion: float | None, margin: float
     return False, f"challenger {metric} {challenger:.4f} <= champion {champion:.4f} + {margin}"
 
 
-@task(name="promote-if-better", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+@task(name="promote-if-better", cache_policy=NO_CACHE, **IO_RETRIES)
 def promote_if_better(
     cfg: DatasetConfig, splits: SplitsConfig, candidates: list[tuple[VersionRef, dict[str, float]]],
     trigger: dict[str, Any] | None = None,

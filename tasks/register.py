@@ -19,8 +19,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
-from tasks.common import run_logger, store_for
-from tasks.store import Store, sha256_bytes
+from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.store import Store, json_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,14 @@ def set_champion(
             "updated_at": datetime.now(UTC).isoformat(),
             **(details or {}),
         }
-        if store.write_if(key, json.dumps(pointer, indent=2, sort_keys=True).encode(), tag):
+        if store.write_if(key, json_bytes(pointer), tag):
             return pointer
         log.info("champion pointer %s changed while writing; re-reading", store.uri(key))
     raise ChampionConflict(f"{store.uri(key)}: still contended after {max_attempts} attempts")
 
 
 # -- Prefect stage -------------------------------------------------------------------------
-def _json(obj: Any) -> bytes:
-    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
-
-
-@task(name="register", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+@task(name="register", cache_policy=NO_CACHE, **IO_RETRIES)
 def register_candidate(
     cfg: DatasetConfig, scaler_key: str, candidate: str, evaluation: dict[str, Any]
 ) -> VersionRef:
@@ -167,7 +163,7 @@ def register_candidate(
     fit = evaluation["fit"]
     files = {
         "weights.safetensors": store.read_bytes(f"{candidate}/weights.safetensors"),
-        "config.json": _json({
+        "config.json": json_bytes({
             "dataset": cfg.name,
             "model": fit["arguments"],
             "training": fit["settings"],
@@ -176,8 +172,8 @@ def register_candidate(
             "scaling": cfg.scaling.model_dump(),
         }),
         "scaler.json": store.read_bytes(scaler_key),
-        "threshold.json": _json(evaluation["threshold"]),
-        "metrics.json": _json({"validation": evaluation["metrics"],
+        "threshold.json": json_bytes(evaluation["threshold"]),
+        "metrics.json": json_bytes({"validation": evaluation["metrics"],
                                "fit": {k: v for k, v in fit.items() if k != "arguments"}}),
         **evaluation.get("extra_files", {}),
     }
@@ -186,7 +182,7 @@ def register_candidate(
     return ref
 
 
-@task(name="choose-champion", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[2, 5, 15])
+@task(name="choose-champion", cache_policy=NO_CACHE, **IO_RETRIES)
 def choose_champion(
     cfg: DatasetConfig, candidates: list[tuple[VersionRef, dict[str, float]]]
 ) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from models.base import WindowModel
 from models.engine import WindowSet
 from models.scoring import row_contributions
 from schemas.config import DatasetConfig
-from tasks.common import compute_device, run_logger, store_for
+from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.export import OnnxScorer
 from tasks.ingest import load_validated
 from tasks.model_io import ONNX, LoadedModel, load_model
@@ -30,7 +30,6 @@ from tasks.scale import apply_scaler
 from tasks.train import series_tensor
 from tasks.window import window_starts
 
-IO_RETRIES = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 CONTRIB_PREFIX = "contrib__"
 
 

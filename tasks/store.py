@@ -29,6 +29,11 @@ class StoreError(RuntimeError):
     """A store operation failed; the message names the key."""
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The one JSON encoding of stored artifacts: sorted keys, so equal content hashes equal."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -108,7 +113,7 @@ class Store:
         return sha256_bytes(data)
 
     def write_json(self, key: str, obj: Any) -> str:
-        return self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+        return self.write_bytes(key, json_bytes(obj))
 
     def write_parquet(self, key: str, table: pa.Table) -> str:
         buf = io.BytesIO()

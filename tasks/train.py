@@ -28,9 +28,9 @@ from models.engine import (
 from models.registry import build_model
 from schemas.config import DatasetConfig, FamilyConfig
 from tasks.common import compute_device, run_logger, store_for
-from tasks.model_io import to_json_bytes, weights_bytes
+from tasks.model_io import weights_bytes
 from tasks.prepare import PreparedData, load_prepared
-from tasks.store import Store
+from tasks.store import Store, json_bytes
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -119,7 +119,7 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
         "resumed_from_epoch": result.resumed_from_epoch,
         "wall_seconds": time.time() - started,
     }
-    store.write_bytes(f"{key}/fit.json", to_json_bytes(fit_info))
+    store.write_bytes(f"{key}/fit.json", json_bytes(fit_info))
     log.info("%s: %d epochs on %s, %.0f windows/s, best holdout %.5f (epoch %d)", family.name,
              result.epochs_run, result.device, result.samples_per_s, result.best_holdout,
              result.best_epoch + 1)
