@@ -18,6 +18,9 @@ ConfigArg = typer.Option(None, "--config", "-c", help="dataset TOML (default: th
 def _quiet_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # The ephemeral API migrates a new database on its first start: on a loaded 2-core
+    # machine that took longer than Prefect's 20 s default, and `make demo` failed there.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 @app.command()
