@@ -35,7 +35,7 @@ from benchmarks.common import BenchData, smd, synthetic, table
 from models.anogan import AnoGAN
 from models.engine import EngineSettings, WindowSet, fit
 from models.registry import build_model
-from tasks.model_io import model_from_bytes, weights_bytes
+from tasks.versions import model_from_bytes, weights_bytes
 
 LOADERS = {"smd": smd, "synthetic": synthetic}
 

@@ -34,7 +34,7 @@ def smd(machine: str = "machine-2-1", root: Path = SHARED_DATA / "smd") -> Bench
 def synthetic() -> BenchData:
     """The demo's synthetic fleet: clean days train, the later days validate."""
     from schemas.config import default_config_path, load_config
-    from tasks.synthetic import generate
+    from tasks.data.synthetic import generate
 
     cfg = load_config(default_config_path())
     frame, _ = generate(cfg.source.synthetic)

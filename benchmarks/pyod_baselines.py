@@ -2,7 +2,7 @@
 
 Why: "is nightowl's champion any good?" needs a head-to-head against well-kept
 detectors on the same series, the same train / validation / score rows and the
-same metric code. Each series is written by the same loader (tasks.loaders) the
+same metric code. Each series is written by the same loader (tasks.evaluation.loaders) the
 benchmark runner uses, its rows are split by the same config (assign_splits), and
 features are scaled with the pipeline's own scaler fitted on train rows only.
 Detectors are fitted on train rows (labelled rows dropped, as the pipeline drops
@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import SHARED_DATA  # noqa: E402
 from schemas.config import DatasetConfig  # noqa: E402
-from tasks import loaders  # noqa: E402
-from tasks.calibrate import conformal_fpr_threshold, rates  # noqa: E402
-from tasks.metrics import evaluate, pr_auc  # noqa: E402
-from tasks.prepare import assign_splits  # noqa: E402
-from tasks.scale import apply_scaler, fit_scaler  # noqa: E402
+from tasks.data.prepare import assign_splits  # noqa: E402
+from tasks.data.scale import apply_scaler, fit_scaler  # noqa: E402
+from tasks.evaluation import loaders  # noqa: E402
+from tasks.evaluation.metrics import evaluate, pr_auc  # noqa: E402
+from tasks.evaluation.thresholds import conformal_fpr_threshold, rates  # noqa: E402
 
 log = logging.getLogger(__name__)
 

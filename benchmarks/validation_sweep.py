@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from benchmarks.common import SHARED_DATA, table  # noqa: E402
 from schemas.config import DatasetConfig, parse_config  # noqa: E402
-from tasks import loaders  # noqa: E402
+from tasks.evaluation import loaders  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +48,22 @@ def variant(cfg: DatasetConfig, scaling: str, window: int, families: list[str], 
 
 
 def validation_metrics(cfg: DatasetConfig) -> list[dict[str, Any]]:
-    """Train every family of `cfg` and return its validation metrics (the score split is unused)."""
-    from tasks.calibrate import calibrate_candidate
-    from tasks.ingest import ingest_source
-    from tasks.prepare import PreparedData, scale_dataset, window_dataset
-    from tasks.train import train_family
+    """Train every family of `cfg` through the pipeline's own stage sequence (one Prefect
+    flow run) and return validation metrics only (the score split is never read)."""
+    from prefect import flow
 
-    ingest_source.fn(cfg)
-    scaled_key, scaler_key, rows = scale_dataset.fn(cfg)
-    windows_key, n_windows = window_dataset.fn(cfg, scaled_key)
-    prepared = PreparedData(scaled_key, scaler_key, windows_key, rows, n_windows)
-    out = []
-    for family in cfg.families:
-        started = time.perf_counter()
-        try:
-            candidate = train_family.fn(cfg, family, prepared, run_id="sweep")
-            metrics = calibrate_candidate.fn(cfg, family, prepared, candidate)["metrics"]
-        except ValueError as err:  # e.g. a latent wider than the window allows
-            log.warning("%s %s failed: %s", cfg.name, family.name, err)
-            continue
-        out.append({"family": family.name, "scaling": cfg.scaling.method,
-                    "window": cfg.window.length, "seconds": time.perf_counter() - started,
-                    **{f"val_{k}": float(metrics[k]) for k in REPORTED}})
-    return out
+    from flows.candidates import train_candidates
+    from tasks.data.ingest import ingest_source
+
+    @flow(name="nightowl-validation-sweep")
+    def sweep_run() -> list[dict[str, Any]]:
+        ingest_source(cfg)
+        run = train_candidates(cfg, run_id="sweep", tolerate_failures=True)
+        return [{"family": c.family, "scaling": cfg.scaling.method, "window": cfg.window.length,
+                 "seconds": c.fit_seconds, **{f"val_{k}": c.metric(k) for k in REPORTED}}
+                for c in run.candidates]
+
+    return sweep_run()
 
 
 def main(argv: list[str] | None = None) -> None:

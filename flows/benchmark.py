@@ -8,8 +8,10 @@ validation / score; thresholds and the champion are chosen on validation, and
 every number in the table is measured on the score split. PA-F1 is reported
 because papers do, never as the headline (it is ~0.9+ for nearly anything).
 
-The stages are called through each Prefect task's `.fn` (the task bodies the
-train flow runs), so one benchmark needs no Prefect API and no server.
+Each series is one Prefect flow run (`nightowl-benchmark-series`) through the
+same stage sequence as the train flow (flows.candidates), so its versions are
+the artifacts a nightly job would promote; with no server configured, Prefect's
+ephemeral API records the runs.
 """
 
 from __future__ import annotations
@@ -24,22 +26,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from prefect import flow
 
-from flows.train import new_run_id
+from flows.candidates import new_run_id, train_candidates
 from models.registry import FAMILIES
 from schemas.config import DatasetConfig, parse_config
-from tasks import loaders
-from tasks.calibrate import calibrate_candidate, rates
 from tasks.common import compute_device, store_for
-from tasks.ingest import ingest_source, load_validated
-from tasks.metrics import evaluate, hit_rate, interpretation_mask
-from tasks.model_io import load_model
-from tasks.prepare import PreparedData, assign_splits, scale_dataset, window_dataset
-from tasks.register import VersionRef, choose_champion, register_candidate
-from tasks.report import report_candidate
-from tasks.scale import apply_scaler
-from tasks.score import score_rows
-from tasks.train import train_family
+from tasks.data.ingest import ingest_source, load_validated
+from tasks.data.prepare import assign_splits
+from tasks.data.scale import apply_scaler
+from tasks.evaluation import loaders
+from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
+from tasks.scoring import score_rows
+from tasks.training.register import choose_champion
+from tasks.versions import VersionRef, load_model
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ KINDS: dict[str, tuple[Callable[..., list[str]], Callable[..., Any]]] = {
     "smd": (loaders.discover_smd, loaders.load_smd),
     "nab": (loaders.discover_nab, loaders.load_nab),
     "odds": (loaders.discover_odds, loaders.load_odds),
+    "table": (loaders.discover_table, loaders.load_table),  # any labelled CSV/Parquet table
 }
 TABLE_COLUMNS = {  # CSV column -> printed header
     "dataset": "dataset", "series": "series", "family": "family", "roc_auc": "ROC-AUC",
@@ -82,36 +83,6 @@ def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetCo
     return parse_config(data, origin=f"benchmark({cfg.name})")
 
 
-Candidates = list[tuple[VersionRef, dict[str, Any]]]
-
-
-def train_candidates(cfg: DatasetConfig, run_id: str) -> tuple[Candidates, dict, dict[str, str]]:
-    """The train flow's stages in its order: every family registered, champion chosen on validation.
-
-    A family whose parameters do not fit this data (ValueError, e.g. a latent as
-    wide as a univariate window) is reported as failed instead of ending the run.
-    """
-    ingest_source.fn(cfg)
-    scaled_key, scaler_key, rows = scale_dataset.fn(cfg)
-    windows_key, n_windows = window_dataset.fn(cfg, scaled_key)
-    prepared = PreparedData(scaled_key, scaler_key, windows_key, rows, n_windows)
-    candidates, failed = [], {}
-    for family in cfg.families:
-        try:
-            candidate = train_family.fn(cfg, family, prepared, run_id)
-        except ValueError as err:
-            log.warning("%s: %s failed: %s", cfg.name, family.name, err)
-            failed[family.name] = str(err)
-            continue
-        evaluation = calibrate_candidate.fn(cfg, family, prepared, candidate)
-        evaluation = report_candidate.fn(cfg, family, prepared, candidate, evaluation)
-        candidates.append((register_candidate.fn(cfg, scaler_key, candidate, evaluation), evaluation))
-    if not candidates:
-        raise ValueError(f"{cfg.name}: every family failed: {failed}")
-    champion = choose_champion.fn(cfg, [(ref, ev["metrics"]) for ref, ev in candidates])
-    return candidates, champion, failed
-
-
 def score_split_rows(cfg: DatasetConfig) -> pl.DataFrame:
     """Validated rows from the validation start on, tagged by split (validation = context)."""
     start = min(r.start for r in cfg.splits.validation)
@@ -128,13 +99,12 @@ def evaluate_version(
     score_rows(loaded.model, scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
     started = time.perf_counter()
     scores, contrib = score_rows(loaded.model, scaled, loaded.features, loaded.window,
-                                 loaded.threshold.get("feature_scale"))
+                                 loaded.feature_scale)
     seconds = time.perf_counter() - started
     keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)
     labels = frame["label"].to_numpy().astype(np.int8)[keep]
     threshold = float(loaded.threshold["threshold"])
     out = evaluate(labels, scores[keep], threshold, cfg.window.length)
-    out["fpr"] = rates(scores[keep], labels, threshold)["fpr"]
     out["score_rows_per_s"] = frame.height / seconds if seconds > 0 else float("nan")
     if truth is not None:
         for p in (100, 150):
@@ -151,23 +121,26 @@ def interpretation_truth(report: loaders.LoadReport, frame: pl.DataFrame, n_feat
     return mask[total - frame.height:]  # `frame` is the tail of the one-entity series
 
 
+@flow(name="nightowl-benchmark-series", log_prints=True)
 def benchmark_series(
     kind: str, root: Path, name: str, work_dir: Path, options: BenchmarkOptions
 ) -> list[dict[str, Any]]:
     """One series or table: train all families, evaluate each and the champion on the score split."""
     cfg, report = KINDS[kind][1](root, name, work_dir)
     cfg = benchmark_config(cfg, options)
-    candidates, champion, failed = train_candidates(cfg, run_id=f"benchmark-{new_run_id()}")
+    ingest_source(cfg)
+    run = train_candidates(cfg, f"benchmark-{new_run_id()}", tolerate_failures=True)
+    champion = choose_champion(cfg, run.candidates)
     frame = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))
     rows: list[dict[str, Any]] = [
         {"dataset": kind, "series": name, "family": family, "picked": "", "note": f"failed: {why}"}
-        for family, why in failed.items()]
-    for ref, ev in candidates:
-        metrics = evaluate_version(cfg, ref, frame, truth)
-        rows.append({"dataset": kind, "series": name, "family": ref.family, "picked": "", "note": "",
-                     "version": ref.version, "fit_s": float(ev["fit"]["fit_seconds"]),
-                     f"val_{champion['metric']}": float(ev["metrics"][champion["metric"]]),
+        for family, why in run.failed.items()]
+    for c in run.candidates:
+        metrics = evaluate_version(cfg, c.ref, frame, truth)
+        rows.append({"dataset": kind, "series": name, "family": c.family, "picked": "", "note": "",
+                     "version": c.ref.version, "fit_s": c.fit_seconds,
+                     f"val_{champion['metric']}": c.metric(champion["metric"]),
                      "target_fpr": cfg.threshold.target_fpr, **metrics})
     best = next(r for r in rows if r.get("version") == champion["version"])
     rows.append({**best, "family": CHAMPION, "picked": best["family"]})

@@ -102,7 +102,7 @@ def check_config(config: Path) -> None:
 
 @app.command()
 def benchmark(
-    kind: str = typer.Argument(..., help="smd, nab or odds"),
+    kind: str = typer.Argument(..., help="smd (also ASD), nab, odds or table (any labelled CSV/Parquet)"),
     path: Path = typer.Argument(..., help="root of the data set (e.g. ../shared/data/smd)"),
     families: str | None = typer.Option(None, help="comma-separated families (default: all)"),
     out: Path | None = typer.Option(None, help="also write the table as CSV here"),

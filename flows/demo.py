@@ -15,6 +15,7 @@ from flows.nightly import backfill_flow
 from flows.train import train_flow
 from schemas.config import default_config_path
 from tasks.common import store_for
+from tasks.versions import champion_ref
 
 
 @flow(name="nightowl-demo", log_prints=True)
@@ -54,11 +55,7 @@ def format_summary(result: dict[str, Any], config: str | None = None) -> str:
         f"  nightly scoring: {len(scored)} nights, {sum(n['rows'] for n in scored)} rows, "
         f"{sum(n['anomalies'] for n in scored)} anomalous rows",
         f"  artifacts: {store.uri('')}",
-        f"    model:  {store.uri(champ_key(champ))}",
+        f"    model:  {store.uri(champion_ref(champ).key)}",
         f"    scores: {store.uri(f'scores/{cfg.name}/')}",
     ]
     return "\n".join(lines)
-
-
-def champ_key(pointer: dict[str, Any]) -> str:
-    return f"models/{pointer['dataset']}/{pointer['family']}/{pointer['version']}"

@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from flows.common import resolve_config
-from tasks.drift import EVENT
+from tasks.nightly.drift import EVENT
 
 log = logging.getLogger(__name__)
 NIGHTLY_CRON = "0 2 * * *"

@@ -8,6 +8,7 @@ sends no alert twice; a night without input is reported as "missing".
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -15,40 +16,26 @@ from prefect import flow
 
 from flows.common import resolve_config
 from schemas.config import DatasetConfig
-from tasks.alert import alert_night
 from tasks.common import run_logger
-from tasks.drift import check_drift
-from tasks.ingest import ingest_source
-from tasks.night_report import publish_night
-from tasks.nightly import champion_reference, ingest_night, night_inputs
-from tasks.score import score_day
+from tasks.data.ingest import IngestReport, ingest_night, ingest_source
+from tasks.nightly.alert import alert_night
+from tasks.nightly.drift import check_drift
+from tasks.nightly.report import NightResult, publish_night
+from tasks.nightly.score import score_day
 
 
 def run_night(cfg: DatasetConfig, day: date, config: str | None,
-              ingestion: dict[str, Any]) -> dict[str, Any]:
+              ingestion: IngestReport) -> NightResult:
     """Everything after ingestion for one night (shared by nightly and backfill)."""
-    scoring = score_day(cfg, day)
-    night: dict[str, Any] = {"dataset": cfg.name, "date": day.isoformat(), "ingestion": ingestion,
-                             "scoring": scoring, "drift": None, "alerts": None}
-    if scoring["status"] == "scored":
-        scores, scaled = night_inputs(cfg, day, scoring["key"])
-        reference = champion_reference(cfg)
-        night["drift"] = check_drift(cfg, day, reference, scaled, scores["score"].to_numpy(),
-                                     scores["is_anomaly"].to_numpy(), config)
-        night["alerts"] = alert_night(cfg, day, scores)
+    scored = score_day(cfg, day)
+    night = NightResult(cfg.name, day.isoformat(), ingestion, scored)
+    if scored.status == "scored":
+        night = replace(night, drift=check_drift(cfg, day, scored, config),
+                        alerts=alert_night(cfg, day, scored))
     else:
         run_logger(__name__).warning("%s: no input for the night of %s (reported, not failed)",
                                      cfg.name, day)
-    night["artifacts"] = publish_night(cfg, _summary(night))
-    return night
-
-
-def _summary(night: dict[str, Any]) -> dict[str, Any]:
-    """The night without per-feature statistics (artifacts and run results stay small)."""
-    drift = night["drift"]
-    if drift:
-        drift = {k: v for k, v in drift.items() if k != "features"}
-    return {**night, "drift": drift}
+    return replace(night, artifacts=publish_night(cfg, night))
 
 
 @flow(name="nightowl-nightly", log_prints=True)
@@ -56,7 +43,7 @@ def nightly_flow(config: str | None = None, day: date | None = None) -> dict[str
     """Score one night (yesterday by default). Rerunning a night replaces its partition."""
     cfg = resolve_config(config)
     day = day or date.today() - timedelta(days=1)
-    return _summary(run_night(cfg, day, config, ingest_night(cfg, day)))
+    return run_night(cfg, day, config, ingest_night(cfg, day)).to_json()
 
 
 @flow(name="nightowl-backfill", log_prints=True)
@@ -71,5 +58,5 @@ def backfill_flow(config: str | None = None, start: date | None = None,
         end = end or cfg.splits.score.end.date()
     ingestion = ingest_source(cfg)
     days = [start + timedelta(days=i) for i in range((end - start).days)]
-    return [_summary(run_night(cfg, d, config, ingestion))["scoring"] | {"night": d.isoformat()}
+    return [run_night(cfg, d, config, ingestion).scoring.to_json() | {"night": d.isoformat()}
             for d in days]

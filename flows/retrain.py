@@ -8,10 +8,15 @@ from typing import Any
 
 from prefect import flow
 
+from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
-from flows.train import new_run_id, train_candidates
-from tasks.ingest import ingest_source
-from tasks.promote import latest_validated_day, promote_if_better, rolling_splits, with_splits
+from tasks.data.ingest import ingest_source
+from tasks.training.promote import (
+    latest_validated_day,
+    promote_if_better,
+    rolling_splits,
+    with_splits,
+)
 
 
 @flow(name="nightowl-retrain", log_prints=True)
@@ -24,10 +29,7 @@ def retrain_flow(config: str | None = None, as_of: date | None = None,
            else latest_validated_day(base))
     splits = rolling_splits(base, end)
     cfg = with_splits(base, splits)
-    run_id = new_run_id()
-
-    _, trained = train_candidates(cfg, run_id)
-    candidates = [(ref, evaluation["metrics"]) for ref, evaluation in trained]
-    decision = promote_if_better(cfg, splits, candidates, trigger)
-    return {"dataset": cfg.name, "run_id": run_id, "ingestion": ingestion["rows_validated"],
+    run = train_candidates(cfg, new_run_id())
+    decision = promote_if_better(cfg, splits, run.candidates, trigger)
+    return {"dataset": cfg.name, "run_id": run.run_id, "ingestion": ingestion.rows_validated,
             "decision": {k: decision[k] for k in ("promoted", "reason", "key", "metric")}}

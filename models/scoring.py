@@ -25,7 +25,7 @@ def row_contributions(
     """Returns (contributions (T, F), coverage (T,)); uncovered rows have NaN contributions.
 
     `model` is a torch family or any callable mapping (B, L, F) windows to element
-    scores (e.g. tasks.export.OnnxScorer), so ONNX Runtime can do the scoring.
+    scores (e.g. tasks.scoring.OnnxScorer), so ONNX Runtime can do the scoring.
     """
     if isinstance(model, torch.nn.Module):
         model.eval()

@@ -157,7 +157,7 @@ class ThresholdConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    """Validation metric (a key of tasks.metrics.evaluate) that picks the champion; higher wins."""
+    """Validation metric (a key of tasks.evaluation.metrics.evaluate) that picks the champion; higher wins."""
 
     metric: Literal["pr_auc", "roc_auc", "best_f1", "vus_pr", "pa_k_auc", "event_recall", "f1"] = (
         "pr_auc"

@@ -1,8 +1,10 @@
-"""Small helpers every stage uses: the store for a config, the compute device, the logger."""
+"""Small helpers every stage uses: the store for a config, the compute device, the logger,
+retry settings and Prefect artifact keys."""
 
 from __future__ import annotations
 
 import logging
+import re
 from functools import lru_cache
 
 import torch
@@ -39,3 +41,8 @@ def compute_device(cfg: DatasetConfig, preference: str | None = None) -> torch.d
     configured CPU thread count applied first."""
     torch.set_num_threads(cfg.training.cpu_threads)
     return pick_device(preference or cfg.training.device)
+
+
+def artifact_key(*parts: str) -> str:
+    """A stable Prefect artifact key: lowercase letters, digits and single dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")

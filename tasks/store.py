@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -30,8 +31,24 @@ class StoreError(RuntimeError):
 
 
 def json_bytes(obj: Any) -> bytes:
-    """The one JSON encoding of stored artifacts: sorted keys, so equal content hashes equal."""
-    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    """The one JSON encoding of stored artifacts: sorted keys, so equal content hashes equal.
+
+    Strict JSON: a non-finite float becomes null (DuckDB, jq and browsers reject NaN),
+    so code reading numbers back treats None like NaN; unknown objects become strings.
+    """
+    return json.dumps(finite(obj), indent=2, sort_keys=True, default=str,
+                      allow_nan=False).encode()
+
+
+def finite(obj: Any) -> Any:
+    """A copy with NaN/inf replaced by None and tuples as lists: what strict JSON can hold."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -162,10 +179,6 @@ class Store:
                 return False
             raise
         return True
-
-    def delete(self, key: str, recursive: bool = False) -> None:
-        if self.exists(key):
-            self.fs.rm(self.path(key), recursive=recursive)
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from schemas.config import parse_config
-from tasks.alert import find_segments, send_alerts
+from tasks.nightly.alert import find_segments, send_alerts
 from tasks.store import Store
 from tests.tiny import tiny_config
 
@@ -88,15 +88,15 @@ def test_one_alert_per_segment_and_none_again_on_rerun(tmp_path, receiver):
     frame = scores({"m1": [0, 1, 1, 1, 0, 1, 1], "m2": [0, 0, 1, 0, 0, 0, 0]})
 
     first = send_alerts(store, cfg, NIGHT, frame, receiver.url)
-    assert first["sent"] == 3 and len(receiver.bodies) == 3
+    assert first.sent == 3 and len(receiver.bodies) == 3
     body = receiver.bodies[0]
     assert "m1" in body["text"] and "s01" in body["text"]
     assert body["blocks"][0]["type"] == "section"
 
     again = send_alerts(store, cfg, NIGHT, frame, receiver.url)  # a rerun of the same night
-    assert again["sent"] == 0 and len(receiver.bodies) == 3
-    assert {r["status"] for r in again["records"]} == {"duplicate"}
-    log = store.read_bytes(first["log"]).decode().splitlines()
+    assert again.sent == 0 and len(receiver.bodies) == 3
+    assert {r["alert"] for r in again.top} == {"duplicate"}
+    log = store.read_bytes(first.log).decode().splitlines()
     assert [json.loads(line)["entity"] for line in log] == ["m1", "m1", "m2"]
 
 
@@ -108,4 +108,4 @@ def test_failed_delivery_is_retried_next_run(tmp_path, receiver):
 
     with pytest.raises(httpx.HTTPError):
         send_alerts(store, cfg, NIGHT, frame, "http://127.0.0.1:9/unreachable")
-    assert send_alerts(store, cfg, NIGHT, frame, receiver.url)["sent"] == 1
+    assert send_alerts(store, cfg, NIGHT, frame, receiver.url).sent == 1

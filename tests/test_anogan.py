@@ -9,8 +9,9 @@ from models.anogan import AnoGAN
 from models.engine import EngineSettings, WindowSet, fit
 from models.registry import build_model
 from models.scoring import row_contributions
-from tasks.export import OnnxScorer, export_onnx
-from tasks.model_io import model_from_bytes, weights_bytes
+from tasks.scoring import OnnxScorer
+from tasks.training.export import export_onnx
+from tasks.versions import model_from_bytes, weights_bytes
 from tests.signals import every_window, sine_series
 
 F, L = 4, 8

@@ -18,13 +18,13 @@ from flows.benchmark import (
     run_benchmark,
     with_means,
 )
-from tasks.loaders import LoadReport
-from tasks.metrics import InterpretationSegment
+from tasks.evaluation.loaders import LoadReport
+from tasks.evaluation.metrics import InterpretationSegment
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def test_odds_cardio_through_the_real_pipeline(tmp_path):
+def test_odds_cardio_through_the_real_pipeline(tmp_path, prefect_harness):
     table = run_benchmark("odds", DATA / "tabular", tmp_path,
                           BenchmarkOptions(families=("dense_ae",), epochs=2))
     assert set(TABLE_COLUMNS) | {"fpr", "picked", "version"} <= set(table.columns)

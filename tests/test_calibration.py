@@ -9,7 +9,13 @@ import pytest
 from scipy import stats
 
 from schemas.config import ThresholdConfig
-from tasks.calibrate import (
+from tasks.evaluation.normalise import (
+    MAX_REFERENCE,
+    normaliser_json,
+    p_values,
+    p_values_from_threshold,
+)
+from tasks.evaluation.thresholds import (
     bootstrap_fpr_interval,
     calibrate,
     conformal_fpr_threshold,
@@ -17,7 +23,6 @@ from tasks.calibrate import (
     rates,
     youden_threshold,
 )
-from tasks.normalise import MAX_REFERENCE, normaliser_json, p_values, p_values_from_threshold
 
 SEEDS = 200
 

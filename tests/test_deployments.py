@@ -56,7 +56,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.mark.integration
 def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
     from schemas.config import parse_config
-    from tasks.synthetic import materialize
+    from tasks.data.synthetic import materialize
 
     data = tiny_config(tmp_path)
     cfg = parse_config(data)
@@ -91,7 +91,7 @@ def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
         subprocess.run(
             [sys.executable, "-c",
              "from datetime import date; from schemas.config import load_config;"
-             "from tasks.drift import emit_drift_event;"
+             "from tasks.nightly.drift import emit_drift_event;"
              f"emit_drift_event(load_config({config!r}), date(2026, 1, 9), "
              "{'reasons': ['test']}, None)"],
             env=env, cwd=REPO, check=True, timeout=60)

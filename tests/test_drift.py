@@ -7,12 +7,19 @@ import polars as pl
 import pytest
 
 from schemas.config import DriftConfig
-from tasks.drift import build_reference, drift_report, feature_reference, ks_against_quantiles, psi
+from tasks.evaluation.drift import (
+    data_reference,
+    drift_report,
+    feature_reference,
+    ks_against_quantiles,
+    psi,
+    score_reference,
+)
 
 RNG = np.random.default_rng(0)
 TRAIN = pl.DataFrame({"a": RNG.normal(0, 1, 5000), "b": RNG.normal(0, 1, 5000)})
 TRAIN_SCORES = RNG.gamma(2.0, 1.0, 5000)
-REF = build_reference(TRAIN, ["a", "b"], TRAIN_SCORES, bins=10)
+REF = {**data_reference(TRAIN, ["a", "b"], bins=10), "scores": score_reference(TRAIN_SCORES)}
 
 
 def test_ks_matches_scipy_on_a_shift():

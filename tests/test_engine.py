@@ -20,7 +20,7 @@ from models.engine import (
     seed_everything,
 )
 from models.registry import build_model
-from tasks.train import safetensors_metadata
+from tasks.training.train import safetensors_metadata
 
 torch.set_num_threads(2)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import onnx
 import torch
 
@@ -11,7 +9,8 @@ from models.dense_ae import DenseAE
 from models.engine import WindowSet
 from models.registry import FAMILIES, build_model
 from models.scoring import row_contributions
-from tasks.export import ONNX_FILE, OPSET, OnnxScorer, export_onnx, onnx_version_files
+from tasks.scoring import OnnxScorer
+from tasks.training.export import OPSET, check_export, export_onnx
 
 torch.set_num_threads(2)
 
@@ -49,10 +48,11 @@ def test_export_leaves_the_callers_model_untouched() -> None:
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_version_files_hold_a_checked_onnx_graph() -> None:
-    files = onnx_version_files(small_lstm())
-    assert list(files) == [ONNX_FILE]
-    scorer = OnnxScorer(files[ONNX_FILE])
+def test_checked_export_gives_a_graph_and_its_measured_parity() -> None:
+    data, outcome = check_export(small_lstm())
+    assert data is not None and outcome.exported and outcome.bytes == len(data)
+    assert 0 <= outcome.max_abs_diff <= 1e-4 and outcome.reason is None
+    scorer = OnnxScorer(data)
     assert scorer.element_scores(torch.zeros(3, 10, 4)).shape == (3, 10, 4)
 
 
@@ -65,9 +65,9 @@ class _SVDScores(DenseAE):
         return super().element_scores(x) + torch.linalg.svdvals(x).sum() * 0
 
 
-def test_a_family_that_cannot_export_registers_without_onnx(monkeypatch, caplog) -> None:
+def test_a_family_that_cannot_export_says_why(monkeypatch) -> None:
     monkeypatch.setitem(FAMILIES, _SVDScores.name, _SVDScores)
     model = build_model(_SVDScores.name, 4, 10, {"hidden": [8], "latent": 2})
-    with caplog.at_level(logging.WARNING, logger="tasks.export"):
-        assert onnx_version_files(model) == {}
-    assert "svd_scores: ONNX export failed" in caplog.text and "svdvals" in caplog.text
+    data, outcome = check_export(model)
+    assert data is None and not outcome.exported
+    assert outcome.reason.startswith("export failed") and "svdvals" in outcome.reason

@@ -15,8 +15,9 @@ from models.base import WindowModel
 from models.engine import EngineSettings, WindowSet, fit
 from models.registry import FAMILIES, build_model
 from models.scoring import row_contributions
-from tasks.export import OnnxScorer, export_onnx
-from tasks.model_io import model_from_bytes, weights_bytes
+from tasks.scoring import OnnxScorer
+from tasks.training.export import export_onnx
+from tasks.versions import model_from_bytes, weights_bytes
 
 torch.set_num_threads(2)
 

@@ -13,7 +13,7 @@ import pytest
 
 from schemas.config import DatasetConfig, default_config_path, parse_config
 from tasks.common import store_for
-from tasks.register import champion_ref, load_version_files, read_champion
+from tasks.versions import champion_ref, load_version_files, read_champion
 
 
 def small_config(tmp_path: Path) -> DatasetConfig:
@@ -143,7 +143,7 @@ def test_scores_layer_explains_each_row(trained) -> None:
 
 def test_bad_night_is_quarantined_and_leaves_earlier_data_and_champion_untouched(trained) -> None:
     from flows.train import train_flow  # noqa: F401 - ensures flows import cleanly
-    from tasks.ingest import ingest_source
+    from tasks.data.ingest import ingest_source
 
     cfg, _, _, _ = trained
     store = store_for(cfg)
@@ -154,10 +154,10 @@ def test_bad_night_is_quarantined_and_leaves_earlier_data_and_champion_untouched
     bad = good.with_columns(pl.col("s03").cast(pl.String).map_elements(lambda _: "n/a",
                                                                          return_dtype=pl.String))
     bad.write_csv(raw_dir / "2026-01-15.csv")
-    summary = ingest_source.fn(cfg)
-    (outcome,) = [b for b in summary["batches"] if b["source"].endswith("2026-01-15.csv")]
-    assert outcome["status"] == "quarantined"
-    assert "2026-01-15.csv" in outcome["reason"] and "'s03'" in outcome["reason"]
+    report = ingest_source.fn(cfg)
+    (outcome,) = [b for b in report.batches if b.source.endswith("2026-01-15.csv")]
+    assert outcome.status == "quarantined" and outcome in report.quarantined
+    assert "2026-01-15.csv" in outcome.reason and "'s03'" in outcome.reason
     after = {k: store.read_bytes(k) for k in before}
     assert after == before
 
@@ -166,7 +166,7 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
     from datetime import date
 
     from schemas.config import ScoringConfig
-    from tasks.score import score_day
+    from tasks.nightly.score import score_day
 
     cfg, _, _, nights = trained
     store = store_for(cfg)
@@ -174,7 +174,7 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
     torch_scores = pl.from_arrow(store.read_parquet(night["key"]))
     onnx_cfg = cfg.model_copy(update={"scoring": ScoringConfig(backend="onnx")})
     result = score_day.fn(onnx_cfg, date.fromisoformat(night["date"]))
-    onnx_scores = pl.from_arrow(store.read_parquet(result["key"]))
+    onnx_scores = pl.from_arrow(store.read_parquet(result.key))
     assert onnx_scores.height == torch_scores.height
     np.testing.assert_allclose(onnx_scores["score"].to_numpy(), torch_scores["score"].to_numpy(),
                                rtol=1e-4, atol=1e-5)

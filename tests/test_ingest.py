@@ -20,7 +20,7 @@ import pytest
 from schemas import suites
 from schemas.arrow import validated_schema
 from schemas.config import DatasetConfig, default_config_path, load_config, parse_config
-from tasks import ingest
+from tasks.data import ingest
 from tasks.store import Store, sha256_bytes
 
 FEATURES = ["a", "b", "c"]
@@ -153,7 +153,8 @@ def test_read_batch_parses_timestamps_csv_and_parquet(tmp_path: Path) -> None:
     tz = frame.with_columns(pl.col("timestamp").dt.replace_time_zone("UTC").dt.cast_time_unit("ns"))
     (tmp_path / "x.parquet").write_bytes(parquet_bytes(tz))
     for name in ["x.csv", "x.parquet"]:
-        got = ingest.read_batch(make_cfg(tmp_path), f"file://{tmp_path}/{name}")
+        cfg = make_cfg(tmp_path)
+        got = ingest.parse_batch(cfg, ingest.fetch_bytes(cfg, f"file://{tmp_path}/{name}"), name)
         assert got.schema["timestamp"] == pl.Datetime("us")
         assert got.get_column("timestamp").to_list() == frame.get_column("timestamp").to_list()
 
@@ -169,7 +170,7 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
     src.write_bytes(csv_bytes(frame))
     cfg = make_cfg(src)
 
-    out = ingest.ingest_batch_task.fn(store, cfg, f"file://{src}")
+    out = ingest.ingest_batch(store, cfg, f"file://{src}")
     assert out.status == "validated" and out.reason is None and out.rows == frame.height
     part_id = sha256_bytes(f"file://{src}".encode())[:16]  # named after the source
     assert out.keys == [
@@ -202,7 +203,7 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
 
     # half-open range, crossing the partition boundary; tz-aware bounds are UTC
     lo, hi = datetime(2026, 1, 5, 23, 0), datetime(2026, 1, 6, 1, 0)
-    window = ingest.load_validated_task.fn(store, cfg, lo, hi)
+    window = ingest.load_validated(store, cfg, lo, hi)
     assert window.get_column("timestamp").min() == lo
     assert window.get_column("timestamp").max() == hi - STEP
     assert window.height == 2 * 4
@@ -320,7 +321,8 @@ def test_ingest_source_summary(tmp_path: Path, store: Store) -> None:
     (raw / "2026-01-07.csv").write_bytes(csv_bytes(good_frame(START + timedelta(days=2))))
     bad = _rows(good_frame(START + timedelta(days=4)), "a", {0: float("nan")})
     (raw / "2026-01-09.csv").write_bytes(csv_bytes(bad))
-    summary = ingest.ingest_source.fn(make_cfg(raw / "*.csv"), store=store)
+    cfg = make_cfg(raw / "*.csv")
+    summary = ingest.ingest_urls(store, cfg, ingest.list_batches(cfg)).to_json()
     assert summary["rows_in"] == 3 * 96
     assert summary["rows_validated"] == 2 * 96
     assert summary["rows_quarantined"] == 96

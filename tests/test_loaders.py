@@ -13,8 +13,8 @@ import pytest
 import scipy.io
 
 from schemas.config import DatasetConfig
-from tasks import loaders as ld
-from tasks.metrics import interpretation_mask
+from tasks.evaluation import loaders as ld
+from tasks.evaluation.metrics import interpretation_mask
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"public data not found at {DATA}")

@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from tasks import metrics as m
+from tasks.evaluation import metrics as m
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 
 from schemas.config import load_config, parse_config
-from tasks.nightly import batches_for_night
+from tasks.data.ingest import batches_for_night
+from tasks.data.synthetic import materialize
 from tasks.store import Store
-from tasks.synthetic import materialize
 from tests.tiny import NIGHTS, tiny_config, write_config
 
 

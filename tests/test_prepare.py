@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from models.engine import WindowSet
-from tasks.scale import ScalerParams, apply_scaler, fit_scaler
-from tasks.window import build_window_index, window_starts
+from tasks.data.scale import ScalerParams, apply_scaler, fit_scaler
+from tasks.data.window import build_window_index, window_starts
 
 
 def frame() -> pl.DataFrame:

@@ -25,7 +25,7 @@ from benchmarks.pyod_baselines import (
     with_means,
 )
 from benchmarks.validation_sweep import variant
-from tasks import loaders
+from tasks.evaluation import loaders
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.register import (
+from tasks.store import Store
+from tasks.versions import (
     ChampionConflict,
     IntegrityError,
     VersionRef,
@@ -16,7 +17,6 @@ from tasks.register import (
     set_champion,
     version_id,
 )
-from tasks.store import Store
 
 FILES = {"weights.safetensors": b"\x00\x01weights", "config.json": b'{"a": 1}'}
 

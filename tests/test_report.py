@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from schemas.config import ThresholdConfig, parse_config
-from tasks.calibrate import calibrate, validation_metrics
-from tasks.register import VersionRef, choose_champion, read_champion
-from tasks.report import (
+from tasks.common import artifact_key
+from tasks.evaluation.metrics import evaluate
+from tasks.evaluation.thresholds import calibrate
+from tasks.store import Store
+from tasks.training.register import Candidate, choose_champion
+from tasks.training.report import (
     PNG_MAGIC,
-    artifact_key,
     candidates_table,
     histogram_png,
     latent_png,
@@ -22,7 +24,7 @@ from tasks.report import (
     timeline_png,
     training_curves_png,
 )
-from tasks.store import Store
+from tasks.versions import VersionRef, read_champion
 
 
 def _cfg(tmp_path, metric: str = "pr_auc"):
@@ -48,7 +50,7 @@ def _evaluation(seed: int, shift: float) -> dict:
            "fit_seconds": 1.2, "device": "cpu", "samples_per_s": 900.0, "train_windows": 1000,
            "history": [{"epoch": e, "train_loss": 1 / (e + 1), "holdout_loss": 1.1 / (e + 1)}
                        for e in range(3)]}
-    metrics = validation_metrics(labels, scores, threshold["threshold"], window=8)
+    metrics = evaluate(labels, scores, threshold["threshold"], window=8)
     return {"labels": labels, "scores": scores, "threshold": threshold, "metrics": metrics,
             "fit": fit}
 
@@ -79,7 +81,8 @@ def test_pca_2d_finds_the_dominant_directions():
 
 def test_report_markdown_names_metrics_threshold_guarantee_and_plots():
     ev = _evaluation(0, 4.0)
-    md = report_markdown("rep_ds", "dense_ae", ev, ["plots/histogram.png", "plots/timeline.png"])
+    md = report_markdown("rep_ds", "dense_ae", ev["metrics"], ev["threshold"], ev["fit"],
+                         ["plots/histogram.png", "plots/timeline.png"])
     assert f"| PR-AUC | {ev['metrics']['pr_auc']:.4g} |" in md
     assert "| VUS-PR |" in md and "PA-F1 (point-adjusted)" in md
     assert "target_fpr (applied)" in md and "youden" in md
@@ -93,12 +96,15 @@ def test_artifact_keys_are_prefect_safe():
     assert artifact_key("train", "Odds__Cardio") == "train-odds-cardio"
 
 
+def _candidate(family: str, version: str, metrics: dict, threshold: float = 1.0) -> Candidate:
+    return Candidate(VersionRef("rep_ds", family, version), metrics, threshold, "target_fpr", 1.0)
+
+
 def test_champion_by_configured_metric_keeps_every_candidates_metrics(tmp_path):
     cfg = _cfg(tmp_path, metric="vus_pr")
     a = {"pr_auc": 0.9, "vus_pr": 0.4, "roc_auc": 0.9}
     b = {"pr_auc": 0.5, "vus_pr": 0.6, "roc_auc": 0.8}
-    pointer = choose_champion.fn(cfg, [(VersionRef("rep_ds", "fa", "v1"), a),
-                                       (VersionRef("rep_ds", "fb", "v2"), b)])
+    pointer = choose_champion.fn(cfg, [_candidate("fa", "v1", a), _candidate("fb", "v2", b)])
     assert (pointer["family"], pointer["metric"], pointer["value"]) == ("fb", "vus_pr", 0.6)
     stored = read_champion(Store(cfg.store.root), "rep_ds")
     assert stored["candidates"]["fa"]["metrics"] == a and stored["candidates"]["fb"]["metrics"] == b
@@ -110,10 +116,12 @@ def test_artifacts_are_created_in_a_flow_with_stable_keys(tmp_path, prefect_harn
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     cfg = _cfg(tmp_path)
-    candidates = [(VersionRef("rep_ds", "dense_ae", "aaaa1111"), _evaluation(0, 4.0)),
-                  (VersionRef("rep_ds", "vae", "bbbb2222"), _evaluation(1, 1.0))]
+    evaluations = [_evaluation(0, 4.0), _evaluation(1, 1.0)]
+    candidates = [_candidate(family, version, ev["metrics"], ev["threshold"]["threshold"])
+                  for (family, version), ev in zip([("dense_ae", "aaaa1111"), ("vae", "bbbb2222")],
+                                                   evaluations)]
     champion = {"family": "dense_ae", "version": "aaaa1111", "metric": "pr_auc",
-                "value": candidates[0][1]["metrics"]["pr_auc"]}
+                "value": evaluations[0]["metrics"]["pr_auc"]}
 
     @flow(name="report-artifacts-test")
     def run() -> dict[str, str]:

@@ -9,8 +9,8 @@ import uuid
 import boto3
 import pytest
 
-from tasks.register import ChampionConflict, VersionRef, read_champion, set_champion
 from tasks.store import Store
+from tasks.versions import ChampionConflict, VersionRef, read_champion, set_champion
 from tests.s3_server import s3_endpoint
 
 BUCKET = "nightowl-test"
@@ -107,9 +107,8 @@ def test_pipeline_end_to_end_on_s3(s3_url, prefect_harness, tmp_path):
     from flows.nightly import nightly_flow
     from flows.train import train_flow
     from schemas.config import parse_config
-    from tasks.model_io import load_model
-    from tasks.register import champion_ref
-    from tasks.synthetic import materialize
+    from tasks.data.synthetic import materialize
+    from tasks.versions import champion_ref, load_model
     from tests.tiny import NIGHTS, tiny_config, write_config
 
     torch.set_num_threads(2)

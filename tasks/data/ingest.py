@@ -7,14 +7,16 @@ Why this shape:
 - a bad batch never raises out of the pipeline and never touches validated data
   or models: it is copied byte for byte to quarantine with a report whose every
   line names the file, the column and the rule;
-- only I/O is retried (a validation failure is deterministic: retrying it is waste).
+- only I/O is retried (a validation failure is deterministic: retrying it is waste);
+- a night ingests only its own files (and the day before, the window context):
+  re-validating the whole history every night would grow without bound.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import posixpath
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -30,7 +32,7 @@ from schemas import arrow as arrow_schemas
 from schemas import suites
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.store import Store, sha256_bytes
+from tasks.store import Store, finite, sha256_bytes
 
 RAW_EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 MAX_EXAMPLES = 3
@@ -177,11 +179,6 @@ def parse_batch(cfg: DatasetConfig, data: bytes, name: str) -> pl.DataFrame:
     return _normalize_timestamp(frame, cfg.columns.timestamp)
 
 
-def read_batch(cfg: DatasetConfig, url: str) -> pl.DataFrame:
-    """Read one batch through fsspec (so any URL works) into polars."""
-    return parse_batch(cfg, fetch_bytes(cfg, url), posixpath.basename(url))
-
-
 # -- validation ------------------------------------------------------------------------
 
 
@@ -200,19 +197,6 @@ def with_step_column(cfg: DatasetConfig, frame: pl.DataFrame) -> pl.DataFrame:
     if entity is not None:
         step = step.over(entity)
     return frame.with_columns(step.alias(suites.STEP_COLUMN))
-
-
-def _json_safe(obj: Any) -> Any:
-    """Strict JSON: non-finite floats become strings, so DuckDB/jq can read the report."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else repr(obj)
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if obj is None or isinstance(obj, str | int | bool):
-        return obj
-    return str(obj)
 
 
 def _raised(res: Any) -> bool:
@@ -349,7 +333,7 @@ def validate_frame(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str) ->
             continue
         reasons.append(_reason(cfg, frame, source_name, res))
     return ValidationOutcome(
-        success=bool(result.success), reasons=reasons, result=_json_safe(result.to_json_dict())
+        success=bool(result.success), reasons=reasons, result=finite(result.to_json_dict())
     )
 
 
@@ -417,7 +401,7 @@ def quarantine(
     }
     keys = [f"{base}/{name}", f"{base}/validation.json"]
     store.write_bytes(keys[0], data)
-    store.write_json(keys[1], _json_safe(report))
+    store.write_json(keys[1], report)
     return keys
 
 
@@ -530,45 +514,85 @@ def load_validated(
     return frame.sort([arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP])
 
 
-# -- whole source ----------------------------------------------------------------------
+# -- whole source, or one night -------------------------------------------------------
 
 
-def ingest_all(store: Store, cfg: DatasetConfig) -> dict[str, Any]:
-    """Ingest every batch of the source; a bad batch is quarantined, never fatal."""
-    outcomes = [ingest_batch(store, cfg, url) for url in list_batches(cfg)]
-    validated = sum(o.rows for o in outcomes if o.status == "validated")
-    quarantined = sum(o.rows for o in outcomes if o.status == "quarantined")
-    summary = {
-        "dataset": cfg.name,
-        "rows_in": validated + quarantined,
-        "rows_validated": validated,
-        "rows_quarantined": quarantined,
-        "batches_validated": sum(o.status == "validated" for o in outcomes),
-        "batches_quarantined": sum(o.status == "quarantined" for o in outcomes),
-        "batches": [o.to_dict() for o in outcomes],
-    }
+@dataclass(frozen=True)
+class IngestReport:
+    """What an ingestion run filed: one outcome per batch, and the totals derived from them."""
+
+    dataset: str
+    batches: list[BatchOutcome]
+
+    def _rows(self, status: str) -> int:
+        return sum(b.rows for b in self.batches if b.status == status)
+
+    @property
+    def rows_validated(self) -> int:
+        return self._rows("validated")
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self._rows("quarantined")
+
+    @property
+    def rows_in(self) -> int:
+        return self.rows_validated + self.rows_quarantined
+
+    @property
+    def quarantined(self) -> list[BatchOutcome]:
+        return [b for b in self.batches if b.status == "quarantined"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The flow-result / artifact form (totals included)."""
+        return {"dataset": self.dataset, "rows_in": self.rows_in,
+                "rows_validated": self.rows_validated, "rows_quarantined": self.rows_quarantined,
+                "batches_validated": len(self.batches) - len(self.quarantined),
+                "batches_quarantined": len(self.quarantined),
+                "batches": [b.to_dict() for b in self.batches]}
+
+
+def ingest_urls(store: Store, cfg: DatasetConfig, urls: list[str]) -> IngestReport:
+    """File each batch; a bad batch is quarantined, never fatal."""
+    report = IngestReport(cfg.name, [ingest_batch(store, cfg, url) for url in urls])
     run_logger(__name__).info(
         "dataset '%s': %d batches, %d rows validated, %d rows quarantined",
-        cfg.name, len(outcomes), validated, quarantined,
+        cfg.name, len(report.batches), report.rows_validated, report.rows_quarantined,
     )  # fmt: skip
-    return summary
+    return report
 
 
-# -- Prefect tasks (thin wrappers; unit tests call `.fn`) -------------------------------
+DATE_IN_NAME = re.compile(r"\d{4}-\d{2}-\d{2}")
 
-list_batches_task = task(name="list-batches", cache_policy=NO_CACHE, **IO_RETRIES)(list_batches)
-ingest_batch_task = task(name="ingest-batch", cache_policy=NO_CACHE, **IO_RETRIES)(ingest_batch)
-load_validated_task = task(name="load-validated", cache_policy=NO_CACHE, **IO_RETRIES)(
-    load_validated
-)
+
+def batches_for_night(urls: list[str], day: date) -> list[str] | None:
+    """The batches of a night and its context day; None when file names carry no dates
+    (then nothing can be known and every batch is ingested: slower, never wrong)."""
+    dated = {u: DATE_IN_NAME.findall(posixpath.basename(u)) for u in urls}
+    if not any(dated.values()):
+        return None
+    wanted = {day.isoformat(), (day - timedelta(days=1)).isoformat()}
+    return [u for u, days in dated.items() if wanted & set(days)]
 
 
 @task(name="ingest-source", cache_policy=NO_CACHE, **IO_RETRIES)
-def ingest_source(cfg: DatasetConfig, store: Store | None = None) -> dict[str, Any]:
-    """Ingest all batches of a dataset's source into its store.
+def ingest_source(cfg: DatasetConfig) -> IngestReport:
+    """Ingest every batch of a dataset's source into its store.
 
-    Safe to retry as a whole: batch ids are content hashes, so a retry rewrites
-    the same keys. Returns rows_in, rows_validated, rows_quarantined and
-    batches (source, status, rows, reason, keys, batch_id per batch).
+    Safe to retry as a whole: a batch already filed returns its recorded outcome,
+    and a re-filed batch rewrites the same keys.
     """
-    return ingest_all(store or store_for(cfg), cfg)
+    return ingest_urls(store_for(cfg), cfg, list_batches(cfg))
+
+
+@task(name="ingest-night", cache_policy=NO_CACHE, **IO_RETRIES)
+def ingest_night(cfg: DatasetConfig, day: date) -> IngestReport:
+    """Validate the night's batches and its context day's (bad ones go to quarantine)."""
+    urls = list_batches(cfg)
+    chosen = batches_for_night(urls, day)
+    if chosen is None:
+        chosen = urls
+    else:
+        run_logger(__name__).info("%s %s: ingesting %d of %d batches", cfg.name, day,
+                                  len(chosen), len(urls))
+    return ingest_urls(store_for(cfg), cfg, chosen)

@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from schemas.config import DatasetConfig, parse_config
-from tasks.metrics import InterpretationSegment, parse_interpretation_labels
+from tasks.evaluation.metrics import InterpretationSegment, parse_interpretation_labels
 
 log = logging.getLogger(__name__)
 

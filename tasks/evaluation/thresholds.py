@@ -1,6 +1,6 @@
-"""Threshold calibration: every method computed and reported, the configured one applied.
+"""Thresholds (pure): every method computed and reported, the configured one applied.
 
-A model never makes the binary call; this module does, from scores on train rows
+A model never makes the binary call; calibration does, from scores on train rows
 (normal by construction) and on labelled validation rows. Prediction rule
 everywhere: anomalous when score > threshold.
 """
@@ -11,20 +11,11 @@ import math
 from typing import Any
 
 import numpy as np
-import polars as pl
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from scipy import stats
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from schemas.config import DatasetConfig, FamilyConfig, ThresholdConfig
-from tasks.common import compute_device, run_logger, store_for
-from tasks.export import onnx_version_files
-from tasks.metrics import evaluate
-from tasks.model_io import model_from_bytes
-from tasks.normalise import normaliser_json, p_values  # noqa: F401 - p_values re-exported
-from tasks.prepare import PreparedData, load_prepared
-from tasks.score import feature_error_scale, score_rows
+from schemas.config import ThresholdConfig
+from tasks.evaluation.normalise import normaliser_json
 
 
 def percentile_threshold(train_scores: np.ndarray, percentile: float) -> float:
@@ -169,51 +160,3 @@ def calibrate(
         "n_validation_anomalous": int(val_labels.sum()),
         "normaliser": normaliser_json(normal if normal.size else train_scores),
     }
-
-
-# -- Prefect stage -------------------------------------------------------------------------
-
-
-def validation_metrics(
-    labels: np.ndarray, scores: np.ndarray, threshold: float, window: int | None = None
-) -> dict[str, float]:
-    """The full metric set of tasks.metrics (one definition everywhere) plus the FPR."""
-    return {**evaluate(labels, scores, threshold, window),
-            "fpr": rates(scores, labels, threshold)["fpr"]}
-
-
-def validation_scores_key(candidate: str) -> str:
-    """Where calibration leaves the validation rows' scores for the report stage."""
-    return f"{candidate}/validation_scores.parquet"
-
-
-@task(name="calibrate", cache_policy=NO_CACHE)
-def calibrate_candidate(
-    cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedData, candidate: str
-) -> dict[str, Any]:
-    """Score train and validation rows, calibrate every threshold method, measure quality."""
-    store = store_for(cfg)
-    fit_info = store.read_json(f"{candidate}/fit.json")
-    model = model_from_bytes(fit_info["arguments"], store.read_bytes(f"{candidate}/weights.safetensors"),
-                             compute_device(cfg))
-    scaled, _, _ = load_prepared(cfg, prepared)
-    split = scaled["split"].to_numpy()
-    labels = scaled["label"].to_numpy().astype(np.int8)
-    train = (split == "train") & (labels == 0)
-    val = split == "validation"
-    _, raw = score_rows(model, scaled, cfg.columns.features, cfg.window.length)
-    feature_scale = feature_error_scale(raw[train])
-    scores = (raw / feature_scale.astype(np.float32)).sum(axis=1)
-    threshold = calibrate(scores[train], scores[val], labels[val], cfg.threshold)
-    threshold["feature_scale"] = feature_scale.tolist()
-    ok = val & np.isfinite(scores)
-    metrics = validation_metrics(labels[ok], scores[ok], threshold["threshold"], cfg.window.length)
-    store.write_parquet(validation_scores_key(candidate), scaled.filter(pl.Series(val)).select(
-        "timestamp", "entity", "label").with_columns(pl.Series("score", scores[val])).to_arrow())
-    run_logger(__name__).info(
-        "%s: validation ROC-AUC %.3f PR-AUC %.3f F1 %.3f at %s threshold %.4g", family.name,
-        metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], threshold["method"],
-        threshold["threshold"],
-    )
-    return {"threshold": threshold, "metrics": metrics, "fit": fit_info,
-            "extra_files": onnx_version_files(model)}  # model.onnx joins the version

@@ -16,12 +16,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig, TimeRange
-from tasks.calibrate import validation_metrics
-from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.ingest import load_validated
-from tasks.register import ChampionConflict, VersionRef, read_champion, set_champion
-from tasks.scale import apply_scaler
-from tasks.score import champion_model, score_rows
+from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
+from tasks.data.ingest import load_validated
+from tasks.data.scale import apply_scaler
+from tasks.evaluation.metrics import evaluate
+from tasks.scoring import score_rows
+from tasks.training.register import Candidate
+from tasks.versions import ChampionConflict, load_champion, read_champion, set_champion
 
 
 def rolling_splits(cfg: DatasetConfig, end: datetime) -> SplitsConfig:
@@ -47,18 +48,19 @@ def latest_validated_day(cfg: DatasetConfig) -> datetime:
 
 def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:
     """The current champion's metrics on the given validation slices (its own scaler/threshold)."""
-    loaded = champion_model(cfg)
     store = store_for(cfg)
+    loaded = load_champion(store, cfg.name, compute_device(cfg))
     labels, scores = [], []
     for r in splits.validation:
         frame = load_validated(store, cfg, r.start - timedelta(days=1), r.end)
         s, _ = score_rows(loaded.model, apply_scaler(frame, loaded.scaler), loaded.features,
-                          loaded.window, loaded.threshold.get("feature_scale"))
+                          loaded.window, loaded.feature_scale)
         keep = (frame["timestamp"] >= r.start).to_numpy() & np.isfinite(s)
         labels.append(frame["label"].to_numpy()[keep].astype(np.int8))
         scores.append(s[keep])
     y, s = np.concatenate(labels), np.concatenate(scores)
-    metrics = validation_metrics(y, s, float(loaded.threshold["threshold"]))
+    # The challenger's window sets the VUS buffer, so both are measured with the same one.
+    metrics = evaluate(y, s, float(loaded.threshold["threshold"]), cfg.window.length)
     return {"family": loaded.ref.family, "version": loaded.ref.version, "metrics": metrics}
 
 
@@ -77,14 +79,15 @@ def decide(metric: str, challenger: float, champion: float | None, margin: float
 
 @task(name="promote-if-better", cache_policy=NO_CACHE, **IO_RETRIES)
 def promote_if_better(
-    cfg: DatasetConfig, splits: SplitsConfig, candidates: list[tuple[VersionRef, dict[str, float]]],
+    cfg: DatasetConfig, splits: SplitsConfig, candidates: list[Candidate],
     trigger: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compare the best challenger with the re-scored champion; promote or keep; record why."""
     store = store_for(cfg)
     metric = cfg.selection.metric
-    value, best = max(((m.get(metric, float("nan")), ref) for ref, m in candidates),
-                      key=lambda p: -np.inf if p[0] != p[0] else p[0])
+    challenger = max(candidates, key=lambda c: -np.inf if c.metric(metric) != c.metric(metric)
+                     else c.metric(metric))
+    value, best = challenger.metric(metric), challenger.ref
     pointer = read_champion(store, cfg.name)
     champion = champion_on_slices(cfg, splits) if pointer else None
     champ_value = champion["metrics"].get(metric) if champion else None
@@ -93,8 +96,8 @@ def promote_if_better(
         "at": datetime.now(UTC).isoformat(), "dataset": cfg.name, "metric": metric,
         "trigger": trigger or {}, "splits": splits.model_dump(mode="json"),
         "challenger": {**best.to_json(), "value": value,
-                       "all": {ref.family: {"version": ref.version, metric: m.get(metric)}
-                               for ref, m in candidates}},
+                       "all": {c.family: {"version": c.ref.version, metric: c.metric(metric)}
+                               for c in candidates}},
         "champion": {**champion, "value": champ_value, "stored": pointer} if champion else None,
         "promoted": promote, "reason": reason,
     }

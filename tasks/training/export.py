@@ -1,35 +1,36 @@
-"""ONNX export of a family's element scores, and scoring through ONNX Runtime on the CPU.
+"""Export stage: a family's element scores as an ONNX graph, checked against torch.
 
 Why: a version carries `model.onnx` beside its safetensors weights so scoring can
 run without torch (ONNX Runtime, CPU), and the file is checked against torch at
 export time so a silently wrong export never reaches a version. The graph maps
 windows (B, L, F) to element scores (B, L, F), B dynamic; legacy TorchScript-based
-exporter (`dynamo=False`), ONNX opset 17.
+exporter (`dynamo=False`), ONNX opset 17. Scoring through the graph is
+tasks.scoring.OnnxScorer.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from models.base import WindowModel
 from models.registry import build_model
-
-log = logging.getLogger(__name__)
+from schemas.config import DatasetConfig
+from tasks.common import compute_device, run_logger, store_for
+from tasks.scoring import OnnxScorer
+from tasks.training.train import FIT, TrainedCandidate
+from tasks.versions import ONNX, WEIGHTS, model_from_bytes
 
 OPSET = 17
-ONNX_FILE = "model.onnx"
+EXPORT = "export.json"
 PARITY_TOLERANCE = 1e-4
 INPUT, OUTPUT = "windows", "element_scores"
-
-
-class ExportError(RuntimeError):
-    """A family could not be exported, or its export disagrees with torch."""
 
 
 def export_onnx(model: WindowModel) -> bytes:
@@ -61,30 +62,6 @@ def cpu_copy(model: WindowModel) -> WindowModel:
     return clone.eval()
 
 
-class OnnxScorer:
-    """Element scores from an ONNX graph on ONNX Runtime's CPU provider.
-
-    Callable like `model.element_scores`, so `models.scoring.row_contributions`
-    accepts it in place of a torch model.
-    """
-
-    def __init__(self, onnx_bytes: bytes, threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default
-        self.session = ort.InferenceSession(onnx_bytes, sess_options=options,
-                                            providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def element_scores(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(B, L, F) windows -> (B, L, F) float32 element scores, on the input's device."""
-        device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-        array = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else x
-        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(array, np.float32)})
-        return torch.from_numpy(out).to(device)
-
-    __call__ = element_scores
-
-
 @torch.no_grad()
 def parity(model: WindowModel, scorer: OnnxScorer, windows: torch.Tensor) -> float:
     """Max abs difference between torch on the CPU and ONNX Runtime on `windows`.
@@ -102,21 +79,50 @@ def probe_windows(model: WindowModel, n: int = 256, seed: int = 0) -> torch.Tens
     return torch.randn(n, model.window, model.n_features, generator=gen)
 
 
-def onnx_version_files(model: WindowModel, probe: torch.Tensor | None = None) -> dict[str, bytes]:
-    """{"model.onnx": bytes} checked against torch on `probe` windows; {} (with a warning)
-    if the family cannot be exported, so the version still registers and scores via torch."""
+@dataclass(frozen=True)
+class OnnxExport:
+    """Whether the candidate carries model.onnx, its measured parity, or why it does not."""
+
+    family: str
+    exported: bool
+    max_abs_diff: float | None = None
+    bytes: int = 0
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_export(model: WindowModel, probe: torch.Tensor | None = None
+                 ) -> tuple[bytes | None, OnnxExport]:
+    """(graph, outcome): the graph only when its scores match torch's on `probe` windows."""
     probe = probe_windows(model) if probe is None else probe
     try:
         data = export_onnx(model)
         diff = parity(model, OnnxScorer(data), probe)
     except Exception as err:  # noqa: BLE001 - any exporter failure means "no ONNX file"
-        log.warning("%s: ONNX export failed (%s); the version keeps torch weights only",
-                    model.name, err)
-        return {}
+        return None, OnnxExport(model.name, False, reason=f"export failed: {err}")
     if not diff <= PARITY_TOLERANCE:
-        log.warning("%s: ONNX scores differ from torch by %.3g (> %g); not storing model.onnx",
-                    model.name, diff, PARITY_TOLERANCE)
-        return {}
-    log.info("%s: exported ONNX (opset %d, %d bytes), parity %.2g", model.name, OPSET,
-             len(data), diff)
-    return {ONNX_FILE: data}
+        return None, OnnxExport(model.name, False, diff, len(data),
+                                f"ONNX scores differ from torch by {diff:.3g} (> {PARITY_TOLERANCE})")
+    return data, OnnxExport(model.name, True, diff, len(data))
+
+
+@task(name="export-onnx", cache_policy=NO_CACHE)
+def export_candidate(cfg: DatasetConfig, trained: TrainedCandidate) -> OnnxExport:
+    """model.onnx beside the candidate's weights, checked against torch; a family that cannot
+    be exported keeps its torch weights only (the outcome says why)."""
+    store = store_for(cfg)
+    arguments = store.read_json(trained.file(FIT))["arguments"]
+    model = model_from_bytes(arguments, store.read_bytes(trained.file(WEIGHTS)), compute_device(cfg))
+    data, outcome = check_export(model)
+    log = run_logger(__name__)
+    if data is None:
+        log.warning("%s: no model.onnx (%s); the version keeps torch weights only",
+                    trained.family, outcome.reason)
+    else:
+        store.write_bytes(trained.file(ONNX), data)
+        log.info("%s: exported ONNX (opset %d, %d bytes), parity %.2g", trained.family, OPSET,
+                 outcome.bytes, outcome.max_abs_diff)
+    store.write_json(trained.file(EXPORT), outcome.to_json())
+    return outcome

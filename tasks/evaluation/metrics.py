@@ -47,6 +47,7 @@ METRIC_KEYS = (
     "pa_k_auc",
     "event_recall",
     "vus_pr",
+    "fpr",
 )
 
 
@@ -133,6 +134,13 @@ def precision_recall_f1(
     fp = int((pred & (y == 0)).sum())
     p, r, f = _prf(tp, fp, int(y.sum()))
     return float(p), float(r), float(f)
+
+
+def false_positive_rate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:
+    """Share of normal rows with ``scores > threshold``; 0.0 when there are no normal rows."""
+    y, s = _check(labels, scores)
+    normal = y == 0
+    return float((s[normal] > threshold).mean()) if normal.any() else 0.0
 
 
 def best_f1(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -533,5 +541,6 @@ def evaluate(
         "pa_k_auc": pa_k(y, s, threshold).auc,
         "event_recall": event_recall(y, s, threshold),
         "vus_pr": vus_pr(y, s, max_buffer=buffer),
+        "fpr": false_positive_rate(y, s, threshold),
     }
     return {key: float(out[key]) for key in METRIC_KEYS}

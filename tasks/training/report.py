@@ -14,31 +14,25 @@ give identical files and the content-addressed version id stays stable.
 from __future__ import annotations
 
 import io
+import json
 import math
-import re
 from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from models.base import WindowModel
-from models.engine import WindowSet
-from schemas.config import DatasetConfig, FamilyConfig
-from tasks.calibrate import validation_scores_key
-from tasks.common import compute_device, run_logger, store_for
-from tasks.model_io import model_from_bytes
-from tasks.prepare import PreparedData, load_prepared
-from tasks.register import VersionRef
-from tasks.train import series_tensor
+from schemas.config import DatasetConfig
+from tasks.common import artifact_key, run_logger, store_for
+from tasks.training.register import PLOTS, Candidate
+from tasks.training.train import FIT, LATENTS, ROW_SCORES, TrainedCandidate
+from tasks.versions import REPORT, THRESHOLD
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-MAX_LATENT_WINDOWS = 2000
 REPORT_METRICS = ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "pa_k_auc", "event_recall",
                   "precision", "recall", "f1", "fpr")
 METRIC_NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "best_f1": "best F1",
@@ -159,6 +153,8 @@ def latent_png(latent: np.ndarray, labels: np.ndarray, title: str) -> bytes:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:  # NaN as stored in strict JSON
+        return "n/a"
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4g}"
     return str(value)
@@ -196,14 +192,14 @@ def threshold_section(threshold: dict[str, Any]) -> list[str]:
 
 
 def report_markdown(
-    dataset: str, family: str, evaluation: dict[str, Any], plots: list[str]
+    dataset: str, family: str, metrics: dict[str, float], threshold: dict[str, Any],
+    fit: dict[str, Any], plots: list[str],
 ) -> str:
     """The version's report.md: metrics, thresholds, training, plots by relative path."""
-    fit, threshold = evaluation["fit"], evaluation["threshold"]
     lines = [
         f"# {dataset} — {family}", "",
         "## Validation metrics (labelled validation slice)", "",
-        *metrics_table(evaluation["metrics"]), "",
+        *metrics_table(metrics), "",
         ("PA-F1 (point-adjusted) is reported for comparison with the literature only: it is "
          "close to 1 for almost any detector, random ones included. Rank by PR-AUC / VUS-PR."), "",
         "## Threshold", "", *threshold_section(threshold), "",
@@ -221,96 +217,69 @@ def report_markdown(
 # -- the Prefect stage -----------------------------------------------------------------------
 
 
-def _latent_of(model: WindowModel, windows: WindowSet, batch: int = 1024) -> np.ndarray:
-    with torch.no_grad():
-        parts = [model.latent_means(windows.batch(torch.arange(i, min(i + batch, len(windows)))))
-                 for i in range(0, len(windows), batch)]
-    return torch.cat(parts).float().cpu().numpy()
-
-
-def latent_plot(cfg: DatasetConfig, prepared: PreparedData, model: WindowModel, title: str) -> bytes:
-    """Latent means of (at most MAX_LATENT_WINDOWS, evenly spaced) validation windows."""
-    scaled, index, _ = load_prepared(cfg, prepared)
-    val = index.filter(pl.col("split") == "validation")
-    if val.height > MAX_LATENT_WINDOWS:
-        val = val.gather_every(val.height // MAX_LATENT_WINDOWS + 1)
-    device = model.device
-    windows = WindowSet(series_tensor(scaled, cfg.columns.features, device),
-                        torch.from_numpy(val["start_row"].to_numpy()), cfg.window.length)
-    return latent_png(_latent_of(model, windows), val["label"].to_numpy(), title)
-
-
-def build_plots(
-    cfg: DatasetConfig, prepared: PreparedData, candidate: str, evaluation: dict[str, Any]
-) -> dict[str, bytes]:
+def candidate_plots(dataset: str, family: str, rows: pl.DataFrame, threshold: float,
+                    fit: dict[str, Any], latents: pl.DataFrame | None) -> dict[str, bytes]:
     """All PNGs of one candidate, keyed by their name inside the version."""
-    store = store_for(cfg)
-    family, fit = evaluation["fit"]["family"], evaluation["fit"]
-    threshold = float(evaluation["threshold"]["threshold"])
-    val = pl.from_arrow(store.read_parquet(validation_scores_key(candidate)))
+    val = rows.filter(pl.col("split") == "validation")
     scores, labels = val["score"].to_numpy(), val["label"].to_numpy()
-    title = f"{cfg.name} / {family}"
+    title = f"{dataset} / {family}"
     plots = {
-        "plots/timeline.png": timeline_png(scores, labels, threshold, f"{title}: validation scores",
-                                           val["entity"].rle_id().to_numpy()),
-        "plots/histogram.png": histogram_png(scores, labels, threshold,
-                                             f"{title}: normal vs anomalous rows"),
-        "plots/training.png": training_curves_png(fit.get("history", []), fit.get("best_epoch", -1),
-                                                  f"{title}: training"),
+        "timeline.png": timeline_png(scores, labels, threshold, f"{title}: validation scores",
+                                     val["entity"].rle_id().to_numpy()),
+        "histogram.png": histogram_png(scores, labels, threshold,
+                                       f"{title}: normal vs anomalous rows"),
+        "training.png": training_curves_png(fit.get("history", []), fit.get("best_epoch", -1),
+                                            f"{title}: training"),
     }
-    model = model_from_bytes(fit["arguments"], store.read_bytes(f"{candidate}/weights.safetensors"),
-                             compute_device(cfg))
-    if hasattr(model, "latent_means"):
-        plots["plots/latent_pca.png"] = latent_plot(cfg, prepared, model,
-                                                    f"{title}: latent means, 2-D PCA")
-    return plots
+    if latents is not None and latents.height:
+        z = latents.drop("label").to_numpy()
+        plots["latent_pca.png"] = latent_png(z, latents["label"].to_numpy(),
+                                             f"{title}: latent means, 2-D PCA")
+    return {f"{PLOTS}/{name}": png for name, png in plots.items()}
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def report_candidate(
-    cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedData, candidate: str,
-    evaluation: dict[str, Any],
-) -> dict[str, Any]:
-    """Plots + report.md for one calibrated candidate, returned as extra version files."""
-    plots = build_plots(cfg, prepared, candidate, evaluation)
-    report = report_markdown(cfg.name, family.name, evaluation, sorted(plots)).encode()
-    run_logger(__name__).info("%s: report with %d plots", family.name, len(plots))
-    extra = {**evaluation.get("extra_files", {}), **plots, "report.md": report}
-    return {**evaluation, "extra_files": extra}
+def report_candidate(cfg: DatasetConfig, trained: TrainedCandidate,
+                     metrics: dict[str, float]) -> list[str]:
+    """Plots + report.md into the candidate's folder (they join its version); returns their names."""
+    store = store_for(cfg)
+    fit = store.read_json(trained.file(FIT))
+    threshold = json.loads(store.read_bytes(trained.file(THRESHOLD)))
+    rows = pl.from_arrow(store.read_parquet(trained.file(ROW_SCORES)))
+    latents = (pl.from_arrow(store.read_parquet(trained.file(LATENTS)))
+               if store.exists(trained.file(LATENTS)) else None)
+    plots = candidate_plots(cfg.name, trained.family, rows, float(threshold["threshold"]), fit,
+                            latents)
+    for name, png in plots.items():
+        store.write_bytes(trained.file(name), png)
+    report = report_markdown(cfg.name, trained.family, metrics, threshold, fit, sorted(plots))
+    store.write_bytes(trained.file(REPORT), report.encode())
+    run_logger(__name__).info("%s: report with %d plots", trained.family, len(plots))
+    return sorted(plots)
 
 
 # -- Prefect artifacts -----------------------------------------------------------------------
 
 
-def artifact_key(kind: str, dataset: str) -> str:
-    """Stable artifact key (Prefect allows lowercase letters, digits and dashes only)."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"{kind}-{dataset}".lower())).strip("-")
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or value != value else round(float(value), 4)
 
 
-def candidates_table(
-    candidates: list[tuple[VersionRef, dict[str, Any]]], champion: dict[str, Any]
-) -> list[dict[str, Any]]:
+def candidates_table(candidates: list[Candidate], champion: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per family: version, champion flag, applied threshold, validation metrics."""
-    rows = []
-    for ref, ev in candidates:
-        m, t = ev["metrics"], ev["threshold"]
-        rows.append({
-            "family": ref.family, "version": ref.version,
-            "champion": ref.version == champion.get("version") and ref.family == champion.get("family"),
-            "threshold_method": t["method"], "threshold": round(float(t["threshold"]), 6),
-            **{k: (None if m.get(k) != m.get(k) else round(float(m[k]), 4))
-               for k in REPORT_METRICS if k in m},
-        })
-    return rows
+    return [{
+        "family": c.family, "version": c.ref.version,
+        "champion": c.ref.version == champion.get("version") and c.family == champion.get("family"),
+        "threshold_method": c.threshold_method, "threshold": round(c.threshold, 6),
+        **{k: _rounded(c.metrics.get(k)) for k in REPORT_METRICS if k in c.metrics},
+    } for c in candidates]
 
 
-def run_markdown(
-    cfg: DatasetConfig, candidates: list[tuple[VersionRef, dict[str, Any]]], champion: dict[str, Any]
-) -> str:
+def run_markdown(cfg: DatasetConfig, candidates: list[Candidate], champion: dict[str, Any]) -> str:
     """The run summary shown in the Prefect UI: champion, per-family metrics, report locations."""
     store = store_for(cfg)
     metric = champion["metric"]
-    keys = [k for k in ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "f1", "fpr")]
+    keys = ["roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "f1", "fpr"]
     lines = [
         f"# Training run — {cfg.name}", "",
         (f"Champion: **{champion['family']}** `{champion['version']}` "
@@ -319,22 +288,21 @@ def run_markdown(
         "| family | version | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
-    for ref, ev in candidates:
-        values = " | ".join(_fmt(ev["metrics"].get(k, float("nan"))) for k in keys)
-        lines.append(f"| {ref.family} | `{ref.version}` | {values} |")
+    for c in candidates:
+        values = " | ".join(_fmt(c.metric(k)) for k in keys)
+        lines.append(f"| {c.family} | `{c.ref.version}` | {values} |")
     lines += ["", "PA-F1 inflates almost every detector to ~0.9+: read PR-AUC and VUS-PR.", "",
               "Reports and plots (inside each immutable version):", ""]
-    lines += [f"- {ref.family}: {store.uri(ref.key + '/report.md')}" for ref, _ in candidates]
+    lines += [f"- {c.family}: {store.uri(c.ref.key + '/' + REPORT)}" for c in candidates]
     return "\n".join(lines) + "\n"
 
 
 @task(name="publish-training-artifacts", cache_policy=NO_CACHE)
-def publish_training_artifacts(
-    cfg: DatasetConfig, candidates: list[tuple[VersionRef, dict[str, Any]]], champion: dict[str, Any]
-) -> dict[str, str]:
+def publish_training_artifacts(cfg: DatasetConfig, candidates: list[Candidate],
+                               champion: dict[str, Any]) -> dict[str, str]:
     """Keyed table + markdown artifacts of one training run; the keys are stable per dataset."""
-    keys = {"table": artifact_key("train", f"{cfg.name}-candidates"),
-            "markdown": artifact_key("train", f"{cfg.name}-report")}
+    keys = {"table": artifact_key("train", cfg.name, "candidates"),
+            "markdown": artifact_key("train", cfg.name, "report")}
     create_table_artifact(key=keys["table"], table=candidates_table(candidates, champion),
                           description=f"nightowl: candidates of the last training run of {cfg.name}")
     create_markdown_artifact(key=keys["markdown"], markdown=run_markdown(cfg, candidates, champion),

@@ -1,10 +1,16 @@
-"""Scale and window a dataset for training: scaled Parquet, scaler JSON, window index Parquet."""
+"""Prepare a dataset for training: scaled Parquet, scaler JSON, window index, drift reference.
+
+Each output is keyed by the scaler's content hash, so the same train rows give
+the same keys and a retry rewrites them. Stages hand each other these keys
+(`PreparedData`), never the frames.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 import polars as pl
 from prefect import task
@@ -12,9 +18,20 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.ingest import load_validated
-from tasks.scale import ScalerParams, apply_scaler, fit_scaler
-from tasks.window import build_window_index
+from tasks.data.ingest import load_validated
+from tasks.data.scale import ScalerParams, apply_scaler, fit_scaler
+from tasks.data.window import build_window_index
+from tasks.evaluation.drift import data_reference
+
+
+@dataclass(frozen=True)
+class ScaledData:
+    """Store keys of the scaled train + validation rows, their scaler and drift reference."""
+
+    scaled_key: str
+    scaler_key: str
+    reference_key: str
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,7 @@ class PreparedData:
 
     scaled_key: str
     scaler_key: str
+    reference_key: str
     windows_key: str
     rows: int
     windows: int
@@ -42,15 +60,16 @@ def assign_splits(frame: pl.DataFrame, splits: SplitsConfig, with_score: bool = 
     return frame.with_columns(expr.otherwise(pl.lit("none")).alias("split"))
 
 
-def training_range(splits: SplitsConfig) -> tuple:
+def training_range(splits: SplitsConfig) -> tuple[datetime, datetime]:
     starts = [splits.train.start, *(r.start for r in splits.validation)]
     ends = [splits.train.end, *(r.end for r in splits.validation)]
     return min(starts), max(ends)
 
 
 @task(name="scale", cache_policy=NO_CACHE, **IO_RETRIES)
-def scale_dataset(cfg: DatasetConfig) -> tuple[str, str, int]:
-    """Fit the scaler on train rows only; write scaled rows (train + validation) as Parquet."""
+def scale_dataset(cfg: DatasetConfig) -> ScaledData:
+    """Fit the scaler on train rows only; write scaled rows (train + validation) as Parquet,
+    and the drift reference of the scaled normal train rows (the same for every family)."""
     store = store_for(cfg)
     start, end = training_range(cfg.splits)
     frame = assign_splits(load_validated(store, cfg, start, end), cfg.splits, with_score=False)
@@ -59,31 +78,39 @@ def scale_dataset(cfg: DatasetConfig) -> tuple[str, str, int]:
     scaler_json = scaler.to_json()
     scaler_id = hashlib.sha256(json.dumps(scaler_json, sort_keys=True).encode()).hexdigest()[:12]
     prefix = f"datasets/{cfg.name}/scaled/{scaler_id}"
+    scaled = apply_scaler(frame, scaler)
+    normal_train = scaled.filter((pl.col("split") == "train") & (pl.col("label") == 0))
     store.write_json(f"{prefix}/scaler.json", scaler_json)
-    store.write_parquet(f"{prefix}/scaled.parquet", apply_scaler(frame, scaler).to_arrow())
+    store.write_json(f"{prefix}/drift_reference.json",
+                     data_reference(normal_train, cfg.columns.features, cfg.drift.bins))
+    store.write_parquet(f"{prefix}/scaled.parquet", scaled.to_arrow())
     run_logger(__name__).info(
         "scaled %d rows (%d train) with %s scaler %s", frame.height, train.height,
         cfg.scaling.method, scaler_id,
     )
-    return f"{prefix}/scaled.parquet", f"{prefix}/scaler.json", frame.height
+    return ScaledData(f"{prefix}/scaled.parquet", f"{prefix}/scaler.json",
+                      f"{prefix}/drift_reference.json", frame.height)
 
 
 @task(name="window", cache_policy=NO_CACHE, **IO_RETRIES)
-def window_dataset(cfg: DatasetConfig, scaled_key: str) -> tuple[str, int]:
+def window_dataset(cfg: DatasetConfig, scaled: ScaledData) -> PreparedData:
     """Write the window index (not the windows) next to the scaled rows."""
     store = store_for(cfg)
-    scaled = pl.from_arrow(store.read_parquet(scaled_key))
-    index = build_window_index(scaled, cfg.window.length, cfg.window.stride)
-    scaler_id = scaled_key.split("/")[-2]
+    frame = pl.from_arrow(store.read_parquet(scaled.scaled_key))
+    index = build_window_index(frame, cfg.window.length, cfg.window.stride)
+    scaler_id = scaled.scaled_key.split("/")[-2]
     key = (f"datasets/{cfg.name}/windows/{scaler_id}/"
            f"L{cfg.window.length}-S{cfg.window.stride}.parquet")
     store.write_parquet(key, index.to_arrow())
     counts = dict(index.group_by("split").len().iter_rows())
     run_logger(__name__).info("window index %s: %s", key, counts)
-    return key, index.height
+    return PreparedData(scaled.scaled_key, scaled.scaler_key, scaled.reference_key, key,
+                        scaled.rows, index.height)
 
 
-def load_prepared(cfg: DatasetConfig, prepared: PreparedData) -> tuple[pl.DataFrame, pl.DataFrame, ScalerParams]:
+def load_prepared(cfg: DatasetConfig, prepared: PreparedData
+                  ) -> tuple[pl.DataFrame, pl.DataFrame, ScalerParams]:
+    """(scaled rows, window index, scaler) of a prepared dataset."""
     store = store_for(cfg)
     scaled = pl.from_arrow(store.read_parquet(prepared.scaled_key))
     index = pl.from_arrow(store.read_parquet(prepared.windows_key))

@@ -1,9 +1,10 @@
-"""Immutable, content-addressed model versions and an atomically replaced champion pointer.
+"""Immutable, content-addressed model versions, the champion pointer, and loading a model.
 
 Layout: models/<ds>/<family>/<version>/{files..., MANIFEST.json}. The version id
 is derived from the sha256 of every file, MANIFEST.json is written last (a
 version without one does not exist), and loading re-hashes every file and
-refuses any mismatch.
+refuses any mismatch. Shared by training (registers, promotes) and nightly
+scoring (loads the champion); files are safetensors and JSON, never pickle.
 """
 
 from __future__ import annotations
@@ -15,16 +16,22 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
-from schemas.config import DatasetConfig
-from tasks.common import IO_RETRIES, run_logger, store_for
+from models.base import WindowModel
+from models.registry import build_model
+from tasks.data.scale import ScalerParams
 from tasks.store import Store, json_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+WEIGHTS, CONFIG, SCALER, THRESHOLD, METRICS, ONNX, DRIFT_REFERENCE, REPORT = (
+    "weights.safetensors", "config.json", "scaler.json", "threshold.json", "metrics.json",
+    "model.onnx", "drift_reference.json", "report.md",
+)
 
 
 class IntegrityError(RuntimeError):
@@ -73,6 +80,11 @@ def register_version(store: Store, dataset: str, family: str, files: dict[str, b
     }
     store.write_json(f"{ref.key}/{MANIFEST}", manifest)
     return ref
+
+
+def has_file(store: Store, ref: VersionRef, name: str) -> bool:
+    """Whether a version's manifest lists `name` (older versions may lack optional files)."""
+    return name in read_manifest(store, ref)["files"]
 
 
 def read_manifest(store: Store, ref: VersionRef) -> dict[str, Any]:
@@ -153,51 +165,61 @@ def set_champion(
     raise ChampionConflict(f"{store.uri(key)}: still contended after {max_attempts} attempts")
 
 
-# -- Prefect stage -------------------------------------------------------------------------
-@task(name="register", cache_policy=NO_CACHE, **IO_RETRIES)
-def register_candidate(
-    cfg: DatasetConfig, scaler_key: str, candidate: str, evaluation: dict[str, Any]
-) -> VersionRef:
-    """Turn a calibrated candidate into an immutable version (MANIFEST written last)."""
-    store = store_for(cfg)
-    fit = evaluation["fit"]
-    files = {
-        "weights.safetensors": store.read_bytes(f"{candidate}/weights.safetensors"),
-        "config.json": json_bytes({
-            "dataset": cfg.name,
-            "model": fit["arguments"],
-            "training": fit["settings"],
-            "window": cfg.window.model_dump(),
-            "columns": cfg.columns.model_dump(),
-            "scaling": cfg.scaling.model_dump(),
-        }),
-        "scaler.json": store.read_bytes(scaler_key),
-        "threshold.json": json_bytes(evaluation["threshold"]),
-        "metrics.json": json_bytes({"validation": evaluation["metrics"],
-                               "fit": {k: v for k, v in fit.items() if k != "arguments"}}),
-        **evaluation.get("extra_files", {}),
-    }
-    ref = register_version(store, cfg.name, fit["family"], files)
-    run_logger(__name__).info("registered %s", store.uri(ref.key))
-    return ref
+# -- models in and out of versions --------------------------------------------------------
 
 
-@task(name="choose-champion", cache_policy=NO_CACHE, **IO_RETRIES)
-def choose_champion(
-    cfg: DatasetConfig, candidates: list[tuple[VersionRef, dict[str, float]]]
-) -> dict[str, Any]:
-    """Best candidate by the configured metric becomes champion; NaN metrics never win."""
-    metric = cfg.selection.metric
-    scored = [(m.get(metric, float("nan")), ref) for ref, m in candidates]
-    valid = [(v, ref) for v, ref in scored if v == v]
-    if not valid:
-        raise ValueError(f"no candidate has a defined {metric}; cannot choose a champion")
-    value, best = max(valid, key=lambda pair: pair[0])
-    pointer = set_champion(
-        store_for(cfg), best, metric, float(value),
-        details={"candidates": {ref.family: {"version": ref.version, metric: v, "metrics": dict(m)}
-                                for (v, ref), (_, m) in zip(scored, candidates)}},
+def weights_bytes(model: WindowModel) -> bytes:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_safetensors(state)
+
+
+def model_from_bytes(arguments: dict[str, Any], weights: bytes, device: torch.device) -> WindowModel:
+    """Rebuild a family from its stored arguments and load its weights."""
+    model = build_model(arguments["family"], arguments["n_features"], arguments["window"],
+                        arguments["params"])
+    model.load_state_dict(load_safetensors(weights))
+    return model.to(device).eval()
+
+
+@dataclass
+class LoadedModel:
+    """A verified version ready to score: model, scaler and calibrated threshold."""
+
+    ref: VersionRef
+    model: WindowModel
+    scaler: ScalerParams
+    threshold: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def features(self) -> list[str]:
+        return self.scaler.features
+
+    @property
+    def window(self) -> int:
+        return int(self.config["model"]["window"])
+
+    @property
+    def feature_scale(self) -> list[float] | None:
+        return self.threshold.get("feature_scale")
+
+
+def load_model(store: Store, ref: VersionRef, device: torch.device) -> LoadedModel:
+    """Load a registered version; every file's sha256 is checked first."""
+    files = load_version_files(store, ref, [WEIGHTS, CONFIG, SCALER, THRESHOLD])
+    config = json.loads(files[CONFIG])
+    return LoadedModel(
+        ref=ref,
+        model=model_from_bytes(config["model"], files[WEIGHTS], device),
+        scaler=ScalerParams.from_json(json.loads(files[SCALER])),
+        threshold=json.loads(files[THRESHOLD]),
+        config=config,
     )
-    run_logger(__name__).info("champion of %s: %s/%s (%s=%.4f)", cfg.name, best.family,
-                              best.version, metric, value)
-    return pointer
+
+
+def load_champion(store: Store, dataset: str, device: torch.device) -> LoadedModel:
+    """The verified champion of a dataset; LookupError before the first training."""
+    pointer = read_champion(store, dataset)
+    if pointer is None:
+        raise LookupError(f"no champion for dataset {dataset!r}: run training first")
+    return load_model(store, champion_ref(pointer), device)

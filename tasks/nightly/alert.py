@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -23,11 +24,26 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import AlertConfig, DatasetConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.nightly.score import ScoredNight
+from tasks.scoring import CONTRIB_PREFIX
 from tasks.store import Store
 
 log = logging.getLogger(__name__)
-CONTRIB_PREFIX = "contrib__"
 TOP_FEATURES = 3
+TOP_SEGMENTS = 20  # segments a night's result (and its UI table) carries; the log has all
+
+
+@dataclass(frozen=True)
+class AlertSummary:
+    """A night's alerting: counts, the log's key, and the top segments by peak score."""
+
+    segments: int
+    sent: int
+    log: str
+    top: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def find_segments(scores: pl.DataFrame, level: float, min_rows: int = 1) -> pl.DataFrame:
@@ -98,7 +114,7 @@ def post(url: str, body: dict[str, Any]) -> None:
 
 
 def send_alerts(store: Store, cfg: DatasetConfig, day: date, scores: pl.DataFrame,
-                url: str | None) -> dict[str, Any]:
+                url: str | None) -> AlertSummary:
     """Alert each new segment once; record it in the ledger only after it was delivered."""
     segments = find_segments(scores, cfg.alerts.level, cfg.alerts.min_rows)
     ledger: dict[str, Any] = store.read_json(ledger_key(cfg)) if store.exists(ledger_key(cfg)) else {}
@@ -116,18 +132,28 @@ def send_alerts(store: Store, cfg: DatasetConfig, day: date, scores: pl.DataFram
                         "status": "sent" if deliver else ("duplicate" if not is_new else "unsent")})
     lines = "".join(json.dumps(r, default=str, sort_keys=True) + "\n" for r in records)
     store.write_bytes(log_key(cfg, day), lines.encode())
-    return {"segments": len(records), "sent": sent, "records": records, "log": log_key(cfg, day)}
+    return AlertSummary(len(records), sent, log_key(cfg, day), top_segments(records))
+
+
+def top_segments(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The highest-peaked segments, flattened for a table (JSON-able values only)."""
+    rows = sorted(records, key=lambda r: -r["peak_score"])[:TOP_SEGMENTS]
+    return [{"entity": r["entity"], "start": str(r["start"]), "end": str(r["end"]),
+             "rows": r["rows"], "peak_score": round(r["peak_score"], 4),
+             "top_features": ", ".join(r["top_features"]), "alert": r["status"]} for r in rows]
 
 
 @task(name="alert", cache_policy=NO_CACHE, **IO_RETRIES)
-def alert_night(cfg: DatasetConfig, day: date, scores: pl.DataFrame) -> dict[str, Any]:
+def alert_night(cfg: DatasetConfig, day: date, scored: ScoredNight) -> AlertSummary:
     """Send tonight's new anomaly segments; write the structured alert log of the night."""
+    assert scored.key is not None, "alerting needs a scored night"
+    store = store_for(cfg)
     url = webhook_url(cfg.alerts)
-    result = send_alerts(store_for(cfg), cfg, day, scores, url)
+    result = send_alerts(store, cfg, day, pl.from_arrow(store.read_parquet(scored.key)), url)
     logger = run_logger(__name__)
-    if url is None and result["segments"]:
+    if url is None and result.segments:
         logger.warning("%s %s: %d anomaly segments but no webhook configured (%s)", cfg.name, day,
-                       result["segments"], cfg.alerts.webhook_url_env)
-    logger.info("%s %s: %d segments, %d alerts sent, log %s", cfg.name, day, result["segments"],
-                result["sent"], result["log"])
+                       result.segments, cfg.alerts.webhook_url_env)
+    logger.info("%s %s: %d segments, %d alerts sent, log %s", cfg.name, day, result.segments,
+                result.sent, result.log)
     return result

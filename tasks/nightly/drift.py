@@ -1,0 +1,132 @@
+"""The nightly drift check: tonight's scaled rows and scores against the scoring version's
+training reference; on drift, the `nightowl.drift.detected` event that triggers retraining.
+
+Statistics live in tasks.evaluation.drift (pure); this stage reads its inputs by
+key (the night's scores partition, the version's scaler and reference), writes
+drift/<ds>/date=…/report.json and debounces the event with a cooldown.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import DatasetConfig
+from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.data.ingest import load_validated
+from tasks.data.scale import ScalerParams, apply_scaler
+from tasks.evaluation.drift import drift_report
+from tasks.nightly.score import ScoredNight, day_start
+from tasks.store import Store
+from tasks.versions import DRIFT_REFERENCE, SCALER, VersionRef, has_file, load_version_files
+
+EVENT = "nightowl.drift.detected"
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    """The night's drift verdict (per-feature statistics stay in the stored report)."""
+
+    date: str
+    status: str  # "checked" | "no-reference"
+    drift: bool
+    reasons: list[str] = field(default_factory=list)
+    event: str | None = None
+    score_ks: float | None = None
+    anomaly_rate: float | None = None
+    drifted_features: list[str] = field(default_factory=list)
+    key: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def drift_key(cfg: DatasetConfig, day: date) -> str:
+    return f"drift/{cfg.name}/date={day.isoformat()}/report.json"
+
+
+def last_event_key(cfg: DatasetConfig) -> str:
+    return f"drift/{cfg.name}/LAST_EVENT.json"
+
+
+def in_cooldown(store: Store, cfg: DatasetConfig, now: datetime) -> bool:
+    """Debounce: a drift event was already emitted within the cooldown."""
+    key = last_event_key(cfg)
+    if not store.exists(key):
+        return False
+    last = datetime.fromisoformat(store.read_json(key)["emitted_at"])
+    return now - last < timedelta(hours=cfg.drift.cooldown_hours)
+
+
+def emit_drift_event(cfg: DatasetConfig, day: date, reasons: list[str],
+                     config_path: str | None) -> str | None:
+    """Emit `nightowl.drift.detected` (resource = the dataset); returns the event id."""
+    from prefect.events import emit_event
+
+    event = emit_event(
+        event=EVENT,
+        resource={"prefect.resource.id": f"nightowl.dataset.{cfg.name}",
+                  "prefect.resource.name": cfg.name},
+        payload={"dataset": cfg.name, "date": day.isoformat(), "config": config_path,
+                 "reasons": reasons},
+    )
+    return str(event.id) if event is not None else None
+
+
+def version_reference(store: Store, ref: VersionRef) -> tuple[ScalerParams, dict[str, Any] | None]:
+    """A version's scaler and drift reference (None for versions registered without one)."""
+    names = [SCALER] + ([DRIFT_REFERENCE] if has_file(store, ref, DRIFT_REFERENCE) else [])
+    files = load_version_files(store, ref, names)
+    reference = json.loads(files[DRIFT_REFERENCE]) if DRIFT_REFERENCE in files else None
+    return ScalerParams.from_json(json.loads(files[SCALER])), reference
+
+
+def night_report(cfg: DatasetConfig, store: Store, day: date, scored: ScoredNight) -> dict[str, Any]:
+    """Every statistic of the night against the reference of the version that scored it."""
+    assert scored.key is not None and scored.model is not None
+    scaler, reference = version_reference(store, scored.model)
+    if reference is None:
+        return {"drift": False, "reasons": [], "status": "no-reference"}
+    scores = pl.from_arrow(store.read_parquet(scored.key))
+    start = day_start(day)
+    rows = apply_scaler(load_validated(store, cfg, start, start + timedelta(days=1)), scaler)
+    report = drift_report(reference, rows, list(reference["features"]), cfg.drift,
+                          scores["score"].to_numpy(), scores["is_anomaly"].to_numpy())
+    return {**report, "status": "checked"}
+
+
+@task(name="drift-check", cache_policy=NO_CACHE, **IO_RETRIES)
+def check_drift(cfg: DatasetConfig, day: date, scored: ScoredNight,
+                config_path: str | None = None) -> DriftVerdict:
+    """Write drift/<ds>/date=…/report.json; on drift emit the event unless in cooldown."""
+    logger = run_logger(__name__)
+    store = store_for(cfg)
+    report = night_report(cfg, store, day, scored)
+    report.update(date=day.isoformat(), dataset=cfg.name, event=None)
+    now = datetime.now(UTC)
+    if report["drift"]:
+        if in_cooldown(store, cfg, now):
+            report["event"] = "suppressed (cooldown)"
+        else:
+            event_id = emit_drift_event(cfg, day, report["reasons"], config_path)
+            store.write_json(last_event_key(cfg), {"emitted_at": now.isoformat(),
+                                                   "date": day.isoformat(), "event_id": event_id})
+            report["event"] = event_id
+        logger.warning("%s %s: drift (%s); event %s", cfg.name, day, "; ".join(report["reasons"]),
+                       report["event"])
+    key = drift_key(cfg, day)
+    store.write_json(key, report)
+    return DriftVerdict(day.isoformat(), report["status"], bool(report["drift"]), report["reasons"],
+                        report["event"], _number(report.get("score_ks")),
+                        _number(report.get("anomaly_rate")), report.get("drifted_features", []),
+                        key)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or value != value else float(value)

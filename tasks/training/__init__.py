@@ -1,0 +1,1 @@
+"""Training stages: train -> calibrate -> export ONNX -> report -> register; champion and promotion."""

@@ -1,0 +1,107 @@
+"""Registration stage: a calibrated candidate becomes an immutable version; the best becomes champion.
+
+The version's files are exactly what the earlier stages left in the candidate's
+scratch folder (weights, threshold, drift reference, ONNX graph, report and
+plots) plus config.json and metrics.json composed here; MANIFEST.json is
+written last (tasks.versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import DatasetConfig
+from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.data.prepare import PreparedData
+from tasks.store import json_bytes
+from tasks.training.calibrate import Calibration
+from tasks.training.export import EXPORT
+from tasks.training.train import FIT, TrainedCandidate
+from tasks.versions import (
+    CONFIG,
+    DRIFT_REFERENCE,
+    METRICS,
+    ONNX,
+    REPORT,
+    SCALER,
+    THRESHOLD,
+    WEIGHTS,
+    VersionRef,
+    register_version,
+    set_champion,
+)
+
+COPIED = (WEIGHTS, THRESHOLD, DRIFT_REFERENCE)
+OPTIONAL = (ONNX, REPORT)
+PLOTS = "plots"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registered version competing for champion, with the numbers it competes on."""
+
+    ref: VersionRef
+    metrics: dict[str, float]
+    threshold: float
+    threshold_method: str
+    fit_seconds: float
+
+    @property
+    def family(self) -> str:
+        return self.ref.family
+
+    def metric(self, name: str) -> float:
+        value = self.metrics.get(name)
+        return float("nan") if value is None else float(value)
+
+
+def version_config(cfg: DatasetConfig, fit: dict[str, Any]) -> dict[str, Any]:
+    """config.json: everything needed to rebuild and score the model."""
+    return {"dataset": cfg.name, "model": fit["arguments"], "training": fit["settings"],
+            "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
+            "scaling": cfg.scaling.model_dump()}
+
+
+@task(name="register", cache_policy=NO_CACHE, **IO_RETRIES)
+def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: TrainedCandidate,
+                       calibration: Calibration) -> Candidate:
+    """Turn a calibrated candidate into an immutable version (MANIFEST written last)."""
+    store = store_for(cfg)
+    fit = store.read_json(trained.file(FIT))
+    export = store.read_json(trained.file(EXPORT)) if store.exists(trained.file(EXPORT)) else None
+    files = {name: store.read_bytes(trained.file(name)) for name in COPIED}
+    files |= {name: store.read_bytes(trained.file(name)) for name in OPTIONAL
+              if store.exists(trained.file(name))}
+    files |= {key[len(trained.key) + 1:]: store.read_bytes(key)
+              for key in store.list(trained.file(PLOTS))}
+    files[SCALER] = store.read_bytes(prepared.scaler_key)
+    files[CONFIG] = json_bytes(version_config(cfg, fit))
+    files[METRICS] = json_bytes({
+        "validation": calibration.metrics, "export": export,
+        "fit": {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}})
+    ref = register_version(store, cfg.name, trained.family, files)
+    run_logger(__name__).info("registered %s", store.uri(ref.key))
+    return Candidate(ref, calibration.metrics, calibration.threshold, calibration.method,
+                     trained.fit_seconds)
+
+
+@task(name="choose-champion", cache_policy=NO_CACHE, **IO_RETRIES)
+def choose_champion(cfg: DatasetConfig, candidates: list[Candidate]) -> dict[str, Any]:
+    """Best candidate by the configured metric becomes champion; NaN metrics never win."""
+    metric = cfg.selection.metric
+    valid = [c for c in candidates if c.metric(metric) == c.metric(metric)]
+    if not valid:
+        raise ValueError(f"no candidate has a defined {metric}; cannot choose a champion")
+    best = max(valid, key=lambda c: c.metric(metric))
+    pointer = set_champion(
+        store_for(cfg), best.ref, metric, best.metric(metric),
+        details={"candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
+                                           "metrics": dict(c.metrics)} for c in candidates}},
+    )
+    run_logger(__name__).info("champion of %s: %s/%s (%s=%.4f)", cfg.name, best.family,
+                              best.ref.version, metric, best.metric(metric))
+    return pointer
