@@ -30,10 +30,15 @@ demo: install
 test: install
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: install
+# The off-the-shelf baselines (PyOD) of the benchmark suite: the optional `bench` extra.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
+	touch $@
+
+test-all: $(VENV)/.bench-installed
 	$(PY) -m pytest -q
 
-bench: install
+bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/run_all.py
 
 clean:
