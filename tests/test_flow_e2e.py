@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +18,7 @@ import pytest
 
 from schemas.config import DatasetConfig, default_config_path, parse_config
 from tasks.common import store_for
-from tasks.versions import champion_ref, load_version_files, read_champion
+from tasks.versions import VersionRef, champion_ref, load_version_files, read_champion
 
 
 def small_config(tmp_path: Path) -> DatasetConfig:
@@ -179,3 +184,148 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
     np.testing.assert_allclose(onnx_scores["score"].to_numpy(), torch_scores["score"].to_numpy(),
                                rtol=1e-4, atol=1e-5)
     assert (onnx_scores["is_anomaly"] == torch_scores["is_anomaly"]).mean() > 0.999
+
+
+# -- scoring without torch ------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scoring_copy(trained, tmp_path: Path, backend: str = "onnx") -> tuple[DatasetConfig, str]:
+    """The trained store copied (without the ingestion ledger, so the night is validated
+    again) under a config that scores with `backend`."""
+    from schemas.config import ScoringConfig
+
+    cfg, _, _, _ = trained
+    source = Path(cfg.store.root.removeprefix("file://"))
+    shutil.copytree(source, tmp_path / "store", ignore=shutil.ignore_patterns("ingested"))
+    copy = cfg.model_copy(update={
+        "scoring": ScoringConfig(backend=backend),
+        "store": cfg.store.model_copy(update={"root": f"file://{tmp_path}/store"})})
+    return copy, write_config(copy, tmp_path / "scoring.toml")
+
+
+def run_torchless(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`nightowl ARGS` where only the scoring install's distributions import (tests/torchless.py)."""
+    from prefect.settings import PREFECT_API_URL
+
+    loaded = tmp_path / "loaded.json"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "torchless.py"), str(loaded), *args],
+                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    return done, json.loads(loaded.read_text()) if loaded.exists() else []
+
+
+def assert_same_night(got: pl.DataFrame, want: pl.DataFrame) -> None:
+    """Identical verdicts, and scores within the export rule's tolerance (ROW_TOLERANCE x the
+    threshold; measured differences are ~1e-7 of it)."""
+    from tasks.training.export import ROW_TOLERANCE
+
+    assert got.height == want.height > 0
+    assert got["timestamp"].to_list() == want["timestamp"].to_list()
+    threshold = float(want["threshold"][0])
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=0,
+                               atol=ROW_TOLERANCE * threshold)
+    assert (got["is_anomaly"] == want["is_anomaly"]).all()
+
+
+def test_the_nightly_flow_runs_where_torch_cannot_be_imported(trained, tmp_path) -> None:
+    """Ingest (GX), score through model.onnx, drift, alerts, artifacts: no torch on the path,
+    and every module it loads comes from the `scoring` install's distributions."""
+    from importlib.metadata import packages_distributions
+
+    from tests.torchless import canonical, scoring_distributions
+
+    cfg, _, _, nights = trained
+    night = nights[1]
+    copy, path = scoring_copy(trained, tmp_path)
+    done, loaded = run_torchless(tmp_path, "score", night["date"], "-c", path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    scored = json.loads(done.stdout[done.stdout.index("{"):])
+    assert scored["backend"] == "onnx" and scored["note"] is None and scored["status"] == "scored"
+    store = store_for(copy)
+    assert_same_night(pl.from_arrow(store.read_parquet(scored["key"])),
+                      pl.from_arrow(store_for(cfg).read_parquet(night["key"])))
+    assert store.list(f"datasets/{cfg.name}/ingested/")  # the night was validated again, by GX
+    assert "torch" not in loaded and "great_expectations" in loaded and "onnxruntime" in loaded
+    owners = packages_distributions()  # and each came from the scoring set
+    used = {canonical(d) for module in loaded for d in owners.get(module, [])}
+    assert used and used <= scoring_distributions(), used - scoring_distributions()
+
+
+def champion_without_graph(cfg: DatasetConfig) -> VersionRef:
+    """The champion re-registered as a version whose export was refused (no model.onnx)."""
+    from tasks.store import json_bytes
+    from tasks.versions import METRICS, ONNX, register_version, set_champion
+
+    store = store_for(cfg)
+    ref = champion_ref(read_champion(store, cfg.name))
+    files = load_version_files(store, ref)
+    metrics = json.loads(files.pop(METRICS))
+    metrics["export"] = {**metrics["export"], "exported": False,
+                         "reason": "3 of 1536 probe rows change verdict at threshold 1.5"}
+    del files[ONNX]
+    new = register_version(store, cfg.name, ref.family, {**files, METRICS: json_bytes(metrics)})
+    set_champion(store, new, "pr_auc", 0.5)
+    return new
+
+
+def test_a_champion_without_a_graph_is_scored_with_torch_and_the_night_says_so(trained,
+                                                                               tmp_path) -> None:
+    from datetime import date
+
+    from tasks.data.ingest import IngestReport
+    from tasks.nightly.report import NightResult, night_markdown
+    from tasks.nightly.score import score_day
+
+    cfg, _, _, nights = trained
+    copy, _ = scoring_copy(trained, tmp_path)
+    ref = champion_without_graph(copy)
+    night = nights[0]
+    scored = score_day.fn(copy, date.fromisoformat(night["date"]))
+    assert scored.backend == "torch" and scored.model_version == ref.version
+    assert ref.version in scored.note and "no model.onnx" in scored.note
+    assert "3 of 1536 probe rows change verdict" in scored.note
+    assert_same_night(pl.from_arrow(store_for(copy).read_parquet(scored.key)),
+                      pl.from_arrow(store_for(cfg).read_parquet(night["key"])))
+    markdown = night_markdown(NightResult(cfg.name, night["date"], IngestReport(cfg.name, []), scored))
+    assert f"| scored with | torch ({scored.note}) |" in markdown
+
+
+def test_without_torch_a_champion_without_a_graph_fails_with_one_clear_message(trained,
+                                                                              tmp_path) -> None:
+    copy, path = scoring_copy(trained, tmp_path)
+    ref = champion_without_graph(copy)
+    done, _ = run_torchless(tmp_path, "score", trained[3][0]["date"], "-c", path)
+    assert done.returncode != 0
+    message = (f"NoOnnxGraph: {copy.name}: [scoring] backend is 'onnx' but champion "
+               f"{ref.family}/{ref.version} has no model.onnx (export refused: 3 of 1536 probe "
+               f"rows change verdict at threshold 1.5), and torch is not installed")
+    assert message in done.stderr
+
+
+@pytest.mark.slow
+def test_the_scoring_install_scores_a_night_that_the_full_install_trained(trained,
+                                                                           tmp_path) -> None:
+    """`make scoring-venv` (nightowl[scoring], cached by its stamp like .venv): no torch
+    there, and `nightowl score` through the champion's graph gives the full install's night."""
+    from prefect.settings import PREFECT_API_URL
+
+    build = subprocess.run(["make", "scoring-venv", f"PYTHON={sys.executable}"], cwd=REPO,
+                           text=True, capture_output=True, timeout=1200)
+    assert build.returncode == 0, build.stderr[-3000:]
+    venv = REPO / ".venv-scoring" / "bin"
+    no_torch = subprocess.run([str(venv / "python"), "-c", "import torch"], capture_output=True,
+                              text=True)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    cfg, _, _, nights = trained
+    copy, path = scoring_copy(trained, tmp_path)
+    night = nights[1]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run([str(venv / "nightowl"), "score", night["date"], "-c", path],
+                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    scored = json.loads(done.stdout[done.stdout.index("{"):])
+    assert scored["backend"] == "onnx"
+    assert_same_night(pl.from_arrow(store_for(copy).read_parquet(scored["key"])),
+                      pl.from_arrow(store_for(cfg).read_parquet(night["key"])))

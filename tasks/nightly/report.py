@@ -56,6 +56,7 @@ def night_markdown(night: NightResult) -> str:
         (f"| anomaly segments | {alerts.segments if alerts else 0} "
          f"(alerts sent: {alerts.sent if alerts else 0}) |"),
         f"| model version | {scoring.model_version or '—'} |",
+        f"| scored with | {scoring.backend or '—'}{f' ({scoring.note})' if scoring.note else ''} |",
         f"| drift | {verdict} |",
         f"| drift event | {(drift.event if drift else None) or '—'} |",
     ]
