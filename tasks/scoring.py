@@ -87,10 +87,14 @@ def numpy_row_contributions(
         batch = starts[i : i + batch_size]
         elements = score(series[batch[:, None] + steps])  # (B, L, F), one gather
         # Step L-1 first: a row's windows then arrive earliest start first, as in torch's
-        # index_add_; starts are distinct, so each fancy-indexed += touches a row once.
+        # index_add_. Consecutive starts (the usual batch, inside one entity) add slices;
+        # otherwise distinct starts make each fancy-indexed += touch a row once.
+        first = int(batch[0])
+        consecutive = int(batch[-1]) - first == len(batch) - 1
         for step in range(length - 1, -1, -1):
-            acc[batch + step] += elements[:, step]
-            cover[batch + step] += 1
+            rows = slice(first + step, first + step + len(batch)) if consecutive else batch + step
+            acc[rows] += elements[:, step]
+            cover[rows] += 1
     contributions = acc / np.maximum(cover, 1)[:, None]
     contributions[cover == 0] = np.nan
     return contributions, cover

@@ -298,7 +298,7 @@ def test_without_torch_a_champion_without_a_graph_fails_with_one_clear_message(t
     ref = champion_without_graph(copy)
     done, _ = run_torchless(tmp_path, "score", trained[3][0]["date"], "-c", path)
     assert done.returncode != 0
-    message = (f"NoOnnxGraph: {copy.name}: [scoring] backend is 'onnx' but champion "
+    message = (f"ScoringBackendError: {copy.name}: [scoring] backend is 'onnx' but champion "
                f"{ref.family}/{ref.version} has no model.onnx (export refused: 3 of 1536 probe "
                f"rows change verdict at threshold 1.5), and torch is not installed")
     assert message in done.stderr

@@ -45,8 +45,9 @@ if TYPE_CHECKING:
     from models.base import WindowModel
 
 
-class NoOnnxGraph(RuntimeError):
-    """Backend "onnx", the champion has no model.onnx, and no torch to fall back on."""
+class ScoringBackendError(RuntimeError):
+    """The champion cannot be scored here: no graph for "onnx" and no torch to fall back on,
+    or backend "torch" on an install without torch."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> Champi
                                   OnnxScorer(graph, cfg.scoring.threads), "onnx")
         why = refused_export_reason(store, ref)
         if not torch_installed():
-            raise NoOnnxGraph(
+            raise ScoringBackendError(
                 f"{cfg.name}: [scoring] backend is 'onnx' but champion {ref.family}/{ref.version} "
                 f"has no model.onnx ({why}), and torch is not installed to score it otherwise; "
                 f"install the training set (pip install 'nightowl[train]') or promote a version "
@@ -120,6 +121,11 @@ def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> Champi
         note = (f"backend 'onnx' configured, but {ref.family}/{ref.version} has no model.onnx "
                 f"({why}): scored with torch")
         run_logger(__name__).warning("%s: %s", cfg.name, note)
+    elif not torch_installed():
+        raise ScoringBackendError(
+            f"{cfg.name}: [scoring] backend is 'torch' but torch is not installed (a scoring "
+            f"install); set [scoring] backend = 'onnx' to score {ref.family}/{ref.version} "
+            f"through its model.onnx")
     loaded = load_model(store, ref, compute_device(cfg))
     return ChampionScorer(loaded, loaded.model, "torch", note)
 
