@@ -16,7 +16,7 @@ With `--venvs`, two fresh venvs are built from this checkout with the project's
 lock (constraints.txt): `nightowl[scoring]` and torch + `nightowl[train]` (what
 infra/Dockerfile.scoring and infra/Dockerfile install; Docker itself is not
 available here, so the venvs stand in for the images, whose common base layer adds
-the same ~130 MB to both); their wall-clock install time and size (du) are reported.
+the same ~130 MB to both); their install time (wall clock, and the CPU seconds pip used) and size (du) are reported.
 
     .venv/bin/python benchmarks/onnx_scoring.py [--families dense_ae,pca] [--repeats 3]
         [--rows 0] [--venvs] [--out benchmarks/results/onnx_scoring.json]
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -145,7 +146,7 @@ def measure(name: str, data: BenchData, args: argparse.Namespace) -> dict[str, o
 
 def build_venv(extra: str, where: Path) -> dict[str, float]:
     """A fresh venv of this checkout with `extra` (torch first and pinned for `train`)."""
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _children_cpu()
     py = where / "bin" / "python"
     steps = [[sys.executable, "-m", "venv", str(where)]]
     if extra == "train":
@@ -154,10 +155,18 @@ def build_venv(extra: str, where: Path) -> dict[str, float]:
                   f"{REPO}[{extra}]"])
     for step in steps:
         subprocess.run(step, check=True, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
     du = subprocess.run(["du", "-sm", str(where)], check=True, capture_output=True, text=True)
     has_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode == 0
-    return {"install_s": seconds, "size_mb": float(du.stdout.split()[0]), "has_torch": has_torch}
+    return {"install_s": seconds, "install_cpu_s": cpu, "size_mb": float(du.stdout.split()[0]),
+            "has_torch": has_torch}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (steadier than wall time on a
+    shared box)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def main(argv: list[str] | None = None) -> int:

