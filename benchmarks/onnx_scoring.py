@@ -53,7 +53,7 @@ from tasks.versions import model_from_bytes, weights_bytes  # noqa: E402
 LOADERS = {"smd": smd, "synthetic": synthetic}
 WINDOW = 32
 DENSE = {"dense_ae", "vae", "usad", "anogan", "pca"}
-SEARCH_ROWS = 1500  # AnoGAN's search runs 100 steps per window: a subset keeps it minutes
+SEARCH_ROWS = 500  # AnoGAN's search runs 100 steps per window: a subset keeps it minutes
 
 
 def trained(name: str, data: BenchData, epochs: int, max_windows: int) -> WindowModel:

@@ -191,14 +191,16 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def scoring_copy(trained, tmp_path: Path, backend: str = "onnx") -> tuple[DatasetConfig, str]:
-    """The trained store copied (without the ingestion ledger, so the night is validated
-    again) under a config that scores with `backend`."""
+def scoring_copy(trained, tmp_path: Path, backend: str = "onnx",
+                 revalidate: bool = True) -> tuple[DatasetConfig, str]:
+    """The trained store copied under a config that scores with `backend`; `revalidate`
+    leaves the ingestion ledger out, so the night's batches go through GX again."""
     from schemas.config import ScoringConfig
 
     cfg, _, _, _ = trained
     source = Path(cfg.store.root.removeprefix("file://"))
-    shutil.copytree(source, tmp_path / "store", ignore=shutil.ignore_patterns("ingested"))
+    ignore = shutil.ignore_patterns("ingested") if revalidate else None
+    shutil.copytree(source, tmp_path / "store", ignore=ignore)
     copy = cfg.model_copy(update={
         "scoring": ScoringConfig(backend=backend),
         "store": cfg.store.model_copy(update={"root": f"file://{tmp_path}/store"})})
@@ -294,7 +296,7 @@ def test_a_champion_without_a_graph_is_scored_with_torch_and_the_night_says_so(t
 
 def test_without_torch_a_champion_without_a_graph_fails_with_one_clear_message(trained,
                                                                               tmp_path) -> None:
-    copy, path = scoring_copy(trained, tmp_path)
+    copy, path = scoring_copy(trained, tmp_path, revalidate=False)
     ref = champion_without_graph(copy)
     done, _ = run_torchless(tmp_path, "score", trained[3][0]["date"], "-c", path)
     assert done.returncode != 0
