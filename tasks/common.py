@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from functools import lru_cache
 
 import torch
@@ -46,3 +47,16 @@ def compute_device(cfg: DatasetConfig, preference: str | None = None) -> torch.d
 def artifact_key(*parts: str) -> str:
     """A stable Prefect artifact key: lowercase letters, digits and single dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+
+
+def process_lock(name: str) -> threading.Lock:
+    """A named lock shared by the threads of this process, for libraries whose state is
+    process-global (torch's RNG, the ONNX exporter, matplotlib's text layout).
+
+    Looked up by name at the call, never held in a stage's module globals: a Dask worker
+    receives task functions pickled with the globals they use, and a lock cannot travel.
+    """
+    return _LOCKS.setdefault(name, threading.Lock())

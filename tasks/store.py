@@ -16,7 +16,7 @@ import math
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import fsspec
@@ -92,8 +92,8 @@ class Store:
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
 
-    def read_parquet(self, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.read_bytes(key)))
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)), columns=columns)
 
     def list(self, prefix: str) -> list[str]:
         """Keys of all files below a prefix, sorted; [] when the prefix does not exist."""
@@ -179,6 +179,11 @@ class Store:
                 return False
             raise
         return True
+
+    def delete(self, key: str) -> None:
+        """Remove one object; a key that is already gone is fine (idempotent reruns)."""
+        with suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(key))
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:

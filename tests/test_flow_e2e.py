@@ -133,7 +133,8 @@ def test_store_holds_every_layer_and_a_verifiable_champion(trained) -> None:
 def test_scores_layer_explains_each_row(trained) -> None:
     cfg, _, _, nights = trained
     store = store_for(cfg)
-    day = pl.from_arrow(store.read_parquet(nights[1]["key"]))
+    (key,) = nights[1]["keys"]  # a small night: one shard
+    day = pl.from_arrow(store.read_parquet(key))
     contrib = day.select(pl.col("^contrib__.*$")).to_numpy().astype(np.float64)
     assert contrib.shape[1] == len(cfg.columns.features)
     np.testing.assert_allclose(contrib.sum(axis=1), day["score"].to_numpy(), rtol=1e-4)
@@ -166,14 +167,15 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
     from datetime import date
 
     from schemas.config import ScoringConfig
-    from tasks.nightly.score import score_day
+    from tasks.nightly.score import plan_night, read_scores, score_shard
 
     cfg, _, _, nights = trained
     store = store_for(cfg)
-    night = nights[0]
-    torch_scores = pl.from_arrow(store.read_parquet(night["key"]))
+    day = date.fromisoformat(nights[0]["date"])
+    torch_scores = read_scores(store, cfg, day)
     onnx_cfg = cfg.model_copy(update={"scoring": ScoringConfig(backend="onnx")})
-    result = score_day.fn(onnx_cfg, date.fromisoformat(night["date"]))
+    (shard,) = plan_night.fn(onnx_cfg, day).shards
+    result = score_shard.fn(onnx_cfg, day, shard)
     onnx_scores = pl.from_arrow(store.read_parquet(result.key))
     assert onnx_scores.height == torch_scores.height
     np.testing.assert_allclose(onnx_scores["score"].to_numpy(), torch_scores["score"].to_numpy(),

@@ -126,7 +126,8 @@ def test_pipeline_end_to_end_on_s3(s3_url, prefect_harness, tmp_path):
     assert pointer["version"] == training["champion"]["version"]
     loaded = load_model(store, champion_ref(pointer), torch.device("cpu"))  # sha256-verified
     assert loaded.ref.version == pointer["version"]
-    scores = pl.from_arrow(store.read_parquet(night["scoring"]["key"]))
+    (key,) = night["scoring"]["keys"]
+    scores = pl.from_arrow(store.read_parquet(key))
     assert scores.height == 48 and scores["model_version"].unique().to_list() == [pointer["version"]]
     assert store.exists("drift/tiny/date=2026-01-09/report.json")
     assert store.exists("alerts/tiny/date=2026-01-09/alerts.jsonl")

@@ -27,12 +27,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
-from tasks.common import artifact_key, run_logger, store_for
+from tasks.common import artifact_key, process_lock, run_logger, store_for
+from tasks.training.calibrate import Calibration
 from tasks.training.register import PLOTS, Candidate
 from tasks.training.train import FIT, LATENTS, ROW_SCORES, TrainedCandidate
 from tasks.versions import REPORT, THRESHOLD
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTTING = "matplotlib"
+"""matplotlib's text layout (mathtext on pyparsing) is not thread-safe: two reports drawn in
+threads of one process failed with a ParseException of a tick label. Drawing takes turns."""
 REPORT_METRICS = ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "pa_k_auc", "event_recall",
                   "precision", "recall", "f1", "fpr")
 METRIC_NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "best_f1": "best F1",
@@ -240,7 +244,7 @@ def candidate_plots(dataset: str, family: str, rows: pl.DataFrame, threshold: fl
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_candidate(cfg: DatasetConfig, trained: TrainedCandidate,
-                     metrics: dict[str, float]) -> list[str]:
+                     calibration: Calibration) -> list[str]:
     """Plots + report.md into the candidate's folder (they join its version); returns their names."""
     store = store_for(cfg)
     fit = store.read_json(trained.file(FIT))
@@ -248,11 +252,13 @@ def report_candidate(cfg: DatasetConfig, trained: TrainedCandidate,
     rows = pl.from_arrow(store.read_parquet(trained.file(ROW_SCORES)))
     latents = (pl.from_arrow(store.read_parquet(trained.file(LATENTS)))
                if store.exists(trained.file(LATENTS)) else None)
-    plots = candidate_plots(cfg.name, trained.family, rows, float(threshold["threshold"]), fit,
-                            latents)
+    with process_lock(PLOTTING):
+        plots = candidate_plots(cfg.label, trained.family, rows, float(threshold["threshold"]),
+                                fit, latents)
     for name, png in plots.items():
         store.write_bytes(trained.file(name), png)
-    report = report_markdown(cfg.name, trained.family, metrics, threshold, fit, sorted(plots))
+    report = report_markdown(cfg.label, trained.family, calibration.metrics, threshold, fit,
+                             sorted(plots))
     store.write_bytes(trained.file(REPORT), report.encode())
     run_logger(__name__).info("%s: report with %d plots", trained.family, len(plots))
     return sorted(plots)
@@ -308,3 +314,29 @@ def publish_training_artifacts(cfg: DatasetConfig, candidates: list[Candidate],
     create_markdown_artifact(key=keys["markdown"], markdown=run_markdown(cfg, candidates, champion),
                              description=f"nightowl: training report of {cfg.name}")
     return keys
+
+
+def fleet_table(champions: dict[str, dict[str, Any]], failed: dict[str, dict[str, str]],
+                skipped: dict[str, int]) -> list[dict[str, Any]]:
+    """One row per model scope: its champion and what did not train (a fleet's overview)."""
+    rows = []
+    for group in sorted(set(champions) | set(failed)):
+        pointer = champions.get(group) or {}
+        rows.append({"scope": group, "champion": pointer.get("family"),
+                     "version": pointer.get("version"), "metric": pointer.get("metric"),
+                     "value": _rounded(pointer.get("value")),
+                     "failed": ", ".join(f"{f}: {why[:80]}" for f, why in failed.get(group, {}).items())})
+    rows += [{"scope": g, "champion": None, "version": None, "metric": None, "value": None,
+              "failed": f"not modelled: {n} train rows"} for g, n in skipped.items()]
+    return rows
+
+
+@task(name="publish-fleet-artifacts", cache_policy=NO_CACHE)
+def publish_fleet_artifacts(cfg: DatasetConfig, champions: dict[str, dict[str, Any]],
+                            failed: dict[str, dict[str, str]], skipped: dict[str, int]) -> str:
+    """A training run over many scopes: one table, a row per entity / group (the dataset-level
+    fallback model is the scope "*")."""
+    key = artifact_key("train", cfg.name, "fleet")
+    create_table_artifact(key=key, table=fleet_table(champions, failed, skipped),
+                          description=f"nightowl: champion per {cfg.model.scope} of {cfg.name}")
+    return key
