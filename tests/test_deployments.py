@@ -149,3 +149,61 @@ def test_compose_has_the_production_shape():
     assert "postgresql+asyncpg" in str(services["prefect-server"]["environment"])
     dockerfile = (INFRA / "Dockerfile").read_text()
     assert "ARG TORCH_INDEX_URL" in dockerfile and "nightowl" in dockerfile
+
+
+def test_dask_scale_out_is_configured_not_coded():
+    """Compose and Kubernetes run a Dask cluster; deployments reach it through env only."""
+    services = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    assert {"dask-scheduler", "dask-worker", "dask-worker-gpu"} <= set(services)
+    assert "--resources GPU=1" in services["dask-worker-gpu"]["command"]
+    assert services["worker-cpu"]["environment"]["NIGHTOWL_DASK_ADDRESS"].endswith(":8786")
+    manifests = list(yaml.safe_load_all((INFRA / "kubernetes" / "nightowl.yaml").read_text()))
+    names = {(m["kind"], m["metadata"]["name"]) for m in manifests}
+    assert {("Deployment", "dask-scheduler"), ("Service", "dask-scheduler"),
+            ("Deployment", "dask-worker"), ("Deployment", "dask-worker-gpu"),
+            ("Deployment", "prefect-worker")} <= names
+    gpu = next(m for m in manifests if m["metadata"]["name"] == "dask-worker-gpu")
+    container = gpu["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1 and "GPU=1" in container["command"]
+    spec = yaml.safe_load((INFRA / "prefect.yaml").read_text())
+    for d in spec["deployments"]:
+        assert d["work_pool"]["job_variables"]["env"]["NIGHTOWL_RUNNER"] == "dask", d["name"]
+
+
+def test_runner_from_config_or_environment(monkeypatch, tmp_path):
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.runners import task_runner
+    from schemas.config import parse_config
+    from tests.tiny import tiny_config
+
+    cfg = parse_config(tiny_config(tmp_path))
+    monkeypatch.delenv("NIGHTOWL_RUNNER", raising=False)
+    monkeypatch.delenv("NIGHTOWL_DASK_ADDRESS", raising=False)
+    assert isinstance(task_runner(cfg), ThreadPoolTaskRunner)
+    monkeypatch.setenv("NIGHTOWL_RUNNER", "dask")
+    local = task_runner(cfg)
+    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 2
+    monkeypatch.setenv("NIGHTOWL_DASK_ADDRESS", "tcp://scheduler:8786")
+    assert task_runner(cfg).address == "tcp://scheduler:8786"
+    monkeypatch.setenv("NIGHTOWL_RUNNER", "spark")
+    with pytest.raises(ValueError, match="NIGHTOWL_RUNNER='spark'"):
+        task_runner(cfg)
+
+
+def test_training_tasks_ask_dask_for_the_gpu_resource(monkeypatch, tmp_path):
+    import dask
+
+    from flows.runners import on_gpu_workers
+    from schemas.config import parse_config
+    from tests.tiny import tiny_config
+
+    monkeypatch.delenv("NIGHTOWL_RUNNER", raising=False)
+    cfg = parse_config(tiny_config(tmp_path, runner={"kind": "dask", "gpu_resource": "GPU"}))
+    with on_gpu_workers(cfg):
+        assert dask.get_annotations() == {"resources": {"GPU": 1}}
+    assert dask.get_annotations() == {}
+    with on_gpu_workers(cfg.model_copy(update={"runner": cfg.runner.model_copy(
+            update={"gpu_resource": None})})):
+        assert dask.get_annotations() == {}
