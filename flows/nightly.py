@@ -1,6 +1,7 @@
 """Nightly operation: ingest the night's batch, score it, check drift, alert, publish.
 
-    ingest night -> score with the champion -> drift report (+ event) -> alerts -> UI artifacts
+    ingest night (+ a link per quarantined batch) -> score with the champion
+    -> drift report (+ event) -> alerts -> UI artifacts (summary with plot, segments, links)
 
 Rerunning a night replaces its partitions (scores, drift report, alert log) and
 sends no alert twice; a night without input is reported as "missing".
@@ -18,9 +19,10 @@ from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.common import run_logger
 from tasks.data.ingest import IngestReport, ingest_night, ingest_source
+from tasks.data.report import publish_ingestion
 from tasks.nightly.alert import alert_night
 from tasks.nightly.drift import check_drift
-from tasks.nightly.report import NightResult, publish_night
+from tasks.nightly.report import BackfillProgress, NightResult, publish_night
 from tasks.nightly.score import score_day
 
 
@@ -43,7 +45,9 @@ def nightly_flow(config: str | None = None, day: date | None = None) -> dict[str
     """Score one night (yesterday by default). Rerunning a night replaces its partition."""
     cfg = resolve_config(config)
     day = day or date.today() - timedelta(days=1)
-    return run_night(cfg, day, config, ingest_night(cfg, day)).to_json()
+    ingestion = ingest_night(cfg, day)
+    publish_ingestion(cfg, ingestion)
+    return run_night(cfg, day, config, ingestion).to_json()
 
 
 @flow(name="nightowl-backfill", log_prints=True)
@@ -57,6 +61,12 @@ def backfill_flow(config: str | None = None, start: date | None = None,
         start = start or cfg.splits.score.start.date()
         end = end or cfg.splits.score.end.date()
     ingestion = ingest_source(cfg)
+    publish_ingestion(cfg, ingestion)
     days = [start + timedelta(days=i) for i in range((end - start).days)]
-    return [run_night(cfg, d, config, ingestion).scoring.to_json() | {"night": d.isoformat()}
-            for d in days]
+    progress = BackfillProgress(cfg, days)
+    nights = []
+    for d in days:
+        night = run_night(cfg, d, config, ingestion)
+        progress.night_done(night)
+        nights.append(night.scoring.to_json() | {"night": d.isoformat()})
+    return nights

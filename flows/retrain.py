@@ -11,6 +11,7 @@ from prefect import flow
 from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
 from tasks.data.ingest import ingest_source
+from tasks.data.report import publish_ingestion
 from tasks.training.promote import (
     latest_validated_day,
     promote_if_better,
@@ -25,6 +26,7 @@ def retrain_flow(config: str | None = None, as_of: date | None = None,
     """Train every family on the last `retrain.train_days` (+ validation days) up to `as_of`."""
     base = resolve_config(config)
     ingestion = ingest_source(base)
+    publish_ingestion(base, ingestion)
     end = (datetime.combine(as_of, datetime.min.time()) if as_of
            else latest_validated_day(base))
     splits = rolling_splits(base, end)

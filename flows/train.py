@@ -11,6 +11,7 @@ from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.data.ingest import ingest_source
+from tasks.data.report import publish_ingestion
 from tasks.data.synthetic import materialize
 from tasks.training.register import choose_champion
 from tasks.training.report import publish_training_artifacts
@@ -35,6 +36,7 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     run_id = run_id or new_run_id()
     materialize_source(cfg)
     ingestion = ingest_source(cfg)
+    publish_ingestion(cfg, ingestion)
     run = train_candidates(cfg, run_id)
     champion = choose_champion(cfg, run.candidates)
     publish_training_artifacts(cfg, run.candidates, champion)
