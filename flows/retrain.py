@@ -18,6 +18,7 @@ from tasks.training.promote import (
     rolling_splits,
     with_splits,
 )
+from tasks.training.report import publish_retrain_artifacts
 
 
 @flow(name="nightowl-retrain", log_prints=True)
@@ -33,5 +34,6 @@ def retrain_flow(config: str | None = None, as_of: date | None = None,
     cfg = with_splits(base, splits)
     run = train_candidates(cfg, new_run_id())
     decision = promote_if_better(cfg, splits, run.candidates, trigger)
+    publish_retrain_artifacts(cfg, run.candidates, decision)
     return {"dataset": cfg.name, "run_id": run.run_id, "ingestion": ingestion.rows_validated,
             "decision": {k: decision[k] for k in ("promoted", "reason", "key", "metric")}}

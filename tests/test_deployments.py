@@ -50,6 +50,9 @@ def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
         assert run["parameters"]["trigger"]["date"] == "2026-01-09"
         decisions = list((tmp_path / "store" / "models" / "tiny" / "decisions").glob("*.json"))
         assert len(decisions) == 1  # the retrain ran and recorded its decision
+        shown = {a["key"]: a for a in client.post("/artifacts/latest/filter", json={}).json()}
+        assert "# Retraining — tiny" in shown["retrain-tiny"]["data"]  # and the UI shows it
+        assert decisions[0].name in shown["retrain-tiny"]["data"]
         gpu_limit = client.get("/concurrency_limits/tag/gpu").json()
         assert gpu_limit["concurrency_limit"] == 1  # training tasks queue for the device
         names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}

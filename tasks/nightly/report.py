@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
+from tasks import ui
 from tasks.common import artifact_key, run_logger, store_for
 from tasks.data.ingest import IngestReport
 from tasks.data.report import link_text, validation_key
@@ -27,16 +28,6 @@ from tasks.nightly.drift import DriftVerdict
 from tasks.nightly.score import ScoredNight
 from tasks.scoring import CONTRIB_PREFIX
 from tasks.store import Store
-from tasks.ui import (
-    LiveProgress,
-    figure_png,
-    image_src,
-    md_image,
-    md_link,
-    object_url,
-    publish_link,
-    url_note,
-)
 
 PLOT_SEGMENTS = 4  # segments drawn in the night's plot (the table lists up to 20)
 PLOT_FEATURES = 6  # features per segment in its contribution bars
@@ -107,7 +98,7 @@ def night_png(scores: pl.DataFrame, top: list[dict[str, Any]], title: str) -> by
         if scores["entity"].n_unique() <= 12:
             ax.legend(fontsize=7, ncols=4, loc="upper left")
         fig.tight_layout()
-        return figure_png(fig)
+        return ui.figure_png(fig)
     fig = Figure(figsize=(12, 0.6 + 2.3 * len(segments)))
     grid = fig.add_gridspec(len(segments), 2, width_ratios=[2.3, 1])
     for i, seg in enumerate(segments):
@@ -132,7 +123,7 @@ def night_png(scores: pl.DataFrame, top: list[dict[str, Any]], title: str) -> by
         bars.tick_params(labelsize=8)
     fig.suptitle(f"{title}: top {len(segments)} anomaly segments", fontsize=11)
     fig.tight_layout()
-    return figure_png(fig)
+    return ui.figure_png(fig)
 
 
 def night_report_key(cfg: DatasetConfig, day: date, name: str) -> str:
@@ -192,16 +183,16 @@ def night_markdown(night: NightResult, links: NightLinks | None = None) -> str:
         f"| drift event | {(drift.event if drift else None) or '—'} |",
     ]
     if links.scores:
-        lines.append(f"| scores | {md_link(links.scores[0], links.scores[1])} |")
+        lines.append(f"| scores | {ui.md_link(links.scores[0], links.scores[1])} |")
     quarantined = len(night.ingestion.quarantined)
     if quarantined:
         lines.append(f"| quarantined batches | {quarantined} |")
     if links.plot_src:
         lines += ["", "## Top segments and their features", "",
-                  md_image(f"{night.dataset} {night.date}: top segments", links.plot_src)]
+                  ui.md_image(f"{night.dataset} {night.date}: top segments", links.plot_src)]
     if links.quarantined:
         lines += ["", "## Quarantined batches", "",
-                  *(f"- {md_link(reason, url)}" for reason, url in links.quarantined)]
+                  *(f"- {ui.md_link(reason, url)}" for reason, url in links.quarantined)]
     if links.note:
         lines += ["", links.note]
     return "\n".join(lines)
@@ -211,11 +202,11 @@ def night_links(cfg: DatasetConfig, store: Store, night: NightResult,
                 plot_key: str | None) -> NightLinks:
     key = night.scoring.key
     return NightLinks(
-        scores=(store.uri(key), object_url(cfg, store, key)) if key else None,
-        plot_src=image_src(cfg, store, plot_key) if plot_key else None,
-        quarantined=[(link_text(b), object_url(cfg, store, validation_key(b)))
+        scores=(store.uri(key), ui.object_url(cfg, store, key)) if key else None,
+        plot_src=ui.image_src(cfg, store, plot_key) if plot_key else None,
+        quarantined=[(link_text(b), ui.object_url(cfg, store, validation_key(b)))
                      for b in night.ingestion.quarantined],
-        note=url_note(cfg, store, plots=plot_key is not None),
+        note=ui.url_note(cfg, store, plots=plot_key is not None),
     )
 
 
@@ -233,12 +224,12 @@ def publish_night(cfg: DatasetConfig, night: NightResult) -> list[str]:
                           description=f"top anomaly segments, night {night.date}")
     keys = [summary_key, segments_key]
     if links.scores:
-        keys.append(publish_link(
+        keys.append(ui.publish_link(
             artifact_key("nightly", cfg.name, "scores"), links.scores[1],
             f"scores of {cfg.name}, night of {night.date}",
             (f"The night's scores partition {links.scores[0]} ({night.scoring.rows} rows, "
              f"{night.scoring.anomalies} anomalous; Parquet, one row per input row). "
-             f"{url_note(cfg, store, plots=False)}")))
+             f"{ui.url_note(cfg, store, plots=False)}")))
     return keys
 
 
@@ -248,7 +239,7 @@ class BackfillProgress:
     def __init__(self, cfg: DatasetConfig, days: list[date]) -> None:
         self.total, self.done = len(days), 0
         span = f"{days[0]} to {days[-1]}" if days else "no nights"
-        self.bar = LiveProgress(artifact_key("backfill", cfg.name),
+        self.bar = ui.LiveProgress(artifact_key("backfill", cfg.name),
                                 f"backfill of {cfg.name}: {span}, 0/{self.total} nights")
 
     def night_done(self, night: NightResult) -> None:

@@ -363,14 +363,18 @@ def publish_training_artifacts(cfg: DatasetConfig, candidates: list[Candidate],
                              description=f"nightowl: training report of {cfg.name}")
     for c in candidates:
         keys[c.family] = create_family_artifact(cfg, store, c)
-    best = _champion_of(candidates, champion)
-    keys["champion"] = publish_link(
-        artifact_key("train", cfg.name, "champion"),
-        folder_url(cfg, store, best.ref.key, MANIFEST),
-        f"champion of {cfg.name}: {best.family} {best.ref.version}",
-        f"The champion's version folder: {store.uri(best.ref.key)} "
-        f"({METRIC_NAMES.get(champion['metric'], champion['metric'])} {champion['value']:.4f}).")
+    metric = METRIC_NAMES.get(champion["metric"], champion["metric"])
+    keys["champion"] = publish_champion_link(cfg, store, _champion_of(candidates, champion),
+                                             f"{metric} {champion['value']:.4f}")
     return keys
+
+
+def publish_champion_link(cfg: DatasetConfig, store: Store, best: Candidate, why: str) -> str:
+    """`train-<ds>-champion`: a link to the current champion's version folder."""
+    return publish_link(artifact_key("train", cfg.name, "champion"),
+                        folder_url(cfg, store, best.ref.key, MANIFEST),
+                        f"champion of {cfg.name}: {best.family} {best.ref.version}",
+                        f"The champion's version folder: {store.uri(best.ref.key)} ({why}).")
 
 
 def create_family_artifact(cfg: DatasetConfig, store: Store, candidate: Candidate) -> str:
@@ -379,3 +383,48 @@ def create_family_artifact(cfg: DatasetConfig, store: Store, candidate: Candidat
                              description=(f"nightowl: {candidate.family} on {cfg.name}, version "
                                           f"{candidate.ref.version}: metrics, threshold, plots"))
     return key
+
+
+def retrain_markdown(cfg: DatasetConfig, store: Store, candidates: list[Candidate],
+                     decision: dict[str, Any]) -> str:
+    """A retraining at a glance: promoted or kept and why, both numbers on the same labelled
+    slices, links to the decision record and the champion, each candidate's report."""
+    metric = decision["metric"]
+    name = METRIC_NAMES.get(metric, metric)
+    challenger, champion = decision["challenger"], decision.get("champion")
+    verdict = "**Promoted** the challenger" if decision["promoted"] else "**Kept** the champion"
+    rows = [f"| challenger | {challenger['family']} | `{challenger['version']}` | "
+            f"{_fmt(challenger['value'])} |"]
+    if champion:
+        rows.append(f"| champion | {champion['family']} | `{champion['version']}` | "
+                    f"{_fmt(champion['value'])} |")
+    trigger = decision.get("trigger") or {}
+    lines = [f"# Retraining — {cfg.name}", "", f"{verdict}: {decision['reason']}.", "",
+             f"| | family | version | {name} on the same labelled slices |", "|---|---|---|---|",
+             *rows, "",
+             (f"Trigger: {trigger.get('event', 'manual')} {trigger.get('date', '')}. Decision "
+              f"record: {md_link(store.uri(decision['key']), object_url(cfg, store, decision['key']))}."),
+             "", "## Candidates", ""]
+    for c in candidates:
+        artifact = family_key(cfg, c.family)
+        lines.append(f"- {md_link(c.family, '/artifacts/key/' + artifact)} `{c.ref.version}`: "
+                     f"{name} {_fmt(c.metric(metric))}")
+    return "\n".join([*lines, "", url_note(cfg, store)]) + "\n"
+
+
+@task(name="publish-retrain-artifacts", cache_policy=NO_CACHE)
+def publish_retrain_artifacts(cfg: DatasetConfig, candidates: list[Candidate],
+                              decision: dict[str, Any]) -> dict[str, str]:
+    """A retraining's decision (`retrain-<ds>`), each candidate's report with plots and, when
+    the challenger was promoted, the new champion's link."""
+    store = store_for(cfg)
+    keys = {"decision": artifact_key("retrain", cfg.name)}
+    create_markdown_artifact(key=keys["decision"],
+                             markdown=retrain_markdown(cfg, store, candidates, decision),
+                             description=f"nightowl: retraining decision for {cfg.name}")
+    for c in candidates:
+        keys[c.family] = create_family_artifact(cfg, store, c)
+    if decision["promoted"]:
+        best = next(c for c in candidates if c.ref.version == decision["challenger"]["version"])
+        keys["champion"] = publish_champion_link(cfg, store, best, "promoted by retraining")
+    return keys
