@@ -41,12 +41,13 @@ class FamilyProgress:
     """The progress artifact of one family's fit: created at 0 %, moved by each epoch."""
 
     def __init__(self, cfg: DatasetConfig, family: str, epochs: int) -> None:
-        self.family, self.epochs = family, epochs
+        self.family, self.epochs, self.started = family, epochs, False
         self.bar = LiveProgress(progress_key(cfg, family),
                                 f"{family}: preparing {epochs} epochs of training")
 
     def epoch(self, p: EpochProgress) -> None:
-        self.bar.update(p.percent, describe_epoch(p), force=p.epoch == 0)
+        first, self.started = not self.started, True  # the first epoch shows (resumed too)
+        self.bar.update(p.percent, describe_epoch(p), force=first)
 
     def done(self, result: FitResult) -> None:
         self.bar.update(100.0, describe_fit(self.family, result, self.epochs), force=True)
