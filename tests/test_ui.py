@@ -121,3 +121,20 @@ def test_live_progress_moves_throttles_and_never_fails_the_work(prefect_harness)
         return seen
 
     assert watched() == [(0.0, "starting"), (25.0, "at 25"), (50.0, "at 50"), (99.0, "forced")]
+
+
+def test_training_progress_says_epoch_losses_best_and_eta():
+    from models.engine import EpochProgress, FitResult
+    from tasks.training.progress import describe_epoch, describe_fit
+
+    p = EpochProgress("vae", 11, 60, 0.0123, 0.015, 10, 0.0149, 34.2, 71.0)
+    assert p.percent == 20.0
+    assert describe_epoch(p) == ("vae: epoch 12/60 · train loss 0.0123 · holdout 0.015 (best "
+                                 "0.0149 at epoch 11) · 34 s elapsed · ETA ≤ 1 min 11 s")
+    assert str(p) == "vae: epoch 12/60 holdout=0.01500 elapsed=34.2s eta<=71.0s"  # the log line
+    stopped = FitResult(best_epoch=17, best_holdout=0.0149, epochs_run=23, seconds=41.0,
+                        samples_per_s=5120.0)
+    assert describe_fit("vae", stopped, 60) == (
+        "vae: done, 23/60 epochs (early stop) in 41 s · kept epoch 18, holdout loss 0.0149 · "
+        "5,120 windows/s")
+    assert describe_fit("pca", FitResult(seconds=0.4), 60) == "pca: fitted in closed form in 0 s"
