@@ -1,7 +1,7 @@
 """Live training progress in the Prefect UI: one progress artifact per family of a run.
 
 Why: with eight families on a fleet a training run takes long, and a task that only says
-"Running" leaves an operator guessing. `train-<ds>-<family>-progress` shows the bar
+"Running" leaves an operator guessing. `train-<ds>-<family>-progress` shows the percentage
 (epochs done / configured), the last train and holdout loss, the best holdout so far and
 an ETA, updated as the engine reports each epoch (throttled; see tasks.ui.LiveProgress).
 """
