@@ -1,7 +1,8 @@
 """Nightly operation: ingest the night's batches, score them, check drift, alert, publish.
 
-    ingest night -> plan (which model scores which entity) -> score shards -> commit
-      -> per model scope: drift report (+ event) and alerts -> UI artifacts
+    ingest night (+ a link per quarantined batch) -> plan (which model scores which entity)
+      -> score shards -> commit -> per model scope: drift report (+ event) and alerts
+      -> UI artifacts (summary with plot, segments, links)
 
 Shards, drift checks and alerts run on the configured task runner (`[runner]`),
 as one sub-flow per night. Rerunning a night replaces its partitions (scores,
@@ -22,9 +23,10 @@ from flows.runners import describe, task_runner
 from schemas.config import DatasetConfig
 from tasks.common import run_logger
 from tasks.data.ingest import IngestReport, ingest_night, ingest_source
+from tasks.data.report import publish_ingestion
 from tasks.nightly.alert import alert_night
 from tasks.nightly.drift import check_drift
-from tasks.nightly.report import NightResult, ScopeNight, publish_night
+from tasks.nightly.report import BackfillProgress, NightResult, ScopeNight, publish_night
 from tasks.nightly.score import NightPlan, commit_night, plan_night, score_shard
 
 
@@ -60,7 +62,9 @@ def nightly_flow(config: str | None = None, day: date | None = None) -> dict[str
     """Score one night (yesterday by default). Rerunning a night replaces its partition."""
     cfg = resolve_config(config)
     day = day or date.today() - timedelta(days=1)
-    return run_night(cfg, day, config, ingest_night(cfg, day)).to_json()
+    ingestion = ingest_night(cfg, day)
+    publish_ingestion(cfg, ingestion)
+    return run_night(cfg, day, config, ingestion).to_json()
 
 
 @flow(name="nightowl-backfill", log_prints=True)
@@ -74,6 +78,12 @@ def backfill_flow(config: str | None = None, start: date | None = None,
         start = start or cfg.splits.score.start.date()
         end = end or cfg.splits.score.end.date()
     ingestion = ingest_source(cfg)
+    publish_ingestion(cfg, ingestion)
     days = [start + timedelta(days=i) for i in range((end - start).days)]
-    return [run_night(cfg, d, config, ingestion).scoring_json() | {"night": d.isoformat()}
-            for d in days]
+    progress = BackfillProgress(cfg, days)
+    nights = []
+    for d in days:
+        night = run_night(cfg, d, config, ingestion)
+        progress.night_done(night)
+        nights.append(night.scoring_json() | {"night": d.isoformat()})
+    return nights

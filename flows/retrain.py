@@ -12,12 +12,14 @@ from prefect import flow
 from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
 from tasks.data.ingest import ingest_source
+from tasks.data.report import publish_ingestion
 from tasks.training.promote import (
     latest_validated_day,
     promote_if_better,
     rolling_splits,
     with_splits,
 )
+from tasks.training.report import publish_retrain_artifacts
 
 
 @flow(name="nightowl-retrain", log_prints=True)
@@ -27,12 +29,14 @@ def retrain_flow(config: str | None = None, as_of: date | None = None,
     up to `as_of`; `group` names the entity / group (None or "": the dataset-level model)."""
     base = resolve_config(config).for_group(group or None)
     ingestion = ingest_source(base)
+    publish_ingestion(base, ingestion)
     end = (datetime.combine(as_of, datetime.min.time()) if as_of
            else latest_validated_day(base))
     splits = rolling_splits(base, end)
     cfg = with_splits(base, splits)
     (run,) = train_candidates(cfg, new_run_id())
     decision = promote_if_better(cfg, splits, run.candidates, trigger)
+    publish_retrain_artifacts(cfg, run.candidates, decision)
     return {"dataset": cfg.name, "group": cfg.group, "run_id": run.run_id,
             "ingestion": ingestion.rows_validated,
             "decision": {k: decision[k] for k in ("promoted", "reason", "key", "metric")}}

@@ -14,6 +14,7 @@ from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.data.ingest import ingest_source
 from tasks.data.prepare import plan_scopes
+from tasks.data.report import publish_ingestion
 from tasks.data.synthetic import materialize
 from tasks.training.register import choose_champion
 from tasks.training.report import publish_fleet_artifacts, publish_training_artifacts
@@ -53,6 +54,7 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     run_id = run_id or new_run_id()
     materialize_source(cfg)
     ingestion = ingest_source(cfg)
+    publish_ingestion(cfg, ingestion)
     plan = plan_scopes(cfg)
     runs = train_candidates(cfg, run_id, plan.groups)
     scopes: dict[str, dict[str, Any]] = {}

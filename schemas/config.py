@@ -270,6 +270,33 @@ class RunnerConfig(_Strict):
 class StoreConfig(_Strict):
     root: str = Field("file://./.nightowl", description="file:// or s3://bucket/prefix")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    credentials_block: str | None = Field(
+        None, description="name of a prefect-aws AwsCredentials block: S3 credentials (and its "
+        "endpoint and region) from Prefect instead of the environment"
+    )
+
+    @model_validator(mode="after")
+    def _block_needs_s3(self) -> StoreConfig:
+        if self.credentials_block and not self.root.startswith("s3://"):
+            raise ValueError(f"credentials_block needs an s3:// root, not {self.root!r}")
+        return self
+
+
+class UIConfig(_Strict):
+    """How plots and store links in Prefect artifacts reach the browser that shows the UI."""
+
+    images: Literal["auto", "inline", "url"] = Field(
+        "auto", description="inline: PNGs embedded as data: URIs (work anywhere, never expire, "
+        "stored in Prefect's database); url: presigned S3 URLs or store_url; auto: url where the "
+        "browser can load one (an s3:// store or store_url), else inline"
+    )
+    store_url: str | None = Field(
+        None, pattern=r"^https?://", description="an http(s) URL at which the store root is "
+        "served (e.g. `python -m http.server -d <store>`, a CDN): links and images use it"
+    )
+    presign_expiry_hours: float = Field(
+        168.0, gt=0, le=168, description="lifetime of presigned S3 URLs (SigV4 allows 7 days)"
+    )
 
 
 class DatasetConfig(_Strict):
@@ -292,6 +319,7 @@ class DatasetConfig(_Strict):
     alerts: AlertConfig = AlertConfig()
     retrain: RetrainConfig = RetrainConfig()
     model: ModelConfig = ModelConfig()
+    ui: UIConfig = UIConfig()
     runner: RunnerConfig = RunnerConfig()
     group: str | None = Field(
         None, description="set by nightowl when it fans out over entities or groups: the one "
@@ -333,6 +361,14 @@ class DatasetConfig(_Strict):
         if self.model.scope == "group":
             return next((g for g, members in self.model.groups.items() if entity in members), None)
         return None
+
+    @model_validator(mode="after")
+    def _ui_urls_reachable(self) -> DatasetConfig:
+        if (self.ui.images == "url" and not self.ui.store_url
+                and not self.store.root.startswith("s3://")):
+            raise ValueError("ui.images = 'url' needs an s3:// store root or ui.store_url "
+                             "(a browser cannot load file:// images from the Prefect UI)")
+        return self
 
     def training_for(self, family: FamilyConfig) -> TrainingConfig:
         """The engine settings for one family: the shared ones with its overrides."""

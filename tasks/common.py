@@ -3,6 +3,7 @@ retry settings and Prefect artifact keys."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -12,19 +13,25 @@ import torch
 
 from models.engine import pick_device
 from schemas.config import DatasetConfig
-from tasks.store import Store
+from tasks.store import Store, merge_options, s3_options_from_block
 
 # Retries for stages that touch the store or the source: transient I/O, not bad data.
 IO_RETRIES: dict[str, object] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
 
 def store_for(cfg: DatasetConfig) -> Store:
-    return _store(cfg.store.root, tuple(sorted(cfg.store.storage_options.items())))
+    """The dataset's store; S3 credentials from `[store] credentials_block` when it names one."""
+    options = json.dumps(cfg.store.storage_options, sort_keys=True, default=str)
+    return _store(cfg.store.root, options, cfg.store.credentials_block)
 
 
 @lru_cache(maxsize=8)
-def _store(root: str, options: tuple) -> Store:
-    return Store(root, dict(options))
+def _store(root: str, options: str, credentials_block: str | None) -> Store:
+    """Cached per process; the cache key holds the block's name, never its secret."""
+    storage_options = json.loads(options)
+    if credentials_block:
+        storage_options = merge_options(storage_options, s3_options_from_block(credentials_block))
+    return Store(root, storage_options)
 
 
 def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:

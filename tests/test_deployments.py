@@ -7,50 +7,17 @@ every prefect.yaml entrypoint resolves to a real flow.
 from __future__ import annotations
 
 import importlib
-import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from tests.s3_server import free_port
+from tests.prefect_server import BIN, REPO, running_server, wait_for
 from tests.tiny import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
-BIN = Path(sys.executable).parent
-
-
-def _wait(check, timeout: float, what: str, procs: list[subprocess.Popen]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{p.args[:3]} exited with {p.returncode} while waiting for {what}")
-        try:
-            value = check()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.mark.integration
@@ -62,52 +29,34 @@ def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
     cfg = parse_config(data)
     materialize(cfg.source.synthetic, cfg.source.path)
     config = write_config(tmp_path, data)
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": tempfile.mkdtemp(prefix="nightowl-srv-"),
-           "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "GX_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(REPO)}
-    env.pop("PREFECT_API_KEY", None)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen] = []
-
-    def start(name: str, *args: str) -> subprocess.Popen:
-        out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - the server holds it open
-        proc = subprocess.Popen(list(args), env=env, cwd=tmp_path, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    try:
-        start("server", str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-              "--port", str(port))
-        client = httpx.Client(base_url=api, timeout=10)
-        _wait(lambda: client.get("/health").status_code == 200, 90, "server health", procs)
-        start("serve", str(BIN / "nightowl"), "serve", "--config", config)
-        deployment = _wait(lambda: _deployment(client, "nightowl-retrain", "retrain"), 90,
-                           "retrain deployment", procs)
-        _wait(lambda: client.post("/automations/filter", json={}).json(), 30, "automation", procs)
+    with running_server(tmp_path, startup_s=90) as server:
+        client, procs = server.client, server.procs
+        server.start("serve", str(BIN / "nightowl"), "serve", "--config", config)
+        deployment = wait_for(lambda: _deployment(client, "nightowl-retrain", "retrain"), 90,
+                              "retrain deployment", procs)
+        wait_for(lambda: client.post("/automations/filter", json={}).json(), 30, "automation",
+                 procs)
         subprocess.run(
             [sys.executable, "-c",
              "from datetime import date; from schemas.config import load_config;"
              "from tasks.nightly.drift import emit_drift_event;"
              f"emit_drift_event(load_config({config!r}), date(2026, 1, 9), "
              "{'reasons': ['test']}, None)"],
-            env=env, cwd=REPO, check=True, timeout=60)
-        run = _wait(lambda: _finished_run(client, deployment["id"]), 150, "retrain flow run", procs)
-        assert run["state_type"] == "COMPLETED", (logs / "serve.log").read_text()[-3000:]
+            env=server.env, cwd=REPO, check=True, timeout=60)
+        run = wait_for(lambda: _finished_run(client, deployment["id"]), 150, "retrain flow run",
+                       procs)
+        assert run["state_type"] == "COMPLETED", server.log("serve")[-3000:]
         assert run["parameters"]["trigger"]["event"] == "nightowl.drift.detected"
         assert run["parameters"]["trigger"]["date"] == "2026-01-09"
         decisions = list((tmp_path / "store" / "models" / "tiny" / "decisions").glob("*.json"))
         assert len(decisions) == 1  # the retrain ran and recorded its decision
+        shown = {a["key"]: a for a in client.post("/artifacts/latest/filter", json={}).json()}
+        assert "# Retraining — tiny" in shown["retrain-tiny"]["data"]  # and the UI shows it
+        assert decisions[0].name in shown["retrain-tiny"]["data"]
         gpu_limit = client.get("/concurrency_limits/tag/gpu").json()
         assert gpu_limit["concurrency_limit"] == 1  # training tasks queue for the device
         names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
         assert names == {"nightly", "train", "retrain", "backfill"}
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
 
 
 def _deployment(client: httpx.Client, flow: str, name: str) -> dict | None:

@@ -52,7 +52,7 @@ def test_rerunning_a_night_replaces_its_partition(trained):
     assert after.height == before.height == 48
     assert after.equals(before)
     assert store.exists(f"drift/tiny/date={NIGHTS[0].isoformat()}/report.json")
-    assert second["artifacts"] == ["nightly-tiny", "nightly-tiny-segments"]
+    assert second["artifacts"] == ["nightly-tiny", "nightly-tiny-segments", "nightly-tiny-scores"]
 
 
 def test_a_night_without_input_is_reported_not_crashed(trained):

@@ -29,6 +29,7 @@ from models.base import WindowModel
 from models.engine import (
     Checkpoint,
     EngineSettings,
+    EpochProgress,
     FitResult,
     WindowSet,
     checkpoint_metadata_from_json,
@@ -41,6 +42,7 @@ from tasks.common import compute_device, process_lock, run_logger, store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.scoring import feature_error_scale, normalised, raw_contributions, series_tensor
 from tasks.store import Store, json_bytes
+from tasks.training.progress import FamilyProgress
 from tasks.versions import WEIGHTS, weights_bytes
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -109,8 +111,9 @@ def _read_checkpoint(store: Store, key: str) -> Checkpoint | None:
 
 
 def _fit(store: Store, key: str, model: WindowModel, windows: WindowSet,
-         settings: EngineSettings) -> FitResult:
-    """The engine's fit with a checkpoint per epoch under `key`, resuming from the last one."""
+         settings: EngineSettings, progress: FamilyProgress) -> FitResult:
+    """The engine's fit with a checkpoint per epoch under `key`, resuming from the last one;
+    each epoch goes to the log and to the family's progress artifact."""
     log = run_logger(__name__)
     resume = _read_checkpoint(store, f"{key}/{CHECKPOINT}")
     if resume is not None:
@@ -121,8 +124,12 @@ def _fit(store: Store, key: str, model: WindowModel, windows: WindowSet,
         store.write_bytes(f"{key}/{CHECKPOINT}",
                           save_safetensors(tensors, metadata=checkpoint_metadata_json(meta)))
 
+    def report(epoch: EpochProgress) -> None:
+        log.info("%s", epoch)
+        progress.epoch(epoch)
+
     return fit(model, windows, settings, on_epoch_end=save_checkpoint, resume=resume,
-               progress=log.info)
+               progress=report)
 
 
 def row_scores(model: WindowModel, scaled: pl.DataFrame, features: list[str], length: int
@@ -164,10 +171,16 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
     windows = WindowSet(series, training_starts(index, cfg.splits.train_on_normal_only), length)
     key = candidate_key(cfg, run_id, family.name)
     started = time.time()
+    progress = FamilyProgress(cfg, family.name, settings.epochs)
     with process_lock(TORCH_RNG):
         torch.manual_seed(settings.seed)  # the initial weights too are part of a reproducible run
         model = build_model(family.name, len(features), length, family.params).to(device)
-        result = _fit(store, key, model, windows, settings)
+        try:
+            result = _fit(store, key, model, windows, settings, progress)
+        except BaseException as err:
+            progress.failed(err)
+            raise
+        progress.done(result)
         model.eval()
         scores, scale = row_scores(model, scaled, features, length)
     store.write_bytes(f"{key}/{WEIGHTS}", weights_bytes(model))
