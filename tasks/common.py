@@ -4,13 +4,15 @@ without it (the `scoring` install); `compute_device` imports it when a stage ask
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from schemas.config import DatasetConfig
-from tasks.store import Store
+from tasks.store import Store, merge_options, s3_options_from_block
 
 if TYPE_CHECKING:
     import torch
@@ -20,12 +22,18 @@ IO_RETRIES: dict[str, object] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]
 
 
 def store_for(cfg: DatasetConfig) -> Store:
-    return _store(cfg.store.root, tuple(sorted(cfg.store.storage_options.items())))
+    """The dataset's store; S3 credentials from `[store] credentials_block` when it names one."""
+    options = json.dumps(cfg.store.storage_options, sort_keys=True, default=str)
+    return _store(cfg.store.root, options, cfg.store.credentials_block)
 
 
 @lru_cache(maxsize=8)
-def _store(root: str, options: tuple) -> Store:
-    return Store(root, dict(options))
+def _store(root: str, options: str, credentials_block: str | None) -> Store:
+    """Cached per process; the cache key holds the block's name, never its secret."""
+    storage_options = json.loads(options)
+    if credentials_block:
+        storage_options = merge_options(storage_options, s3_options_from_block(credentials_block))
+    return Store(root, storage_options)
 
 
 def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
@@ -52,3 +60,16 @@ def compute_device(cfg: DatasetConfig, preference: str | None = None) -> torch.d
 def artifact_key(*parts: str) -> str:
     """A stable Prefect artifact key: lowercase letters, digits and single dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+
+
+def process_lock(name: str) -> threading.Lock:
+    """A named lock shared by the threads of this process, for libraries whose state is
+    process-global (torch's RNG, the ONNX exporter, matplotlib's text layout).
+
+    Looked up by name at the call, never held in a stage's module globals: a Dask worker
+    receives task functions pickled with the globals they use, and a lock cannot travel.
+    """
+    return _LOCKS.setdefault(name, threading.Lock())

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pytest
 
 from schemas.config import DatasetConfig, default_config_path, parse_config
 from tasks.common import store_for
+from tasks.nightly.score import read_scores
 from tasks.versions import VersionRef, champion_ref, load_version_files, read_champion
 
 
@@ -138,7 +139,8 @@ def test_store_holds_every_layer_and_a_verifiable_champion(trained) -> None:
 def test_scores_layer_explains_each_row(trained) -> None:
     cfg, _, _, nights = trained
     store = store_for(cfg)
-    day = pl.from_arrow(store.read_parquet(nights[1]["key"]))
+    (key,) = nights[1]["keys"]  # a small night: one shard
+    day = pl.from_arrow(store.read_parquet(key))
     contrib = day.select(pl.col("^contrib__.*$")).to_numpy().astype(np.float64)
     assert contrib.shape[1] == len(cfg.columns.features)
     np.testing.assert_allclose(contrib.sum(axis=1), day["score"].to_numpy(), rtol=1e-4)
@@ -171,14 +173,15 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
     from datetime import date
 
     from schemas.config import ScoringConfig
-    from tasks.nightly.score import score_day
+    from tasks.nightly.score import plan_night, read_scores, score_shard
 
     cfg, _, _, nights = trained
     store = store_for(cfg)
-    night = nights[0]
-    torch_scores = pl.from_arrow(store.read_parquet(night["key"]))
+    day = date.fromisoformat(nights[0]["date"])
+    torch_scores = read_scores(store, cfg, day)
     onnx_cfg = cfg.model_copy(update={"scoring": ScoringConfig(backend="onnx")})
-    result = score_day.fn(onnx_cfg, date.fromisoformat(night["date"]))
+    (shard,) = plan_night.fn(onnx_cfg, day).shards
+    result = score_shard.fn(onnx_cfg, day, shard)
     onnx_scores = pl.from_arrow(store.read_parquet(result.key))
     assert onnx_scores.height == torch_scores.height
     np.testing.assert_allclose(onnx_scores["score"].to_numpy(), torch_scores["score"].to_numpy(),
@@ -186,7 +189,48 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
     assert (onnx_scores["is_anomaly"] == torch_scores["is_anomaly"]).mean() > 0.999
 
 
-# -- scoring without torch ------------------------------------------------------------------
+def test_the_ui_shows_plots_progress_and_links_of_the_run_and_the_nights(trained) -> None:
+    """Every artifact an operator opens in the Prefect UI, with its type; on a local store each
+    plot is an inline PNG the browser renders (a data: URI) and links are file:// URIs."""
+    from tests.artifacts import image_urls, latest_artifacts, link_urls, png_at
+
+    cfg, _, result, nights = trained
+    (quarantined,) = [b for b in result["ingestion"]["batches"] if b["status"] == "quarantined"]
+    expected = {
+        "train-synthetic-candidates": "table", "train-synthetic-report": "markdown",
+        "train-synthetic-dense-ae": "markdown", "train-synthetic-champion": "markdown",
+        "train-synthetic-dense-ae-progress": "progress", "nightly-synthetic": "markdown",
+        "nightly-synthetic-segments": "table", "nightly-synthetic-scores": "markdown",
+        "backfill-synthetic": "progress",
+        f"quarantine-synthetic-{quarantined['batch_id']}": "markdown",
+    }
+    artifacts = latest_artifacts(list(expected))
+    assert {k: a.type for k, a in artifacts.items()} == expected
+
+    plots = {k: image_urls(artifacts[k].data) for k in
+             ("train-synthetic-report", "train-synthetic-dense-ae", "nightly-synthetic")}
+    assert [len(plots[k]) for k in plots] == [1, 3, 1]  # champion timeline; 3 plots; the night
+    for url in (u for urls in plots.values() for u in urls):
+        assert url.startswith("data:image/png;base64,")
+        png_at(url)
+    store = store_for(cfg)
+    version = f"models/synthetic/dense_ae/{result['champion']['version']}"
+    assert link_urls(artifacts["train-synthetic-champion"].data) == [store.uri(version) + "/"]
+    assert link_urls(artifacts["nightly-synthetic-scores"].data) == [  # the night's partition
+        store.uri(nights[-1]["keys"][0].rsplit("/", 1)[0]) + "/"]
+    quarantine = artifacts[f"quarantine-synthetic-{quarantined['batch_id']}"].data
+    assert "2026-01-14-resend.csv: column 's01' failed rule 'not null'" in quarantine
+    assert store.exists(link_urls(quarantine)[0].removeprefix(store.uri("")))  # validation.json
+
+    training, backfill = (artifacts[k] for k in ("train-synthetic-dense-ae-progress",
+                                                  "backfill-synthetic"))
+    assert training.data == 100.0 and training.description.startswith("dense_ae: done, ")
+    assert backfill.data == 100.0 and backfill.description.startswith("2/2 nights")
+    assert training.updated > training.created  # moved while the work ran, not created at 100
+
+
+# -- scoring without torch (after the UI test: these nights publish artifacts under the same
+# keys, and a torch-free night has no plot, since matplotlib is not in the scoring set) ------------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,10 +288,10 @@ def test_the_nightly_flow_runs_where_torch_cannot_be_imported(trained, tmp_path)
     done, loaded = run_torchless(tmp_path, "score", night["date"], "-c", path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     scored = json.loads(done.stdout[done.stdout.index("{"):])
-    assert scored["backend"] == "onnx" and scored["note"] is None and scored["status"] == "scored"
+    assert scored["backends"] == ["onnx"] and scored["notes"] == [] and scored["status"] == "scored"
     store = store_for(copy)
-    assert_same_night(pl.from_arrow(store.read_parquet(scored["key"])),
-                      pl.from_arrow(store_for(cfg).read_parquet(night["key"])))
+    day = date.fromisoformat(night["date"])
+    assert_same_night(read_scores(store, copy, day), read_scores(store_for(cfg), cfg, day))
     assert store.list(f"datasets/{cfg.name}/ingested/")  # the night was validated again, by GX
     assert "torch" not in loaded and "great_expectations" in loaded and "onnxruntime" in loaded
     owners = packages_distributions()  # and each came from the scoring set
@@ -276,22 +320,20 @@ def test_a_champion_without_a_graph_is_scored_with_torch_and_the_night_says_so(t
                                                                                tmp_path) -> None:
     from datetime import date
 
-    from tasks.data.ingest import IngestReport
-    from tasks.nightly.report import NightResult, night_markdown
-    from tasks.nightly.score import score_day
+    from tasks.nightly.score import commit_night, plan_night, score_shard
 
     cfg, _, _, nights = trained
-    copy, _ = scoring_copy(trained, tmp_path)
+    copy, _ = scoring_copy(trained, tmp_path, revalidate=False)
     ref = champion_without_graph(copy)
-    night = nights[0]
-    scored = score_day.fn(copy, date.fromisoformat(night["date"]))
+    day = date.fromisoformat(nights[0]["date"])
+    shards = [score_shard.fn(copy, day, shard) for shard in plan_night.fn(copy, day).shards]
+    (scored,) = commit_night.fn(copy, day, shards)  # what the night's artifact shows
     assert scored.backend == "torch" and scored.model_version == ref.version
-    assert ref.version in scored.note and "no model.onnx" in scored.note
-    assert "3 of 1536 probe rows change verdict" in scored.note
-    assert_same_night(pl.from_arrow(store_for(copy).read_parquet(scored.key)),
-                      pl.from_arrow(store_for(cfg).read_parquet(night["key"])))
-    markdown = night_markdown(NightResult(cfg.name, night["date"], IngestReport(cfg.name, []), scored))
-    assert f"| scored with | torch ({scored.note}) |" in markdown
+    note = scored.note
+    assert ref.version in note and "no model.onnx" in note
+    assert "3 of 1536 probe rows change verdict" in note
+    assert_same_night(read_scores(store_for(copy), copy, day),
+                      read_scores(store_for(cfg), cfg, day))
 
 
 def test_without_torch_a_champion_without_a_graph_fails_with_one_clear_message(trained,
@@ -328,6 +370,7 @@ def test_the_scoring_install_scores_a_night_that_the_full_install_trained(traine
                           cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     scored = json.loads(done.stdout[done.stdout.index("{"):])
-    assert scored["backend"] == "onnx"
-    assert_same_night(pl.from_arrow(store_for(copy).read_parquet(scored["key"])),
-                      pl.from_arrow(store_for(cfg).read_parquet(night["key"])))
+    assert scored["backends"] == ["onnx"]
+    day = date.fromisoformat(night["date"])
+    assert_same_night(read_scores(store_for(copy), copy, day),
+                      read_scores(store_for(cfg), cfg, day))

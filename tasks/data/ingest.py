@@ -473,16 +473,13 @@ def _as_naive_utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def load_validated(
-    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None
-) -> pl.DataFrame:
-    """Rows of the validated layer with start <= timestamp < end, sorted by entity, timestamp.
-
-    Only the date partitions overlapping the range are opened, and the range
-    filter is pushed down into the Parquet scan (no Python row loops).
-    """
+def _validated_scan(
+    store: Store, cfg: DatasetConfig, start: datetime | None, end: datetime | None,
+    entities: list[str] | None,
+) -> tuple[pads.Dataset | None, pads.Expression | None]:
+    """The validated layer's Parquet dataset over the partitions that overlap [start, end),
+    and the row filter (time range, scope's entities) to push down into its scan."""
     start, end = _as_naive_utc(start), _as_naive_utc(end)
-    schema = arrow_schemas.validated_schema(cfg)
     prefix = f"{dataset_prefix(cfg)}/validated"
     paths = []
     for folder in store.list_dirs(prefix):
@@ -499,19 +496,54 @@ def load_validated(
             continue
         paths += [store.path(k) for k in store.list(f"{prefix}/{folder}") if k.endswith(".parquet")]
     if not paths:
-        return pl.from_arrow(schema.empty_table())  # type: ignore[return-value]
+        return None, None
     ts = pads.field(arrow_schemas.TIMESTAMP)
-    condition = None
+    conditions = []
     if start is not None:
-        condition = ts >= pa.scalar(start, pa.timestamp("us"))
+        conditions.append(ts >= pa.scalar(start, pa.timestamp("us")))
     if end is not None:
-        upper = ts < pa.scalar(end, pa.timestamp("us"))
-        condition = upper if condition is None else condition & upper
-    dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=store.fs)
-    table = dataset.to_table(filter=condition)
-    frame = pl.from_arrow(table)
+        conditions.append(ts < pa.scalar(end, pa.timestamp("us")))
+    scope = cfg.group_entities()
+    wanted = scope if entities is None else (
+        entities if scope is None else [e for e in entities if e in set(scope)])
+    if wanted is not None:
+        conditions.append(pads.field(arrow_schemas.ENTITY).isin(wanted))
+    condition = None
+    for c in conditions:
+        condition = c if condition is None else condition & c
+    schema = arrow_schemas.validated_schema(cfg)
+    return pads.dataset(paths, schema=schema, format="parquet", filesystem=store.fs), condition
+
+
+def load_validated(
+    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None,
+    entities: list[str] | None = None,
+) -> pl.DataFrame:
+    """Rows of the validated layer with start <= timestamp < end, sorted by entity, timestamp.
+
+    Only the entities of the config's scope (`cfg.group_entities()`, narrowed further
+    by `entities`) are read. Only the date partitions overlapping the range are
+    opened, and the filters are pushed down into the Parquet scan.
+    """
+    dataset, condition = _validated_scan(store, cfg, start, end, entities)
+    if dataset is None:
+        return pl.from_arrow(arrow_schemas.validated_schema(cfg).empty_table())  # type: ignore[return-value]
+    frame = pl.from_arrow(dataset.to_table(filter=condition))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort([arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP])
+
+
+def entity_rows(
+    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None,
+) -> dict[str, int]:
+    """Rows per entity in [start, end) within the config's scope; reads the entity and
+    timestamp columns only (cheap enough to plan a fleet's shards from)."""
+    dataset, condition = _validated_scan(store, cfg, start, end, None)
+    if dataset is None:
+        return {}
+    table = dataset.to_table(columns=[arrow_schemas.ENTITY], filter=condition)
+    counts = pl.from_arrow(table).group_by(arrow_schemas.ENTITY).len().sort(arrow_schemas.ENTITY)
+    return dict(counts.iter_rows())
 
 
 # -- whole source, or one night -------------------------------------------------------

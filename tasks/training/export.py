@@ -31,7 +31,7 @@ from prefect.cache_policies import NO_CACHE
 from models.base import WindowModel
 from models.registry import build_model
 from schemas.config import DatasetConfig
-from tasks.common import compute_device, run_logger, store_for
+from tasks.common import compute_device, process_lock, run_logger, store_for
 from tasks.data.window import window_starts
 from tasks.scoring import OnnxScorer, normalised, numpy_row_contributions
 from tasks.training.probe import PROBE, Probe
@@ -44,6 +44,10 @@ ROW_TOLERANCE = 1e-3
 RULE = (f"refused iff a probe row's verdict (score > threshold) differs between torch and "
         f"ONNX Runtime, or a probe row's score differs by more than {ROW_TOLERANCE:g} x threshold")
 INPUT, OUTPUT = "windows", "element_scores"
+EXPORTER = "onnx-export"
+"""torch.onnx.export keeps process-global state (GLOBALS.in_onnx_export): two exports in
+threads of one process fail each other ("GLOBALS.in_onnx_export must be True"), seen when
+a fleet's candidates were exported on Prefect's thread pool."""
 
 
 def export_onnx(model: WindowModel) -> bytes:
@@ -53,7 +57,7 @@ def export_onnx(model: WindowModel) -> bytes:
     buffer = io.BytesIO()
     # Traced with grad enabled on purpose: under no_grad, eval-mode TransformerEncoderLayer
     # takes its fused fast path (aten::_transformer_encoder_layer_fwd), which ONNX lacks.
-    with warnings.catch_warnings():  # tracer notes on shape checks; parity is what counts
+    with process_lock(EXPORTER), warnings.catch_warnings():  # tracer notes on shape checks; parity is what counts
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # The LSTM exporter warns about any dynamic batch; its zero initial states are built
         # from the input's batch size, and tests score batches of 1 and 1,000 through it.

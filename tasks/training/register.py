@@ -61,7 +61,7 @@ class Candidate:
 
 def version_config(cfg: DatasetConfig, fit: dict[str, Any]) -> dict[str, Any]:
     """config.json: everything needed to rebuild and score the model."""
-    return {"dataset": cfg.name, "model": fit["arguments"], "training": fit["settings"],
+    return {"dataset": cfg.name, "group": cfg.group, "model": fit["arguments"], "training": fit["settings"],
             "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
             "scaling": cfg.scaling.model_dump()}
 
@@ -83,7 +83,7 @@ def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: Trai
     files[METRICS] = json_bytes({
         "validation": calibration.metrics, "export": export,
         "fit": {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}})
-    ref = register_version(store, cfg.name, trained.family, files)
+    ref = register_version(store, cfg.scope_name, trained.family, files)
     run_logger(__name__).info("registered %s", store.uri(ref.key))
     return Candidate(ref, calibration.metrics, calibration.threshold, calibration.method,
                      trained.fit_seconds)
