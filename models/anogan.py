@@ -22,7 +22,9 @@ Scoring, A(x) = (1-lambda) |x - G(z*)|_1 + lambda |f(x) - f(G(z*))|_1:
 - mode "encoder": z* = E(x), one forward pass (ONNX-exportable);
 - mode "search": z is optimised for the whole batch at once on the device (one
   Adam over a (B, latent) tensor), warm-started at z0 = E(x) (deterministic), or
-  at seeded N(0, 1) draws with `search_init = "random"` as the chapter does.
+  at seeded N(0, 1) draws with `search_init = "random"` as the chapter does. Its ONNX
+  graph unrolls the same fixed number of steps (`_SearchScores`); a random start
+  has none (torch's generator cannot be reproduced in ONNX).
 Element scores: (1-lambda)|x - G(z*)| per element plus lambda |f(x) - f(G(z*))|_1
 spread evenly over the L*F elements, so the window's element scores sum to A(x).
 """
@@ -167,15 +169,26 @@ class AnoGAN(WindowModel):
         return torch.randn(xf.shape[0], self.params.latent, generator=gen).to(xf.device)
 
     def export_module(self) -> nn.Module:
-        """The encoder-mode graph; the iterative search has no single-graph export.
+        """The scoring graph of the configured mode.
+
+        Encoder mode is one pass. Search mode is the same fixed number of Adam steps
+        the torch search takes, unrolled, with the gradients of the two MLPs written
+        out (ONNX has no autograd), so the graph is the search itself, not an
+        approximation. A random start cannot be exported: torch's seeded generator
+        has no ONNX counterpart, so the graph's draws would differ from the model's.
 
         Spectral norm is baked into plain weights (its eval-mode value) on a copy:
         ONNX has no op for its power iteration, and scores do not change."""
-        if self.params.mode == "search":
-            log.warning("anogan: search mode is iterative; exporting the encoder-mode graph")
+        if self.params.mode == "search" and self.params.search_init == "random":
+            raise NotImplementedError(
+                "anogan search mode with search_init='random' has no ONNX graph: its start "
+                "points come from torch's seeded generator, which ONNX cannot reproduce "
+                "(use search_init='encoder', the default)")
         was_training = self.training
         self.eval()  # sigma at the stored (u, v), with no power-iteration step
-        module = _EncoderScores(self, _plain(self.features), self.params.lambda_)
+        features = _plain(self.features)
+        module = (_EncoderScores(self, features, self.params.lambda_)
+                  if self.params.mode == "encoder" else _SearchScores(self, features))
         self.train(was_training)
         return module
 
@@ -192,6 +205,63 @@ class _EncoderScores(nn.Module):
         xf = x.reshape(x.shape[0], -1).float()  # (B, L*F)
         g = self.generator(self.encoder(xf))
         return anomaly_elements(xf, g, self.features, self.lambda_).reshape(x.shape)
+
+
+class _SearchScores(nn.Module):
+    """Search-mode element scores: `search_latent` from z0 = E(x), unrolled for the graph.
+
+    Each step is torch.optim.Adam's update (default betas and eps, bias-corrected) on
+    the gradient of (1-lam)|x - G(z)|_1 + lam |f(x) - f(G(z))|_1, back-propagated by
+    hand through G and f (Linear and LeakyReLU layers only)."""
+
+    def __init__(self, model: AnoGAN, features: nn.Sequential) -> None:
+        super().__init__()
+        self.encoder, self.generator, self.features = model.encoder, model.generator, features
+        self.lambda_ = model.params.lambda_
+        self.steps, self.lr = model.params.search_steps, model.params.search_lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.reshape(x.shape[0], -1).float()  # (B, D)
+        z = self.encoder(xf)  # (B, latent)
+        feat_x = self.features(xf)
+        m, v = torch.zeros_like(z), torch.zeros_like(z)
+        (beta1, beta2), eps = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the search
+        for t in range(1, self.steps + 1):
+            grad = self._gradient(xf, feat_x, z)
+            m = m + (1 - beta1) * (grad - m)  # Adam's lerp_
+            v = v * beta2 + (1 - beta2) * grad * grad
+            denom = v.sqrt() / (1 - beta2**t) ** 0.5 + eps
+            z = z - (self.lr / (1 - beta1**t)) * (m / denom)
+        return anomaly_elements(xf, self.generator(z), self.features, self.lambda_).reshape(x.shape)
+
+    def _gradient(self, xf: torch.Tensor, feat_x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """d/dz of the search objective, as autograd computes it in `search_latent`."""
+        g, g_inputs = _forward_keeping_inputs(self.generator, z)  # (B, D)
+        f_g, f_inputs = _forward_keeping_inputs(self.features, g)
+        d_feat = -self.lambda_ * torch.sign(feat_x - f_g)  # d|f(x) - f(g)|_1 / d f(g)
+        d_g = -(1 - self.lambda_) * torch.sign(xf - g) + _backward(self.features, f_inputs, d_feat)
+        return _backward(self.generator, g_inputs, d_g)
+
+
+def _forward_keeping_inputs(seq: nn.Sequential, x: torch.Tensor
+                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    inputs = []
+    for layer in seq:
+        inputs.append(x)
+        x = layer(x)
+    return x, inputs
+
+
+def _backward(seq: nn.Sequential, inputs: list[torch.Tensor], grad: torch.Tensor) -> torch.Tensor:
+    """The input gradient of a Linear/LeakyReLU stack, given its output gradient."""
+    for layer, x in zip(reversed(seq), reversed(inputs)):
+        if isinstance(layer, nn.Linear):
+            grad = grad @ layer.weight
+        elif isinstance(layer, nn.LeakyReLU):
+            grad = torch.where(x > 0, grad, grad * layer.negative_slope)
+        else:
+            raise TypeError(f"no hand-written gradient for {type(layer).__name__}")
+    return grad
 
 
 def anomaly_elements(xf: torch.Tensor, g: torch.Tensor, features: nn.Module, lam: float) -> torch.Tensor:

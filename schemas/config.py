@@ -172,6 +172,10 @@ class ScoringConfig(_Strict):
     backend: Literal["torch", "onnx"] = Field(
         "torch", description="onnx: the version's model.onnx on ONNX Runtime's CPU provider"
     )
+    threads: int = Field(
+        1, ge=0, description="ONNX Runtime intra-op threads (0: one per core); 1 like "
+        "training.cpu_threads, since spinning pool threads compete with Prefect's own"
+    )
 
 
 class DriftConfig(_Strict):

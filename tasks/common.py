@@ -1,5 +1,6 @@
 """Small helpers every stage uses: the store for a config, the compute device, the logger,
-retry settings and Prefect artifact keys."""
+retry settings and Prefect artifact keys. Imports no torch: nightly scoring workers run
+without it (the `scoring` install); `compute_device` imports it when a stage asks."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import logging
 import re
 import threading
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import torch
-
-from models.engine import pick_device
 from schemas.config import DatasetConfig
 from tasks.store import Store, merge_options, s3_options_from_block
+
+if TYPE_CHECKING:
+    import torch
 
 # Retries for stages that touch the store or the source: transient I/O, not bad data.
 IO_RETRIES: dict[str, object] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
@@ -47,6 +49,10 @@ def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
 def compute_device(cfg: DatasetConfig, preference: str | None = None) -> torch.device:
     """The device for torch work (a family may override the dataset's preference), with the
     configured CPU thread count applied first."""
+    import torch
+
+    from models.engine import pick_device
+
     torch.set_num_threads(cfg.training.cpu_threads)
     return pick_device(preference or cfg.training.device)
 

@@ -6,19 +6,29 @@ containing it, divided by that feature's mean error on normal training rows
 (`feature_scale`); the row score is the sum of its contributions, so the
 explanation adds up to the score. The scorer is a torch family or its verified
 ONNX graph on ONNX Runtime (same call, same numbers within the export tolerance).
+
+Why two implementations of the row rule: a torch family scores where its series
+lives (the GPU during training) through models.scoring.row_contributions, while an
+ONNX graph is scored by `numpy_row_contributions`, the same rule and the same
+float32 summation order in numpy, so a scoring worker needs no torch at all (the
+`scoring` install). torch is imported only on the torch path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import onnxruntime as ort
 import polars as pl
-import torch
 
-from models.base import WindowModel
-from models.engine import WindowSet
-from models.scoring import row_contributions
 from tasks.data.window import window_starts
+
+if TYPE_CHECKING:  # the torch path imports these when it runs; the ONNX path never does
+    import torch
+
+    from models.base import WindowModel
 
 CONTRIB_PREFIX = "contrib__"
 """Column prefix of per-feature contributions in the scores layer (`contrib__<feature>`)."""
@@ -27,7 +37,8 @@ CONTRIB_PREFIX = "contrib__"
 class OnnxScorer:
     """Element scores from an ONNX graph on ONNX Runtime's CPU provider.
 
-    Callable like `model.element_scores`, so `models.scoring.row_contributions`
+    numpy windows in, numpy element scores out. Given a torch tensor it answers with
+    a tensor on the input's device, so `models.scoring.row_contributions` also
     accepts it in place of a torch model.
     """
 
@@ -38,36 +49,89 @@ class OnnxScorer:
                                             providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def element_scores(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(B, L, F) windows -> (B, L, F) float32 element scores, on the input's device."""
-        device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
-        array = x.detach().cpu().float().numpy() if isinstance(x, torch.Tensor) else x
-        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(array, np.float32)})
-        return torch.from_numpy(out).to(device)
+    def run(self, windows: np.ndarray) -> np.ndarray:
+        """(B, L, F) windows -> (B, L, F) float32 element scores."""
+        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(windows, np.float32)})
+        return out
+
+    def element_scores(self, x: Any) -> Any:
+        """`run` for numpy input; a torch tensor in gives a tensor back, on its device."""
+        if isinstance(x, np.ndarray):
+            return self.run(x)
+        import torch  # only a caller that already holds a tensor gets here
+
+        return torch.from_numpy(self.run(x.detach().cpu().float().numpy())).to(x.device)
 
     __call__ = element_scores
 
 
-Scorer = WindowModel | OnnxScorer
+def numpy_row_contributions(
+    score: Callable[[np.ndarray], np.ndarray], series: np.ndarray, starts: np.ndarray,
+    length: int, batch_size: int = 2048,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(contributions (T, F), coverage (T,)) of windows at `starts` over a (T, F) series;
+    `score` maps (B, L, F) windows to element scores (e.g. `OnnxScorer.run`).
+
+    The rule and the numbers of models.scoring.row_contributions without torch: each
+    row's float32 sum runs over its windows in the same order (earliest start first,
+    batch by batch), so the two agree to the bit on the same element scores.
+    """
+    series = np.ascontiguousarray(series, dtype=np.float32)
+    t, f = series.shape
+    acc = np.zeros((t, f), dtype=np.float32)
+    cover = np.zeros(t, dtype=np.float32)
+    if len(starts) == 0:
+        return np.full((t, f), np.nan, np.float32), cover
+    steps = np.arange(length)
+    for i in range(0, len(starts), batch_size):
+        batch = starts[i : i + batch_size]
+        elements = score(series[batch[:, None] + steps])  # (B, L, F), one gather
+        # Step L-1 first: a row's windows then arrive earliest start first, as in torch's
+        # index_add_. Consecutive starts (the usual batch, inside one entity) add slices;
+        # otherwise distinct starts make each fancy-indexed += touch a row once.
+        first = int(batch[0])
+        consecutive = int(batch[-1]) - first == len(batch) - 1
+        for step in range(length - 1, -1, -1):
+            rows = slice(first + step, first + step + len(batch)) if consecutive else batch + step
+            acc[rows] += elements[:, step]
+            cover[rows] += 1
+    contributions = acc / np.maximum(cover, 1)[:, None]
+    contributions[cover == 0] = np.nan
+    return contributions, cover
 
 
 def series_tensor(scaled: pl.DataFrame, features: list[str], device: torch.device) -> torch.Tensor:
     """The whole scaled series as one (T, F) float32 tensor on the device."""
-    return torch.from_numpy(scaled.select(features).to_numpy().astype("float32")).to(device)
+    import torch
+
+    return torch.from_numpy(series_array(scaled, features)).to(device)
+
+
+def series_array(scaled: pl.DataFrame, features: list[str]) -> np.ndarray:
+    """The whole scaled series as one (T, F) float32 array."""
+    return np.ascontiguousarray(scaled.select(features).to_numpy().astype("float32"))
 
 
 def raw_contributions(
-    scorer: Scorer, scaled: pl.DataFrame, features: list[str], length: int,
+    scorer: WindowModel | OnnxScorer, scaled: pl.DataFrame, features: list[str], length: int,
     batch_size: int = 2048,
 ) -> np.ndarray:
     """(T, F) mean element score per row and feature, before per-feature normalisation.
 
     `scaled` is sorted by entity, timestamp; rows no full window covers are NaN.
     """
-    device = scorer.device if isinstance(scorer, WindowModel) else torch.device("cpu")
     starts = window_starts(scaled["entity"].rle_id().to_numpy(), length, 1)
-    windows = WindowSet(series_tensor(scaled, features, device), torch.from_numpy(starts), length)
-    contrib, _ = row_contributions(scorer, windows, batch_size)
+    if isinstance(scorer, OnnxScorer):
+        return numpy_row_contributions(scorer.run, series_array(scaled, features), starts, length,
+                                       batch_size)[0]
+    import torch
+
+    from models.engine import WindowSet
+    from models.scoring import row_contributions
+
+    series = series_tensor(scaled, features, scorer.device)
+    contrib, _ = row_contributions(scorer, WindowSet(series, torch.from_numpy(starts), length),
+                                   batch_size)
     return contrib.cpu().numpy()
 
 
@@ -79,7 +143,7 @@ def normalised(raw: np.ndarray, feature_scale: np.ndarray | list[float] | None
 
 
 def score_rows(
-    scorer: Scorer, scaled: pl.DataFrame, features: list[str], length: int,
+    scorer: WindowModel | OnnxScorer, scaled: pl.DataFrame, features: list[str], length: int,
     feature_scale: np.ndarray | list[float] | None = None, batch_size: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (T,), contributions (T, F)) for a frame sorted by entity, timestamp.

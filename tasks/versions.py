@@ -5,6 +5,8 @@ is derived from the sha256 of every file, MANIFEST.json is written last (a
 version without one does not exist), and loading re-hashes every file and
 refuses any mismatch. Shared by training (registers, promotes) and nightly
 scoring (loads the champion); files are safetensors and JSON, never pickle.
+torch is imported only where a torch model is built or saved: a scoring worker
+without torch loads a version's scaler, threshold and ONNX graph from here.
 """
 
 from __future__ import annotations
@@ -14,16 +16,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
-
-from models.base import WindowModel
-from models.registry import build_model
 from tasks.data.scale import ScalerParams
 from tasks.store import Store, json_bytes, sha256_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.base import WindowModel
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +170,18 @@ def set_champion(
 
 
 def weights_bytes(model: WindowModel) -> bytes:
+    from safetensors.torch import save as save_safetensors
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(state)
 
 
 def model_from_bytes(arguments: dict[str, Any], weights: bytes, device: torch.device) -> WindowModel:
     """Rebuild a family from its stored arguments and load its weights."""
+    from safetensors.torch import load as load_safetensors
+
+    from models.registry import build_model
+
     model = build_model(arguments["family"], arguments["n_features"], arguments["window"],
                         arguments["params"])
     model.load_state_dict(load_safetensors(weights))
@@ -183,10 +190,11 @@ def model_from_bytes(arguments: dict[str, Any], weights: bytes, device: torch.de
 
 @dataclass
 class LoadedModel:
-    """A verified version ready to score: model, scaler and calibrated threshold."""
+    """A verified version ready to score: scaler, calibrated threshold and (unless it is
+    scored through its ONNX graph) the torch model."""
 
     ref: VersionRef
-    model: WindowModel
+    model: WindowModel | None
     scaler: ScalerParams
     threshold: dict[str, Any]
     config: dict[str, Any]
@@ -204,22 +212,36 @@ class LoadedModel:
         return self.threshold.get("feature_scale")
 
 
-def load_model(store: Store, ref: VersionRef, device: torch.device) -> LoadedModel:
-    """Load a registered version; every file's sha256 is checked first."""
-    files = load_version_files(store, ref, [WEIGHTS, CONFIG, SCALER, THRESHOLD])
+def load_model(store: Store, ref: VersionRef, device: torch.device | None) -> LoadedModel:
+    """Load a registered version; every file's sha256 is checked first. With `device`
+    None the torch model is not built (no torch needed: scoring through model.onnx)."""
+    names = [CONFIG, SCALER, THRESHOLD] + ([WEIGHTS] if device is not None else [])
+    files = load_version_files(store, ref, names)
     config = json.loads(files[CONFIG])
     return LoadedModel(
         ref=ref,
-        model=model_from_bytes(config["model"], files[WEIGHTS], device),
+        model=(None if device is None
+               else model_from_bytes(config["model"], files[WEIGHTS], device)),
         scaler=ScalerParams.from_json(json.loads(files[SCALER])),
         threshold=json.loads(files[THRESHOLD]),
         config=config,
     )
 
 
-def load_champion(store: Store, dataset: str, device: torch.device) -> LoadedModel:
-    """The verified champion of a dataset; LookupError before the first training."""
+def current_champion(store: Store, dataset: str) -> VersionRef:
+    """The version the champion pointer names; LookupError before the first training."""
     pointer = read_champion(store, dataset)
     if pointer is None:
         raise LookupError(f"no champion for dataset {dataset!r}: run training first")
-    return load_model(store, champion_ref(pointer), device)
+    return champion_ref(pointer)
+
+
+def load_champion(store: Store, dataset: str, device: torch.device | None) -> LoadedModel:
+    """The verified champion of a dataset; LookupError before the first training."""
+    return load_model(store, current_champion(store, dataset), device)
+
+
+def export_outcome(store: Store, ref: VersionRef) -> dict[str, Any] | None:
+    """The ONNX export outcome recorded in a version's metrics.json (None: not recorded)."""
+    metrics = json.loads(load_version_files(store, ref, [METRICS])[METRICS])
+    return metrics.get("export")

@@ -134,12 +134,25 @@ def test_onnx_export_matches_encoder_mode(trained):
         assert torch.equal(trained.element_scores(x), expected)
 
 
-def test_search_mode_exports_the_encoder_graph(trained):
-    search = _with_params(trained, mode="search", search_steps=2)
-    x = _probe(8)
+def test_search_mode_graph_is_the_unrolled_search(trained):
+    """The hand-written gradients and Adam steps reproduce autograd's search, in torch and
+    through ONNX Runtime, and differ from the encoder-mode scores they start from."""
+    search = _with_params(trained, mode="search", search_steps=30)
+    x = _probe(64)
     with torch.no_grad():
-        exported = search.export_module()(x)
-        assert torch.equal(exported, trained.element_scores(x))
+        expected = search.element_scores(x)
+        unrolled = search.export_module()(x)
+        encoder = trained.element_scores(x)
+    torch.testing.assert_close(unrolled, expected, rtol=1e-4, atol=1e-5)
+    assert float((expected - encoder).abs().max()) > 1e-3
+    got = OnnxScorer(export_onnx(search)).element_scores(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_search_from_random_starts_refuses_export_and_says_why(trained):
+    search = _with_params(trained, mode="search", search_init="random")
+    with pytest.raises(NotImplementedError, match="seeded generator"):
+        search.export_module()
 
 
 def test_resume_after_a_kill_continues_from_the_checkpoint():

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import polars as pl
 import torch
 
 from models.dense_ae import DenseAE
 from models.engine import WindowSet
 from models.registry import FAMILIES, build_model
 from models.scoring import row_contributions
-from tasks.scoring import OnnxScorer
-from tasks.training.export import OPSET, check_export, export_onnx
+from tasks.data.window import window_starts
+from tasks.scoring import OnnxScorer, numpy_row_contributions
+from tasks.training.export import (
+    OPSET,
+    ROW_TOLERANCE,
+    RULE,
+    check_export,
+    export_onnx,
+    parity,
+    refusal,
+    torch_elements,
+)
+from tasks.training.probe import BLOCK_WINDOWS, Probe, select_probe
 
 torch.set_num_threads(2)
 
@@ -71,3 +84,100 @@ def test_a_family_that_cannot_export_says_why(monkeypatch) -> None:
     data, outcome = check_export(model)
     assert data is None and not outcome.exported
     assert outcome.reason.startswith("export failed") and "svdvals" in outcome.reason
+
+
+# -- the row rule without torch, and the parity check on real rows --------------------------
+
+
+def test_numpy_row_mapping_gives_torchs_numbers_to_the_bit() -> None:
+    """Two entities, windows over batch boundaries: the numpy rule (the ONNX path) and
+    models.scoring.row_contributions agree exactly on the same element scores."""
+    model = small_lstm()
+    series = torch.randn(500, 4, generator=torch.Generator().manual_seed(5))
+    entity = np.repeat([0, 1], [230, 270])
+    starts = window_starts(entity, 10, 1)
+    starts = starts[(starts < 150) | (starts >= 230)]  # rows 159..229: no window
+    expected, cover = row_contributions(model, WindowSet(series, torch.from_numpy(starts), 10),
+                                        batch_size=97)
+    got, got_cover = numpy_row_contributions(lambda w: torch_elements(model, w), series.numpy(),
+                                             starts, 10, batch_size=97)
+    np.testing.assert_array_equal(got_cover, cover.numpy())
+    np.testing.assert_array_equal(got, expected.numpy())  # NaN where no window covers a row
+    assert np.isnan(got[159:230]).all() and np.isfinite(got[:159]).all()
+    assert np.isfinite(got[230:]).all() and cover.max() == 10
+
+
+def spiky_probe(model, seed: int = 3) -> Probe:
+    """Three blocks of sine rows; the middle one carries a spike the model cannot explain."""
+    rows = model.window + 60
+    t = np.arange(3 * rows)[:, None]
+    series = np.sin(t / 3 + np.arange(model.n_features)).astype(np.float32)
+    series += 0.05 * np.random.default_rng(seed).standard_normal(series.shape).astype(np.float32)
+    series[rows + 30 : rows + 34] += 4.0
+    return Probe(series, np.repeat(np.arange(3, dtype=np.int32), rows), "test rows")
+
+
+def test_parity_is_measured_on_row_scores_and_verdicts_at_the_threshold() -> None:
+    model = small_lstm()
+    probe = spiky_probe(model)
+    _, clean = check_export(model, probe)  # no threshold: the scale is the largest row score
+    threshold = 0.5 * clean.scale
+    data, outcome = check_export(model, probe, threshold)
+    assert data is not None and outcome.exported and outcome.reason is None
+    assert outcome.probe == "test rows" and outcome.probe_rows == 3 * 70
+    assert outcome.probe_windows == 3 * 61 and outcome.threshold == threshold
+    assert outcome.flagged_rows > 0 and outcome.verdict_flips == 0
+    assert outcome.row_max_rel_diff == outcome.row_max_abs_diff / threshold < 1e-5
+    assert outcome.rule == RULE
+
+
+def perturbed(model, factor: float):
+    """A copy whose decoder output layer is scaled: a graph that is not quite the model."""
+    other = build_model("lstm_ae", 4, 10, {"hidden": 16, "latent": 4}).eval()
+    state = model.state_dict()
+    other.load_state_dict({k: v * factor if k.startswith("out") else v for k, v in state.items()})
+    return other
+
+
+def test_a_graph_that_changes_verdicts_or_drifts_from_torch_is_refused() -> None:
+    model = small_lstm()
+    assert any(k.startswith("out") for k in model.state_dict())
+    probe = spiky_probe(model)
+    scores = probe_scores(lambda w: torch_elements(model, w), probe)
+    threshold = float(np.quantile(scores[np.isfinite(scores)], 0.9))
+    far = OnnxScorer(export_onnx(perturbed(model, 1.5)))
+    measured = parity(model, far, probe, threshold, None)
+    assert measured["verdict_flips"] > 0
+    assert refusal(measured).startswith(f"{measured['verdict_flips']} of 210 probe rows change")
+    # A graph 5% off with nothing near the threshold on the probe: no flip here, but
+    # rows near the threshold on another night would flip, so it is refused as well.
+    near = OnnxScorer(export_onnx(perturbed(model, 1.1)))
+    above_all = 1.01 * max(np.nanmax(scores), np.nanmax(probe_scores(near.run, probe)))
+    measured = parity(model, near, probe, float(above_all), None)
+    assert measured["verdict_flips"] == 0 and measured["row_max_rel_diff"] > ROW_TOLERANCE
+    assert refusal(measured).startswith("row scores differ by")
+
+
+def probe_scores(score, probe: Probe, length: int = 10) -> np.ndarray:
+    starts = window_starts(probe.block, length, 1)
+    return numpy_row_contributions(score, probe.series, starts, length)[0].sum(axis=1)
+
+
+def test_probe_is_validation_rows_in_blocks_within_one_entity_around_the_top_scores() -> None:
+    rows = 400
+    frame = pl.DataFrame({
+        "entity": np.repeat(["a", "b"], rows),
+        "split": np.tile(np.repeat(["train", "validation"], [150, 250]), 2),
+        "s0": np.arange(2 * rows, dtype=np.float32),
+    })
+    scores = np.zeros(2 * rows)
+    scores[rows + 300] = 9.0  # entity b's validation rows hold the highest score
+    probe = select_probe(frame, scores, ["s0"], length=5, n_blocks=4)
+    size = 5 + BLOCK_WINDOWS - 1
+    blocks = probe.series[:, 0].reshape(-1, size)
+    assert probe.source == "validation rows" and 2 <= len(blocks) <= 4  # 2 fit per entity
+    assert Probe.from_bytes(probe.to_bytes()).source == "validation rows"
+    validation = np.flatnonzero(frame["split"].to_numpy() == "validation")
+    for block in blocks.astype(int):
+        assert np.isin(block, validation).all() and (block < rows).all() != (block >= rows).all()
+    assert any(rows + 300 in block for block in blocks.astype(int))

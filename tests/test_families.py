@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,8 +16,10 @@ from models.base import WindowModel
 from models.engine import EngineSettings, WindowSet, fit
 from models.registry import FAMILIES, build_model
 from models.scoring import row_contributions
-from tasks.scoring import OnnxScorer
-from tasks.training.export import export_onnx
+from tasks.data.window import window_starts
+from tasks.scoring import OnnxScorer, numpy_row_contributions
+from tasks.training.export import ROW_TOLERANCE, check_export, export_onnx, torch_elements
+from tasks.training.probe import Probe
 from tasks.versions import model_from_bytes, weights_bytes
 
 torch.set_num_threads(2)
@@ -117,3 +120,31 @@ def test_onnx_parity_on_1000_windows(name: str) -> None:
     assert float((got - expected).abs().max()) < 1e-4
     # The dynamic batch axis: any batch size scores, not just the export example's.
     assert scorer.element_scores(x[:1].numpy()).shape == (1, WINDOW, FEATURES)
+
+
+def scoring_variant(name: str) -> WindowModel:
+    """A trained family; "anogan-search" is AnoGAN's weights scored by latent search."""
+    family, _, mode = name.partition("-")
+    model = trained(family)[0]
+    if not mode:
+        return model
+    args = model.arguments()
+    params = {**args["params"], "mode": mode, "search_steps": 20}
+    return model_from_bytes({**args, "params": params}, weights_bytes(model), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", [*TORCH_FAMILIES, "anogan-search"])
+def test_checked_export_on_real_rows_flags_the_same_rows(name: str) -> None:
+    """Every family (AnoGAN in both modes) ships a graph that passes the export rule."""
+    model = scoring_variant(name)
+    series = tiny_series(300, seed=1).numpy()
+    series[150:153] += 3.0  # an anomaly, so that some rows are flagged
+    probe = Probe(series, np.zeros(300, dtype=np.int32), "sine rows")
+    starts = window_starts(probe.block, WINDOW, 1)
+    scores = numpy_row_contributions(lambda w: torch_elements(model, w), series, starts,
+                                     WINDOW)[0].sum(axis=1)
+    threshold = float(np.quantile(scores, 0.95))
+    data, outcome = check_export(model, probe, threshold)
+    assert data is not None and outcome.exported, outcome.reason
+    assert outcome.verdict_flips == 0 and outcome.flagged_rows >= 10
+    assert outcome.row_max_rel_diff < ROW_TOLERANCE

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 import tomllib
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +18,8 @@ import pytest
 
 from schemas.config import DatasetConfig, default_config_path, parse_config
 from tasks.common import store_for
-from tasks.versions import champion_ref, load_version_files, read_champion
+from tasks.nightly.score import read_scores
+from tasks.versions import VersionRef, champion_ref, load_version_files, read_champion
 
 
 def small_config(tmp_path: Path) -> DatasetConfig:
@@ -221,3 +227,150 @@ def test_the_ui_shows_plots_progress_and_links_of_the_run_and_the_nights(trained
     assert training.data == 100.0 and training.description.startswith("dense_ae: done, ")
     assert backfill.data == 100.0 and backfill.description.startswith("2/2 nights")
     assert training.updated > training.created  # moved while the work ran, not created at 100
+
+
+# -- scoring without torch (after the UI test: these nights publish artifacts under the same
+# keys, and a torch-free night has no plot, since matplotlib is not in the scoring set) ------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scoring_copy(trained, tmp_path: Path, backend: str = "onnx",
+                 revalidate: bool = True) -> tuple[DatasetConfig, str]:
+    """The trained store copied under a config that scores with `backend`; `revalidate`
+    leaves the ingestion ledger out, so the night's batches go through GX again."""
+    from schemas.config import ScoringConfig
+
+    cfg, _, _, _ = trained
+    source = Path(cfg.store.root.removeprefix("file://"))
+    ignore = shutil.ignore_patterns("ingested") if revalidate else None
+    shutil.copytree(source, tmp_path / "store", ignore=ignore)
+    copy = cfg.model_copy(update={
+        "scoring": ScoringConfig(backend=backend),
+        "store": cfg.store.model_copy(update={"root": f"file://{tmp_path}/store"})})
+    return copy, write_config(copy, tmp_path / "scoring.toml")
+
+
+def run_torchless(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`nightowl ARGS` where only the scoring install's distributions import (tests/torchless.py)."""
+    from prefect.settings import PREFECT_API_URL
+
+    loaded = tmp_path / "loaded.json"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "torchless.py"), str(loaded), *args],
+                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+    return done, json.loads(loaded.read_text()) if loaded.exists() else []
+
+
+def assert_same_night(got: pl.DataFrame, want: pl.DataFrame) -> None:
+    """Identical verdicts, and scores within the export rule's tolerance (ROW_TOLERANCE x the
+    threshold; measured differences are ~1e-7 of it)."""
+    from tasks.training.export import ROW_TOLERANCE
+
+    assert got.height == want.height > 0
+    assert got["timestamp"].to_list() == want["timestamp"].to_list()
+    threshold = float(want["threshold"][0])
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=0,
+                               atol=ROW_TOLERANCE * threshold)
+    assert (got["is_anomaly"] == want["is_anomaly"]).all()
+
+
+def test_the_nightly_flow_runs_where_torch_cannot_be_imported(trained, tmp_path) -> None:
+    """Ingest (GX), score through model.onnx, drift, alerts, artifacts: no torch on the path,
+    and every module it loads comes from the `scoring` install's distributions."""
+    from importlib.metadata import packages_distributions
+
+    from tests.torchless import canonical, scoring_distributions
+
+    cfg, _, _, nights = trained
+    night = nights[1]
+    copy, path = scoring_copy(trained, tmp_path)
+    done, loaded = run_torchless(tmp_path, "score", night["date"], "-c", path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    scored = json.loads(done.stdout[done.stdout.index("{"):])
+    assert scored["backends"] == ["onnx"] and scored["notes"] == [] and scored["status"] == "scored"
+    store = store_for(copy)
+    day = date.fromisoformat(night["date"])
+    assert_same_night(read_scores(store, copy, day), read_scores(store_for(cfg), cfg, day))
+    assert store.list(f"datasets/{cfg.name}/ingested/")  # the night was validated again, by GX
+    assert "torch" not in loaded and "great_expectations" in loaded and "onnxruntime" in loaded
+    owners = packages_distributions()  # and each came from the scoring set
+    used = {canonical(d) for module in loaded for d in owners.get(module, [])}
+    assert used and used <= scoring_distributions(), used - scoring_distributions()
+
+
+def champion_without_graph(cfg: DatasetConfig) -> VersionRef:
+    """The champion re-registered as a version whose export was refused (no model.onnx)."""
+    from tasks.store import json_bytes
+    from tasks.versions import METRICS, ONNX, register_version, set_champion
+
+    store = store_for(cfg)
+    ref = champion_ref(read_champion(store, cfg.name))
+    files = load_version_files(store, ref)
+    metrics = json.loads(files.pop(METRICS))
+    metrics["export"] = {**metrics["export"], "exported": False,
+                         "reason": "3 of 1536 probe rows change verdict at threshold 1.5"}
+    del files[ONNX]
+    new = register_version(store, cfg.name, ref.family, {**files, METRICS: json_bytes(metrics)})
+    set_champion(store, new, "pr_auc", 0.5)
+    return new
+
+
+def test_a_champion_without_a_graph_is_scored_with_torch_and_the_night_says_so(trained,
+                                                                               tmp_path) -> None:
+    from datetime import date
+
+    from tasks.nightly.score import commit_night, plan_night, score_shard
+
+    cfg, _, _, nights = trained
+    copy, _ = scoring_copy(trained, tmp_path, revalidate=False)
+    ref = champion_without_graph(copy)
+    day = date.fromisoformat(nights[0]["date"])
+    shards = [score_shard.fn(copy, day, shard) for shard in plan_night.fn(copy, day).shards]
+    (scored,) = commit_night.fn(copy, day, shards)  # what the night's artifact shows
+    assert scored.backend == "torch" and scored.model_version == ref.version
+    note = scored.note
+    assert ref.version in note and "no model.onnx" in note
+    assert "3 of 1536 probe rows change verdict" in note
+    assert_same_night(read_scores(store_for(copy), copy, day),
+                      read_scores(store_for(cfg), cfg, day))
+
+
+def test_without_torch_a_champion_without_a_graph_fails_with_one_clear_message(trained,
+                                                                              tmp_path) -> None:
+    copy, path = scoring_copy(trained, tmp_path, revalidate=False)
+    ref = champion_without_graph(copy)
+    done, _ = run_torchless(tmp_path, "score", trained[3][0]["date"], "-c", path)
+    assert done.returncode != 0
+    message = (f"ScoringBackendError: {copy.name}: [scoring] backend is 'onnx' but champion "
+               f"{ref.family}/{ref.version} has no model.onnx (export refused: 3 of 1536 probe "
+               f"rows change verdict at threshold 1.5), and torch is not installed")
+    assert message in done.stderr
+
+
+@pytest.mark.slow
+def test_the_scoring_install_scores_a_night_that_the_full_install_trained(trained,
+                                                                           tmp_path) -> None:
+    """`make scoring-venv` (nightowl[scoring], cached by its stamp like .venv): no torch
+    there, and `nightowl score` through the champion's graph gives the full install's night."""
+    from prefect.settings import PREFECT_API_URL
+
+    build = subprocess.run(["make", "scoring-venv", f"PYTHON={sys.executable}"], cwd=REPO,
+                           text=True, capture_output=True, timeout=1200)
+    assert build.returncode == 0, build.stderr[-3000:]
+    venv = REPO / ".venv-scoring" / "bin"
+    no_torch = subprocess.run([str(venv / "python"), "-c", "import torch"], capture_output=True,
+                              text=True)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    cfg, _, _, nights = trained
+    copy, path = scoring_copy(trained, tmp_path)
+    night = nights[1]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run([str(venv / "nightowl"), "score", night["date"], "-c", path],
+                          cwd=tmp_path, env=env, text=True, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    scored = json.loads(done.stdout[done.stdout.index("{"):])
+    assert scored["backends"] == ["onnx"]
+    day = date.fromisoformat(night["date"])
+    assert_same_night(read_scores(store_for(copy), copy, day),
+                      read_scores(store_for(cfg), cfg, day))

@@ -54,3 +54,34 @@ def test_every_stage_module_lives_in_a_room() -> None:
     shared = {"__init__.py", "common.py", "store.py", "versions.py", "scoring.py", "ui.py"}
     top = {p.name for p in (REPO / "tasks").glob("*.py")}
     assert top == shared, "a new stage belongs in tasks/data, training, nightly or evaluation"
+
+
+NIGHTLY_PATH = ["flows/nightly.py", "flows/common.py", "flows/cli.py", "flows/runners.py",
+                "tasks/ui.py", "tasks/common.py",
+                "tasks/store.py", "tasks/versions.py", "tasks/scoring.py", "tasks/nightly",
+                "tasks/data", "tasks/evaluation/drift.py", "tasks/evaluation/normalise.py",
+                "schemas"]
+TRAINING_ONLY = ("torch", "models", "safetensors", "sklearn", "scipy", "matplotlib", "onnx.",
+                 "onnxscript")
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Imports that run when the module loads (not inside functions or TYPE_CHECKING)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_the_nightly_path_loads_no_training_dependency() -> None:
+    """A `nightowl[scoring]` install has no torch, sklearn, scipy or matplotlib: the nightly
+    path imports them only inside the functions that need them (the e2e test runs it so)."""
+    paths = [p for entry in NIGHTLY_PATH for p in
+             ([REPO / entry] if entry.endswith(".py") else modules(entry))]
+    bad = [f"{p.relative_to(REPO)} imports {name}" for p in paths
+           for name in sorted(module_level_imports(p))
+           if name in ("onnx",) or name.startswith(TRAINING_ONLY)]
+    assert bad == []

@@ -87,6 +87,21 @@ def test_report_markdown_names_metrics_threshold_guarantee_and_plots():
     boot = ev["threshold"]["methods"]["target_fpr"]["bootstrap_fpr"]
     assert f"[{boot['low']:.4f}, {boot['high']:.4f}]" in md
     assert "![plots/timeline.png](plots/timeline.png)" in md
+    assert "No ONNX export was attempted." in md
+
+
+def test_report_says_whether_the_version_ships_a_checked_graph():
+    ev = _evaluation(0, 4.0)
+    shipped = {"exported": True, "bytes": 204800, "probe_rows": 2032, "probe": "validation rows",
+               "row_max_rel_diff": 2.5e-7, "verdict_flips": 0, "flagged_rows": 41}
+    md = report_markdown("rep_ds", "dense_ae", ev["metrics"], ev["threshold"], ev["fit"], [],
+                         shipped)
+    assert ("model.onnx (200 kB) checked against torch on 2032 validation rows: row scores "
+            "differ by at most 2.5e-07 x the threshold, 0 verdict flips (41 rows flagged") in md
+    refused = {"exported": False, "reason": "2 of 2032 probe rows change verdict"}
+    md = report_markdown("rep_ds", "dense_ae", ev["metrics"], ev["threshold"], ev["fit"], [],
+                         refused)
+    assert "No model.onnx: 2 of 2032 probe rows change verdict. Nightly scoring needs torch" in md
 
 
 def test_artifact_keys_are_prefect_safe():

@@ -85,7 +85,9 @@ class NightResult:
                 "anomalies": self.anomalies, "keys": [k for s in self.scopes for k in s.scoring.keys],
                 "model_version": versions[0] if len(versions) == 1 else None,
                 "models": len(versions), "not_modelled": len(self.plan.not_modelled),
-                "model_seconds": round(sum(s.scoring.model_seconds for s in self.scopes), 3)}
+                "model_seconds": round(sum(s.scoring.model_seconds for s in self.scopes), 3),
+                "backends": sorted({s.scoring.backend for s in self.scopes if s.scoring.backend}),
+                "notes": [s.scoring.note for s in self.scopes if s.scoring.note]}
 
     def to_json(self) -> dict[str, Any]:
         """The flow's return value: small and JSON-able (per-feature statistics stay stored)."""
@@ -250,6 +252,8 @@ def night_markdown(night: NightResult, links: NightLinks | None = None) -> str:
         (f"| anomaly segments | {sum(a.segments for a in alerts)} "
          f"(alerts sent: {sum(a.sent for a in alerts)}) |"),
         f"| model version | {versions if night.scopes else '—'} |",
+        (f"| scored with | {', '.join(scoring['backends']) or '—'}"
+         f"{' (' + '; '.join(scoring['notes']) + ')' if scoring['notes'] else ''} |"),
         f"| drift | {verdict} |",
         f"| drift event | {', '.join(events) or '—'} |",
     ]

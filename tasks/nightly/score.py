@@ -8,6 +8,12 @@ Parquet part. Per row: score, per-feature contribution, p-value, threshold, verd
 the model version (schema in README). Windows need the rows before midnight: a shard
 reads the last `window - 1` rows of each entity's previous day as context. A rerun of the
 night replaces its parts (`commit_night` removes parts this run did not write).
+
+Backend (`[scoring] backend`): "torch" runs the champion's torch model; "onnx" runs
+its verified model.onnx on ONNX Runtime through the numpy row mapping, with no
+torch imported (a `scoring` install has none). A champion without a graph is then
+scored with torch if torch is installed, and the night says so (`ScoredNight.note`);
+without torch the night fails with the version and the reason its export was refused.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -27,16 +33,27 @@ from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.data.ingest import entity_rows, load_validated
 from tasks.data.scale import apply_scaler
 from tasks.evaluation.normalise import p_values_from_threshold
-from tasks.scoring import CONTRIB_PREFIX, OnnxScorer, Scorer, score_rows
+from tasks.scoring import CONTRIB_PREFIX, OnnxScorer, score_rows
 from tasks.store import Store
 from tasks.versions import (
     ONNX,
     LoadedModel,
     VersionRef,
-    load_champion,
+    current_champion,
+    export_outcome,
+    has_file,
+    load_model,
     load_version_files,
     read_champion,
 )
+
+if TYPE_CHECKING:
+    from models.base import WindowModel
+
+
+class ScoringBackendError(RuntimeError):
+    """The champion cannot be scored here: no graph for "onnx" and no torch to fall back on,
+    or backend "torch" on an install without torch."""
 
 DATASET_PART = "_dataset"  # part-name stem of the dataset-level model (no group can be named so)
 
@@ -80,6 +97,8 @@ class ScoredShard:
     model_family: str
     model_version: str
     model_seconds: float  # time inside the model (the rest of a night is I/O and orchestration)
+    backend: str = "torch"  # what scored the shard: "torch" | "onnx"
+    note: str | None = None  # why that differs from the configured backend
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,8 @@ class ScoredNight:
     model_version: str | None = None
     group: str | None = None
     model_seconds: float = 0.0
+    backend: str | None = None  # what scored the night: "torch" | "onnx"
+    note: str | None = None  # why that differs from the configured backend
 
     @property
     def model(self) -> VersionRef | None:
@@ -127,12 +148,59 @@ def scores_frame(
     )
 
 
-def champion_scorer(cfg: DatasetConfig, loaded: LoadedModel) -> Scorer:
-    """The torch model, or its verified ONNX graph on ONNX Runtime when the config says so."""
-    if cfg.scoring.backend == "torch":
-        return loaded.model
-    files = load_version_files(store_for(cfg), loaded.ref, [ONNX])  # sha256-checked
-    return OnnxScorer(files[ONNX])
+@dataclass
+class ChampionScorer:
+    """The loaded champion, what scores it, and a note when that is not the configured backend."""
+
+    loaded: LoadedModel
+    scorer: WindowModel | OnnxScorer
+    backend: str
+    note: str | None = None
+
+
+def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> ChampionScorer:
+    """The torch model, or its verified ONNX graph on ONNX Runtime when the config says so
+    (falling back to torch, said aloud, when the version has no graph)."""
+    note = None
+    if cfg.scoring.backend == "onnx":
+        if has_file(store, ref, ONNX):
+            graph = load_version_files(store, ref, [ONNX])[ONNX]  # sha256-checked
+            return ChampionScorer(load_model(store, ref, None),
+                                  OnnxScorer(graph, cfg.scoring.threads), "onnx")
+        why = refused_export_reason(store, ref)
+        if not torch_installed():
+            raise ScoringBackendError(
+                f"{cfg.name}: [scoring] backend is 'onnx' but champion {ref.family}/{ref.version} "
+                f"has no model.onnx ({why}), and torch is not installed to score it otherwise; "
+                f"install the training set (pip install 'nightowl[train]') or promote a version "
+                f"with a verified graph")
+        note = (f"backend 'onnx' configured, but {ref.family}/{ref.version} has no model.onnx "
+                f"({why}): scored with torch")
+        run_logger(__name__).warning("%s: %s", cfg.name, note)
+    elif not torch_installed():
+        raise ScoringBackendError(
+            f"{cfg.name}: [scoring] backend is 'torch' but torch is not installed (a scoring "
+            f"install); set [scoring] backend = 'onnx' to score {ref.family}/{ref.version} "
+            f"through its model.onnx")
+    loaded = load_model(store, ref, compute_device(cfg))
+    return ChampionScorer(loaded, loaded.model, "torch", note)
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here (a `scoring` install has none)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def refused_export_reason(store: Store, ref: VersionRef) -> str:
+    """Why a version has no graph, from its metrics.json `export` section."""
+    outcome = export_outcome(store, ref)
+    if outcome is None:
+        return "no export was recorded for this version"
+    return f"export refused: {outcome.get('reason') or 'no reason recorded'}"
 
 
 def scores_prefix(cfg: DatasetConfig, day: date) -> str:
@@ -219,20 +287,22 @@ def score_shard(cfg: DatasetConfig, day: date, shard: Shard) -> ScoredShard:
     """Score one shard's rows of a night with its scope's champion; writes one part."""
     store = store_for(cfg)
     scoped = cfg.for_group(shard.group)
-    loaded = load_champion(store, scoped.scope_name, compute_device(cfg))
+    champion = champion_scorer(cfg, store, current_champion(store, scoped.scope_name))
+    loaded = champion.loaded
     start = day_start(day)
     today = load_validated(store, scoped, start, start + timedelta(days=1), shard.entities)
     before = load_validated(store, scoped, start - timedelta(days=1), start, shard.entities)
     frame = apply_scaler(with_context(today, before, loaded.window), loaded.scaler)
     started = time.perf_counter()
-    scores, contrib = score_rows(champion_scorer(cfg, loaded), frame, loaded.features,
-                                 loaded.window, loaded.feature_scale)
+    scores, contrib = score_rows(champion.scorer, frame, loaded.features, loaded.window,
+                                 loaded.feature_scale)
     model_seconds = time.perf_counter() - started
     out = scores_frame(frame, scores, contrib, loaded).filter(pl.col("timestamp") >= start)
     key = part_key(cfg, day, shard.part)
     store.write_parquet(key, out.to_arrow())
     return ScoredShard(shard.group, key, out.height, int(out["is_anomaly"].sum()),
-                       loaded.ref.family, loaded.ref.version, model_seconds)
+                       loaded.ref.family, loaded.ref.version, model_seconds, champion.backend,
+                       champion.note)
 
 
 @task(name="commit-night", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -250,9 +320,10 @@ def commit_night(cfg: DatasetConfig, day: date, shards: list[ScoredShard]) -> li
         nights.append(ScoredNight(cfg.name, day.isoformat(), "scored", sum(s.rows for s in mine),
                                   sum(s.anomalies for s in mine), [s.key for s in mine],
                                   mine[0].model_family, mine[0].model_version, group,
-                                  sum(s.model_seconds for s in mine)))
+                                  sum(s.model_seconds for s in mine), mine[0].backend,
+                                  mine[0].note))
         run_logger(__name__).info(
-            "%s %s: scored %d rows, %d anomalous, model %s/%s", cfg.for_group(group).label, day,
-            nights[-1].rows, nights[-1].anomalies, nights[-1].model_family,
-            nights[-1].model_version)
+            "%s %s: scored %d rows with %s, %d anomalous, model %s/%s",
+            cfg.for_group(group).label, day, nights[-1].rows, nights[-1].backend,
+            nights[-1].anomalies, nights[-1].model_family, nights[-1].model_version)
     return nights

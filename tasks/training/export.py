@@ -1,11 +1,19 @@
 """Export stage: a family's element scores as an ONNX graph, checked against torch.
 
-Why: a version carries `model.onnx` beside its safetensors weights so scoring can
-run without torch (ONNX Runtime, CPU), and the file is checked against torch at
-export time so a silently wrong export never reaches a version. The graph maps
-windows (B, L, F) to element scores (B, L, F), B dynamic; legacy TorchScript-based
-exporter (`dynamo=False`), ONNX opset 17. Scoring through the graph is
-tasks.scoring.OnnxScorer.
+Why: a version carries `model.onnx` beside its safetensors weights so nightly
+scoring can run without torch (ONNX Runtime, CPU; the `scoring` install). The
+graph maps windows (B, L, F) to element scores (B, L, F), B dynamic; legacy
+TorchScript-based exporter (`dynamo=False`), ONNX opset 17.
+
+The check compares what users see, on real data: the candidate's probe of
+validation rows (tasks.training.probe) is scored both ways, torch on the CPU and
+the graph on ONNX Runtime, through the row rule, and the row scores and the
+verdicts at the calibrated threshold are compared. The measured differences go
+to export.json (then metrics.json, `export`). The rule (`RULE`): the graph is
+refused when verdicts would differ, that is when any probe row's verdict
+differs, or when any probe row's score differs by more than `ROW_TOLERANCE` x
+the threshold (beyond that, rows near the threshold on other nights would flip).
+Float noise is ~1e-7 of the threshold; a wrong graph is off by O(1).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -23,13 +32,17 @@ from models.base import WindowModel
 from models.registry import build_model
 from schemas.config import DatasetConfig
 from tasks.common import compute_device, process_lock, run_logger, store_for
-from tasks.scoring import OnnxScorer
+from tasks.data.window import window_starts
+from tasks.scoring import OnnxScorer, normalised, numpy_row_contributions
+from tasks.training.probe import PROBE, Probe
 from tasks.training.train import FIT, TrainedCandidate
-from tasks.versions import ONNX, WEIGHTS, model_from_bytes
+from tasks.versions import ONNX, THRESHOLD, WEIGHTS, model_from_bytes
 
 OPSET = 17
 EXPORT = "export.json"
-PARITY_TOLERANCE = 1e-4
+ROW_TOLERANCE = 1e-3
+RULE = (f"refused iff a probe row's verdict (score > threshold) differs between torch and "
+        f"ONNX Runtime, or a probe row's score differs by more than {ROW_TOLERANCE:g} x threshold")
 INPUT, OUTPUT = "windows", "element_scores"
 EXPORTER = "onnx-export"
 """torch.onnx.export keeps process-global state (GLOBALS.in_onnx_export): two exports in
@@ -66,67 +79,132 @@ def cpu_copy(model: WindowModel) -> WindowModel:
     return clone.eval()
 
 
-@torch.no_grad()
-def parity(model: WindowModel, scorer: OnnxScorer, windows: torch.Tensor) -> float:
-    """Max abs difference between torch on the CPU and ONNX Runtime on `windows`.
-
-    The reference is a CPU copy: on CUDA, cuDNN's TF32 RNN kernels alone move LSTM
-    scores by ~4e-4 (measured on an H200), which says nothing about the export.
-    """
-    expected = cpu_copy(model).element_scores(windows.cpu()).float()
-    return float((scorer.element_scores(windows.cpu()) - expected).abs().max())
-
-
-def probe_windows(model: WindowModel, n: int = 256, seed: int = 0) -> torch.Tensor:
-    """Seeded standard-normal windows: the scale of standardised data, for parity checks."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, model.window, model.n_features, generator=gen)
+def random_probe(model: WindowModel, blocks: int = 4, seed: int = 0) -> Probe:
+    """Seeded standard-normal rows (the scale of standardised data), for a candidate that
+    saved no probe of its own."""
+    rows = model.window + 63
+    gen = np.random.default_rng(seed)
+    series = gen.standard_normal((blocks * rows, model.n_features)).astype(np.float32)
+    return Probe(series, np.repeat(np.arange(blocks, dtype=np.int32), rows), "standard normal")
 
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """Whether the candidate carries model.onnx, its measured parity, or why it does not."""
+    """Whether the candidate carries model.onnx, the parity measured on its probe, or why not.
+
+    `max_abs_diff`: element scores; `row_max_abs_diff` / `row_max_rel_diff`: row scores,
+    absolute and divided by `scale` (the threshold, or without one the largest torch row
+    score); `flagged_rows`: probe rows over the threshold by torch; `verdict_flips`: rows
+    whose verdict ONNX Runtime would change.
+    """
 
     family: str
     exported: bool
-    max_abs_diff: float | None = None
-    bytes: int = 0
     reason: str | None = None
+    bytes: int = 0
+    probe: str | None = None
+    probe_rows: int = 0
+    probe_windows: int = 0
+    max_abs_diff: float | None = None
+    row_max_abs_diff: float | None = None
+    row_max_rel_diff: float | None = None
+    scale: float | None = None
+    threshold: float | None = None
+    flagged_rows: int | None = None
+    verdict_flips: int | None = None
+    rule: str = RULE
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def check_export(model: WindowModel, probe: torch.Tensor | None = None
-                 ) -> tuple[bytes | None, OnnxExport]:
-    """(graph, outcome): the graph only when its scores match torch's on `probe` windows."""
-    probe = probe_windows(model) if probe is None else probe
+@torch.no_grad()
+def torch_elements(model: WindowModel, windows: np.ndarray) -> np.ndarray:
+    """(B, L, F) element scores of numpy windows by a CPU torch model."""
+    return model.element_scores(torch.from_numpy(np.ascontiguousarray(windows))).float().numpy()
+
+
+def parity(model: WindowModel, scorer: OnnxScorer, probe: Probe, threshold: float | None,
+           feature_scale: list[float] | None) -> dict[str, Any]:
+    """Torch on the CPU vs ONNX Runtime on the probe: element, row and verdict differences.
+
+    The reference is a CPU copy: on CUDA, cuDNN's TF32 RNN kernels alone move LSTM
+    scores by ~4e-4 (measured on an H200), which says nothing about the export.
+    """
+    reference = cpu_copy(model)
+    length = model.window
+    starts = window_starts(probe.block, length, 1)
+    windows = probe.series[starts[:, None] + np.arange(length)]  # (N, L, F), a few thousand
+    elements = np.abs(scorer.run(windows) - torch_elements(reference, windows))
+    rows = [normalised(numpy_row_contributions(score, probe.series, starts, length)[0],
+                       feature_scale)[0]
+            for score in (lambda w: torch_elements(reference, w), scorer.run)]
+    want, got = rows
+    covered = np.isfinite(want)
+    diff = np.where(np.isfinite(got), np.abs(got - want), np.inf)[covered]
+    scale = float(threshold) if threshold is not None and threshold > 0 else float(
+        np.max(want[covered], initial=0.0)) or 1.0
+    out: dict[str, Any] = {
+        "probe": probe.source, "probe_rows": probe.rows, "probe_windows": len(starts),
+        "max_abs_diff": float(np.max(elements, initial=0.0)),
+        "row_max_abs_diff": float(np.max(diff, initial=0.0)),
+        "row_max_rel_diff": float(np.max(diff, initial=0.0)) / scale, "scale": scale,
+    }
+    if threshold is not None:
+        above = want[covered] > threshold
+        out |= {"threshold": float(threshold), "flagged_rows": int(above.sum()),
+                "verdict_flips": int((above != (np.nan_to_num(got[covered], nan=-np.inf)
+                                                > threshold)).sum())}
+    return out
+
+
+def refusal(measured: dict[str, Any]) -> str | None:
+    """Why the graph must not ship (`RULE`), or None when it may."""
+    if measured.get("verdict_flips"):
+        return (f"{measured['verdict_flips']} of {measured['probe_rows']} probe rows change "
+                f"verdict at threshold {measured['threshold']:.6g}")
+    if not measured["row_max_rel_diff"] <= ROW_TOLERANCE:
+        return (f"row scores differ by {measured['row_max_rel_diff']:.3g} x the score scale "
+                f"{measured['scale']:.6g} (> {ROW_TOLERANCE:g})")
+    return None
+
+
+def check_export(model: WindowModel, probe: Probe | None = None, threshold: float | None = None,
+                 feature_scale: list[float] | None = None) -> tuple[bytes | None, OnnxExport]:
+    """(graph, outcome): the graph only when it passes `RULE` on the probe's rows."""
+    probe = random_probe(model) if probe is None else probe
     try:
         data = export_onnx(model)
-        diff = parity(model, OnnxScorer(data), probe)
+        measured = parity(model, OnnxScorer(data), probe, threshold, feature_scale)
     except Exception as err:  # noqa: BLE001 - any exporter failure means "no ONNX file"
         return None, OnnxExport(model.name, False, reason=f"export failed: {err}")
-    if not diff <= PARITY_TOLERANCE:
-        return None, OnnxExport(model.name, False, diff, len(data),
-                                f"ONNX scores differ from torch by {diff:.3g} (> {PARITY_TOLERANCE})")
-    return data, OnnxExport(model.name, True, diff, len(data))
+    reason = refusal(measured)
+    return (None if reason else data), OnnxExport(model.name, reason is None, reason, len(data),
+                                                  **measured)
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
 def export_candidate(cfg: DatasetConfig, trained: TrainedCandidate) -> OnnxExport:
-    """model.onnx beside the candidate's weights, checked against torch; a family that cannot
-    be exported keeps its torch weights only (the outcome says why)."""
+    """model.onnx beside the candidate's weights, checked against torch on its probe at its
+    calibrated threshold; a refused graph leaves torch weights only (the outcome says why)."""
     store = store_for(cfg)
     arguments = store.read_json(trained.file(FIT))["arguments"]
     model = model_from_bytes(arguments, store.read_bytes(trained.file(WEIGHTS)), compute_device(cfg))
-    data, outcome = check_export(model)
+    probe = (Probe.from_bytes(store.read_bytes(trained.file(PROBE)))
+             if store.exists(trained.file(PROBE)) else None)
+    calibrated = (store.read_json(trained.file(THRESHOLD))
+                  if store.exists(trained.file(THRESHOLD)) else {})
+    data, outcome = check_export(model, probe, calibrated.get("threshold"),
+                                 calibrated.get("feature_scale"))
     log = run_logger(__name__)
     if data is None:
         log.warning("%s: no model.onnx (%s); the version keeps torch weights only",
                     trained.family, outcome.reason)
     else:
         store.write_bytes(trained.file(ONNX), data)
-        log.info("%s: exported ONNX (opset %d, %d bytes), parity %.2g", trained.family, OPSET,
-                 outcome.bytes, outcome.max_abs_diff)
+        log.info("%s: exported ONNX (opset %d, %d bytes); on %d %s: rows differ by %.2g x %s, "
+                 "%s verdict flips", trained.family, OPSET, outcome.bytes, outcome.probe_rows,
+                 outcome.probe, outcome.row_max_rel_diff, "threshold" if outcome.threshold
+                 else "max score", outcome.verdict_flips)
     store.write_json(trained.file(EXPORT), outcome.to_json())
     return outcome

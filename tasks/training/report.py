@@ -30,6 +30,7 @@ from schemas.config import DatasetConfig
 from tasks.common import artifact_key, process_lock, run_logger, store_for
 from tasks.store import Store
 from tasks.training.calibrate import Calibration
+from tasks.training.export import EXPORT
 from tasks.training.register import PLOTS, Candidate
 from tasks.training.train import FIT, LATENTS, ROW_SCORES, TrainedCandidate
 from tasks.ui import (
@@ -198,11 +199,25 @@ def threshold_section(threshold: dict[str, Any]) -> list[str]:
     return lines
 
 
+def export_section(export: dict[str, Any] | None) -> list[str]:
+    """Whether the version ships model.onnx, and the parity measured on its probe rows."""
+    if export is None:
+        return ["No ONNX export was attempted."]
+    if not export.get("exported"):
+        return [f"No model.onnx: {export.get('reason')}. Nightly scoring needs torch for it."]
+    flips = export.get("verdict_flips")
+    return [f"model.onnx ({export.get('bytes', 0) / 1024:,.0f} kB) checked against torch on "
+            f"{export.get('probe_rows')} {export.get('probe')}: row scores differ by at most "
+            f"{_fmt(export.get('row_max_rel_diff'))} x the threshold, "
+            f"{'no verdict check (no threshold)' if flips is None else f'{flips} verdict flips'} "
+            f"({export.get('flagged_rows')} rows flagged by torch)."]
+
+
 def report_markdown(
     dataset: str, family: str, metrics: dict[str, float], threshold: dict[str, Any],
-    fit: dict[str, Any], plots: list[str],
+    fit: dict[str, Any], plots: list[str], export: dict[str, Any] | None = None,
 ) -> str:
-    """The version's report.md: metrics, thresholds, training, plots by relative path."""
+    """The version's report.md: metrics, thresholds, training, ONNX, plots by relative path."""
     lines = [
         f"# {dataset} — {family}", "",
         "## Validation metrics (labelled validation slice)", "",
@@ -215,6 +230,7 @@ def report_markdown(
          f"best holdout loss: {_fmt(fit.get('best_holdout'))}"),
         (f"- fit time: {_fmt(fit.get('fit_seconds'))} s on {fit.get('device')}, "
          f"{_fmt(fit.get('samples_per_s'))} windows/s, {fit.get('train_windows')} training windows"),
+        "", "## ONNX graph", "", *export_section(export),
         "", "## Plots", "",
         *(f"![{name}]({name})" for name in plots),
     ]
@@ -268,8 +284,9 @@ def report_candidate(cfg: DatasetConfig, trained: TrainedCandidate,
                                 fit, latents)
     for name, png in plots.items():
         store.write_bytes(trained.file(name), png)
+    export = store.read_json(trained.file(EXPORT)) if store.exists(trained.file(EXPORT)) else None
     report = report_markdown(cfg.label, trained.family, calibration.metrics, threshold, fit,
-                             sorted(plots, key=_plot_rank))
+                             sorted(plots, key=_plot_rank), export)
     store.write_bytes(trained.file(REPORT), report.encode())
     run_logger(__name__).info("%s: report with %d plots", trained.family, len(plots))
     return sorted(plots)

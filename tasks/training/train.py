@@ -3,7 +3,8 @@
 Everything that needs the model on the data happens here, while the series is
 resident on the device: the fit (checkpointed every epoch), the row scores of
 every train and validation row (so calibration, drift reference and reports
-read a small Parquet file instead of scoring again), and latent means for families that have them.
+read a small Parquet file instead of scoring again), latent means for families that have them,
+and the export check's probe of real validation rows (tasks.training.probe).
 
 The candidate's files land under models/<ds>/_runs/<run_id>/<family>/ (a
 scratch area); only registration turns them into an immutable version. A
@@ -42,6 +43,7 @@ from tasks.common import compute_device, process_lock, run_logger, store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.scoring import feature_error_scale, normalised, raw_contributions, series_tensor
 from tasks.store import Store, json_bytes
+from tasks.training.probe import PROBE, select_probe
 from tasks.training.progress import FamilyProgress
 from tasks.versions import WEIGHTS, weights_bytes
 
@@ -185,6 +187,9 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
         scores, scale = row_scores(model, scaled, features, length)
     store.write_bytes(f"{key}/{WEIGHTS}", weights_bytes(model))
     store.write_parquet(f"{key}/{ROW_SCORES}", scores.to_arrow())
+    probe = select_probe(scaled, scores["score"].to_numpy(), features, length)
+    if probe is not None:
+        store.write_bytes(f"{key}/{PROBE}", probe.to_bytes())
     if hasattr(model, "latent_means"):  # latent means, not samples: no RNG involved
         store.write_parquet(f"{key}/{LATENTS}", latents(model, series, index, length).to_arrow())
     store.write_bytes(f"{key}/{FIT}", json_bytes({
