@@ -37,7 +37,7 @@ from tasks.data.prepare import assign_splits
 from tasks.data.scale import apply_scaler
 from tasks.evaluation import loaders
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
-from tasks.scoring import score_rows
+from tasks.scoring import score_rows, scorer_of
 from tasks.training.register import choose_champion
 from tasks.versions import VersionRef, load_model
 
@@ -96,9 +96,9 @@ def evaluate_version(
     """Score-split metrics of one registered version at its calibrated threshold, plus speed."""
     loaded = load_model(store_for(cfg), ref, compute_device(cfg))
     scaled = apply_scaler(frame, loaded.scaler)
-    score_rows(loaded.model, scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
+    score_rows(scorer_of(loaded), scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
     started = time.perf_counter()
-    scores, contrib = score_rows(loaded.model, scaled, loaded.features, loaded.window,
+    scores, contrib = score_rows(scorer_of(loaded), scaled, loaded.features, loaded.window,
                                  loaded.feature_scale)
     seconds = time.perf_counter() - started
     keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)

@@ -166,6 +166,19 @@ class SelectionConfig(_Strict):
     )
 
 
+class EnsembleConfig(_Strict):
+    """The ensemble candidate: members' row scores on a common scale, summed (README)."""
+
+    enabled: bool = True
+    members: list[str] | None = Field(
+        None, description="families to combine; default: every family of the run that "
+        "registered with a verified ONNX graph")
+    min_members: int = Field(2, ge=2, description="fewer usable members: no ensemble")
+    combiner: Literal["robust_z"] = Field(
+        "robust_z", description="each member's scores over its IQR on normal train rows "
+        "(the robust-z mean up to a constant)")
+
+
 class ScoringConfig(_Strict):
     """How nightly scoring runs the champion."""
 
@@ -317,6 +330,7 @@ class DatasetConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     selection: SelectionConfig = SelectionConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     store: StoreConfig = StoreConfig()
     scoring: ScoringConfig = ScoringConfig()
     drift: DriftConfig = DriftConfig()

@@ -33,9 +33,10 @@ from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.data.ingest import entity_rows, load_validated
 from tasks.data.scale import apply_scaler
 from tasks.evaluation.normalise import p_values_from_threshold
-from tasks.scoring import CONTRIB_PREFIX, OnnxScorer, score_rows
+from tasks.scoring import CONTRIB_PREFIX, EnsembleMember, EnsembleScorer, OnnxScorer, score_rows
 from tasks.store import Store
 from tasks.versions import (
+    ENSEMBLE,
     ONNX,
     LoadedModel,
     VersionRef,
@@ -153,14 +154,17 @@ class ChampionScorer:
     """The loaded champion, what scores it, and a note when that is not the configured backend."""
 
     loaded: LoadedModel
-    scorer: WindowModel | OnnxScorer
+    scorer: WindowModel | OnnxScorer | EnsembleScorer
     backend: str
     note: str | None = None
 
 
 def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> ChampionScorer:
     """The torch model, or its verified ONNX graph on ONNX Runtime when the config says so
-    (falling back to torch, said aloud, when the version has no graph)."""
+    (falling back to torch, said aloud, when the version has no graph). An ensemble gets
+    one scorer per verified member, each chosen by the same rule."""
+    if ref.family == ENSEMBLE:
+        return ensemble_scorer(cfg, store, ref)
     note = None
     if cfg.scoring.backend == "onnx":
         if has_file(store, ref, ONNX):
@@ -184,6 +188,18 @@ def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> Champi
             f"through its model.onnx")
     loaded = load_model(store, ref, compute_device(cfg))
     return ChampionScorer(loaded, loaded.model, "torch", note)
+
+
+def ensemble_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> ChampionScorer:
+    """The ensemble (members checked against its recorded manifest hashes) and a scorer per
+    member; the backend is "onnx" only when every member runs on its graph."""
+    loaded = load_model(store, ref, None)  # verifies the members' manifests, builds no model
+    parts = [(champion_scorer(cfg, store, member.ref), weight) for member, weight in loaded.members]
+    scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w) for p, w in parts])
+    backends = {p.backend for p, _ in parts}
+    notes = [f"{p.loaded.ref.family}: {p.note}" for p, _ in parts if p.note]
+    return ChampionScorer(loaded, scorer, "onnx" if backends == {"onnx"} else "torch",
+                          "; ".join(notes) or None)
 
 
 def torch_installed() -> bool:

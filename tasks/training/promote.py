@@ -20,7 +20,7 @@ from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.data.ingest import load_validated
 from tasks.data.scale import apply_scaler
 from tasks.evaluation.metrics import evaluate
-from tasks.scoring import score_rows
+from tasks.scoring import score_rows, scorer_of
 from tasks.training.register import Candidate
 from tasks.versions import ChampionConflict, load_champion, read_champion, set_champion
 
@@ -53,7 +53,7 @@ def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, An
     labels, scores = [], []
     for r in splits.validation:
         frame = load_validated(store, cfg, r.start - timedelta(days=1), r.end)
-        s, _ = score_rows(loaded.model, apply_scaler(frame, loaded.scaler), loaded.features,
+        s, _ = score_rows(scorer_of(loaded), apply_scaler(frame, loaded.scaler), loaded.features,
                           loaded.window, loaded.feature_scale)
         keep = (frame["timestamp"] >= r.start).to_numpy() & np.isfinite(s)
         labels.append(frame["label"].to_numpy()[keep].astype(np.int8))
