@@ -156,6 +156,12 @@ class ThresholdConfig(_Strict):
     method: ThresholdMethod = "target_fpr"
     percentile: float = Field(95.0, gt=0, lt=100)
     target_fpr: float = Field(0.05, gt=0, lt=1)
+    per_entity: bool = Field(
+        True, description="a model over several entities calibrates each entity with enough "
+        "normal validation rows on its own rows (threshold and p-value reference)")
+    min_entity_rows: int = Field(
+        200, ge=1, description="normal validation rows an entity needs for its own threshold; "
+        "entities with fewer use the pooled one")
 
 
 class SelectionConfig(_Strict):

@@ -34,14 +34,15 @@ FAMILIES = [{"name": "dense_ae", "params": {"hidden": [8], "latent": 2}},
 
 @pytest.fixture(scope="module")
 def trained(prefect_harness, tmp_path_factory) -> tuple[str, Store, dict]:
-    """Two tiny families and their ensemble, the ensemble made champion (~15 s)."""
+    """Two tiny families and their ensemble on two machines, the ensemble made champion."""
     import torch
 
     from flows.train import train_flow
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("ensemble")
-    data = tiny_config(root, families=FAMILIES)
+    data = tiny_config(root, families=FAMILIES, threshold={"min_entity_rows": 10})
+    data["source"]["synthetic"]["entities"] = 2  # per-entity thresholds: two machines
     materialize(parse_config(data).source.synthetic, data["source"]["path"])
     config = write_config(root, data)
     result = train_flow(config)
@@ -84,12 +85,40 @@ def test_ensemble_contributions_add_up_and_its_threshold_is_its_own(trained):
 
     nightly_flow(config, NIGHTS[0])
     scores = read_scores(store, load_config(config), NIGHTS[0])
-    assert scores.height == 48 and (scores["model_family"] == ENSEMBLE).all()
+    assert scores.height == 96 and (scores["model_family"] == ENSEMBLE).all()
     contrib = scores.select(pl.col("^contrib__.*$")).to_numpy().astype(np.float64)
     np.testing.assert_allclose(contrib.sum(axis=1), scores["score"].to_numpy(), rtol=1e-6)
     thresholds = {c["family"]: c["threshold"]["threshold"] for c in result["candidates"]}
-    assert scores["threshold"][0] == pytest.approx(thresholds[ENSEMBLE])
     assert len(set(thresholds.values())) == 3  # calibrated on its own scores
+
+
+def test_each_entity_is_judged_at_night_by_its_own_calibrated_threshold(trained):
+    config, store, _ = trained
+    ref = VersionRef("tiny", ENSEMBLE, read_champion(store, "tiny")["version"])
+    calibrated = load_model(store, ref, None).threshold
+    own = {e: t["threshold"] for e, t in calibrated["per_entity"].items()}
+    assert len(own) == 2 and calibrated["pooled_entities"] == {}
+    assert len(set(own.values())) == 2 and calibrated["threshold"] not in own.values()
+    scores = read_scores(store, load_config(config), NIGHTS[0])
+    for entity, threshold in own.items():
+        mine = scores.filter(pl.col("entity") == entity)
+        assert mine.height == 48 and (mine["threshold"] == threshold).all()
+        assert (mine["is_anomaly"] == (mine["score"] > threshold)).all()
+
+
+def test_entities_with_too_few_normal_validation_rows_keep_the_pooled_threshold():
+    from schemas.config import ThresholdConfig
+    from tasks.training.calibrate import entity_calibration
+
+    rng = np.random.default_rng(0)
+    rows = pl.DataFrame({
+        "entity": ["a"] * 400 + ["b"] * 60,
+        "split": (["train"] * 200 + ["validation"] * 200) + (["train"] * 30 + ["validation"] * 30),
+        "label": np.zeros(460, dtype=np.int8), "score": rng.gamma(2.0, size=460)})
+    done = entity_calibration(rows, ThresholdConfig(min_entity_rows=100))
+    assert list(done["per_entity"]) == ["a"] and done["per_entity"]["a"]["n_validation_normal"] == 200
+    assert done["pooled_entities"] == {"b": "30 normal validation rows < 100"}
+    assert entity_calibration(rows.filter(pl.col("entity") == "a"), ThresholdConfig()) == {}
 
 
 def test_an_ensemble_champion_scores_a_night_without_torch_with_the_same_verdicts(trained,

@@ -32,7 +32,7 @@ from schemas.config import DatasetConfig, scope_slug
 from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.data.ingest import entity_rows, load_validated
 from tasks.data.scale import apply_scaler
-from tasks.evaluation.normalise import p_values_from_threshold
+from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.scoring import CONTRIB_PREFIX, EnsembleMember, EnsembleScorer, OnnxScorer, score_rows
 from tasks.store import Store
 from tasks.versions import (
@@ -136,11 +136,12 @@ def scores_frame(
     rows: pl.DataFrame, scores: np.ndarray, contrib: np.ndarray, loaded: LoadedModel
 ) -> pl.DataFrame:
     """The scores layer: one row per input row."""
-    threshold = float(loaded.threshold["threshold"])
+    # each entity by its own calibrated threshold where it has one (the pooled one otherwise)
+    threshold, p = thresholds_by_entity(scores, rows["entity"].to_numpy(), loaded.threshold)
     return rows.select("timestamp", "entity", "label").with_columns(
         pl.Series("score", scores, dtype=pl.Float64),
-        pl.Series("p_value", p_values_from_threshold(scores, loaded.threshold), dtype=pl.Float64),
-        pl.lit(threshold, dtype=pl.Float64).alias("threshold"),
+        pl.Series("p_value", p, dtype=pl.Float64),
+        pl.Series("threshold", threshold, dtype=pl.Float64),
         pl.Series("is_anomaly", np.nan_to_num(scores, nan=-np.inf) > threshold),
         pl.lit(loaded.ref.family).alias("model_family"),
         pl.lit(loaded.ref.version).alias("model_version"),
