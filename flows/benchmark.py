@@ -142,7 +142,7 @@ def benchmark_series(
     (run,) = train_candidates(cfg, f"benchmark-{new_run_id()}", tolerate_failures=True)
     if not run.candidates:
         raise ValueError(f"{cfg.name}: every family failed: {run.failed}")
-    champion = choose_champion(cfg, run.candidates)
+    champion = choose_champion(cfg, run.candidates, run.selection)
     frame = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))
     rows: list[dict[str, Any]] = [
@@ -155,7 +155,9 @@ def benchmark_series(
                      f"val_{champion['metric']}": c.metric(champion["metric"]),
                      "target_fpr": cfg.threshold.target_fpr, **metrics})
     best = next(r for r in rows if r.get("version") == champion["version"])
-    rows.append({**best, "family": CHAMPION, "picked": best["family"]})
+    how = (f"by evidence: {run.selection['why']}" if run.selection
+           else f"by validation {champion['metric']}")
+    rows.append({**best, "family": CHAMPION, "picked": best["family"], "note": how})
     log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
              champion["metric"], champion["value"])
     return rows

@@ -3,6 +3,7 @@
     per scope (the dataset, or each entity / group):  scale -> window
     per scope x family:  train -> calibrate -> export ONNX -> report -> register
     per scope:  ensemble of the registered families -> calibrate -> register
+    per scope:  selection evidence (real + injected validation labels; [selection] rule)
 
 Used by the training flow, the retraining flow and the benchmark runner alike,
 so a benchmark version is the same artifact a nightly job would promote.
@@ -31,6 +32,7 @@ from tasks.training.ensemble import build_ensemble, ensemble_members, register_e
 from tasks.training.export import export_candidate
 from tasks.training.register import Candidate, register_candidate
 from tasks.training.report import report_candidate
+from tasks.training.select import selection_evidence
 from tasks.training.train import TrainedCandidate, train_family
 
 K = TypeVar("K")
@@ -46,6 +48,7 @@ class TrainingRun:
     prepared: PreparedData | None
     candidates: list[Candidate]
     failed: dict[str, str] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # the evidence rule's decision, if it ran
 
 
 def new_run_id() -> str:
@@ -107,6 +110,11 @@ def candidates_flow(cfg: DatasetConfig, run_id: str, groups: list[str | None],
     ensembles = _ensembles(scopes, prepared, trained, registered, run_id, failed,
                            tolerate_failures)
     registered |= {(g, c.family): c for g, c in ensembles.items()}
+    contenders = {g: [c for k, c in registered.items() if k[0] == g] for g in prepared}
+    evidence = _wave(_submit(selection_evidence, (
+        ((g, "selection"), (scopes[g], prepared[g], run_id, cands))
+        for g, cands in contenders.items()
+        if scopes[g].selection.rule == "evidence" and len(cands) > 1)), failed, tolerate_failures)
 
     runs = []
     for g in groups:
@@ -115,7 +123,8 @@ def candidates_flow(cfg: DatasetConfig, run_id: str, groups: list[str | None],
         for family, reason in why.items():
             log.warning("%s: %s failed: %s", scopes[g].label, family, reason)
         runs.append(TrainingRun(run_id, g, prepared.get(g),
-                                [c for k, c in registered.items() if k[0] == g], why))
+                                [c for k, c in registered.items() if k[0] == g], why,
+                                evidence.get((g, "selection"))))
     return runs
 
 

@@ -165,11 +165,24 @@ class ThresholdConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    """Validation metric (a key of tasks.evaluation.metrics.evaluate) that picks the champion; higher wins."""
+    """How the champion is picked. "metric": the validation metric (a key of
+    tasks.evaluation.metrics.evaluate), higher wins. "evidence": real and injected labels
+    combined, falling back to the ensemble when they do not separate (README)."""
 
     metric: Literal["pr_auc", "roc_auc", "best_f1", "vus_pr", "pa_k_auc", "event_recall", "f1"] = (
         "pr_auc"
     )
+    rule: Literal["metric", "evidence"] = "evidence"
+    injected_events: int = Field(20, ge=0, description="synthetic anomalies injected on normal "
+                                 "validation stretches (the kinds in turn)")
+    injected_weight: float = Field(0.25, ge=0, description="an injected event's weight "
+                                   "against a real one")
+    bootstrap: int = Field(200, ge=10, description="event resamples behind the fallback test")
+    confidence: float = Field(0.9, gt=0.5, lt=1, description="share of resamples the top "
+                              "candidate must beat the ensemble in")
+    min_events: float = Field(3.0, ge=0, description="weighted events below which nothing "
+                              "is told apart (the ensemble is chosen)")
+    seed: int = 0
 
 
 class EnsembleConfig(_Strict):

@@ -65,8 +65,11 @@ def version_id(file_hashes: dict[str, str]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
-def register_version(store: Store, dataset: str, family: str, files: dict[str, bytes]) -> VersionRef:
-    """Write every file, then MANIFEST.json last; an existing identical version is reused."""
+def register_version(store: Store, dataset: str, family: str, files: dict[str, bytes],
+                     members: list[dict[str, Any]] | None = None) -> VersionRef:
+    """Write every file, then MANIFEST.json last; an existing identical version is reused.
+    An ensemble's `members` (version refs with their manifest sha256) are listed in it too:
+    config.json, hashed like every file, holds the same list that loading checks."""
     hashes = {name: sha256_bytes(data) for name, data in files.items()}
     ref = VersionRef(dataset, family, version_id(hashes))
     if store.exists(f"{ref.key}/{MANIFEST}"):
@@ -80,6 +83,7 @@ def register_version(store: Store, dataset: str, family: str, files: dict[str, b
         "version": ref.version,
         "created_at": datetime.now(UTC).isoformat(),
         "files": {name: {"sha256": hashes[name], "bytes": len(files[name])} for name in files},
+        **({"members": members} if members is not None else {}),
     }
     store.write_json(f"{ref.key}/{MANIFEST}", manifest)
     return ref

@@ -46,6 +46,7 @@ def trained(prefect_harness, tmp_path_factory) -> tuple[str, Store, dict]:
     materialize(parse_config(data).source.synthetic, data["source"]["path"])
     config = write_config(root, data)
     result = train_flow(config)
+    assert result["champion"]["rule"] == "evidence"
     store = Store(load_config(config).store.root)
     (ensemble,) = [c for c in result["candidates"] if c["family"] == ENSEMBLE]
     ref = VersionRef("tiny", ENSEMBLE, ensemble["version"])
@@ -63,6 +64,9 @@ def test_the_manifest_lists_members_with_hashes_and_a_tampered_member_is_refused
     for m in spec["members"]:
         member = VersionRef(m["dataset"], m["family"], m["version"])
         assert m["manifest_sha256"] == sha256_bytes(store.read_bytes(f"{member.key}/{MANIFEST}"))
+    listed = json.loads(store.read_bytes(f"{ref.key}/{MANIFEST}"))["members"]
+    assert [(m["version"], m["manifest_sha256"]) for m in listed] == [
+        (m["version"], m["manifest_sha256"]) for m in spec["members"]]
     loaded = load_model(store, ref, None)
     assert [w for _, w in loaded.members] == [m["weight"] for m in spec["members"]]
 
@@ -145,3 +149,18 @@ def test_an_ensemble_champion_scores_a_night_without_torch_with_the_same_verdict
     assert got.height == want.height > 0 and (got["model_family"] == ENSEMBLE).all()
     np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=1e-4)
     assert (got["is_anomaly"] == want["is_anomaly"]).all()
+
+
+def test_the_run_records_its_selection_evidence(trained):
+    """Every candidate's real, injected and combined evidence, the rule, and the decision."""
+    _, _, result = trained
+    evidence = result["selection"]
+    assert set(evidence["candidates"]) == {"dense_ae", "pca", ENSEMBLE}
+    for numbers in evidence["candidates"].values():
+        assert {"real_pr_auc", "injected_pr_auc", "combined"} <= set(numbers)
+    # tiny data: few normal validation stretches, so only short kinds fit (all kinds: test_selection)
+    assert evidence["injected_events"] > 0 and evidence["injected_kinds"]
+    assert all(i["start"] >= 0 for i in evidence["injections"])
+    assert "combined =" in evidence["statement"] and isinstance(evidence["fallback"], bool)
+    assert evidence["why"] and result["champion"]["family"] == evidence["chosen"]
+    assert result["champion"]["selection"]["chosen"] == evidence["chosen"]

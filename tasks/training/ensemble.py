@@ -126,6 +126,8 @@ def register_ensemble(cfg: DatasetConfig, prepared: PreparedData, trained: Train
     rows = pl.from_arrow(store.read_parquet(trained.file(ROW_SCORES)))
     with process_lock(PLOTTING):  # the same plots as a family's (no training curve to draw)
         files |= candidate_plots(cfg.label, ENSEMBLE, rows, calibration.threshold, fit, None)
-    ref = register_version(store, cfg.scope_name, ENSEMBLE, files)
+    members = [{k: m[k] for k in ("dataset", "family", "version", "manifest_sha256")}
+               for m in fit["members"]]
+    ref = register_version(store, cfg.scope_name, ENSEMBLE, files, members)
     run_logger(__name__).info("registered %s", store.uri(ref.key))
     return Candidate(ref, calibration.metrics, calibration.threshold, calibration.method, 0.0)

@@ -90,18 +90,26 @@ def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: Trai
 
 
 @task(name="choose-champion", cache_policy=NO_CACHE, **IO_RETRIES)
-def choose_champion(cfg: DatasetConfig, candidates: list[Candidate]) -> dict[str, Any]:
-    """Best candidate by the configured metric becomes champion; NaN metrics never win."""
+def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
+                    selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The candidate the selection evidence chose (`[selection] rule = "evidence"`), else the
+    best by the configured metric, becomes champion; NaN metrics never win."""
     metric = cfg.selection.metric
     valid = [c for c in candidates if c.metric(metric) == c.metric(metric)]
     if not valid:
         raise ValueError(f"no candidate has a defined {metric}; cannot choose a champion")
-    best = max(valid, key=lambda c: c.metric(metric))
-    pointer = set_champion(
-        store_for(cfg), best.ref, metric, best.metric(metric),
-        details={"candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
-                                           "metrics": dict(c.metrics)} for c in candidates}},
-    )
-    run_logger(__name__).info("champion of %s: %s/%s (%s=%.4f)", cfg.name, best.family,
-                              best.ref.version, metric, best.metric(metric))
+    chosen = selection.get("chosen") if selection else None
+    by_evidence = [c for c in candidates if c.family == chosen]
+    best = by_evidence[0] if by_evidence else max(valid, key=lambda c: c.metric(metric))
+    details: dict[str, Any] = {
+        "candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
+                                  "metrics": dict(c.metrics)} for c in candidates},
+        "rule": "evidence" if by_evidence else "metric"}
+    if selection:
+        details["selection"] = {k: selection[k] for k in (
+            "statement", "candidates", "top", "chosen", "fallback", "why", "real_events",
+            "injected_events", "injected_kinds") if k in selection}
+    pointer = set_champion(store_for(cfg), best.ref, metric, best.metric(metric), details=details)
+    run_logger(__name__).info("champion of %s: %s/%s (%s=%.4f; by %s)", cfg.name, best.family,
+                              best.ref.version, metric, best.metric(metric), details["rule"])
     return pointer
