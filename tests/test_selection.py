@@ -75,3 +75,21 @@ def test_ensemble_contributions_add_up_to_the_score() -> None:
     assert np.array_equal(scores, contrib.sum(axis=1, dtype=np.float64))
     assert np.allclose(scores, sum(w * m.sum(axis=1) for w, m in zip(weights, members, strict=True)),
                        rtol=1e-5)
+
+
+def test_the_selection_stage_injects_on_normal_validation_rows_only() -> None:
+    """Train rows, labelled rows and each entity's first and last window stay untouched, so
+    no injected window reaches the score split or another entity."""
+    import polars as pl
+
+    from tasks.training.select import eligible_rows
+
+    frame = pl.DataFrame({
+        "entity": ["a"] * 60 + ["b"] * 60,
+        "split": (["train"] * 20 + ["validation"] * 40) * 2,
+        "label": ([0] * 30 + [1] * 5 + [0] * 25) * 2})
+    ok = eligible_rows(frame, window=4)
+    assert not ok[(frame["split"] == "train").to_numpy()].any()
+    assert not ok[(frame["label"] == 1).to_numpy()].any()
+    assert not ok[[0, 1, 2, 3, 56, 57, 58, 59, 60, 63, 116, 119]].any()
+    assert ok[[20, 40, 55, 80, 115]].all()
