@@ -172,10 +172,10 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
 
     out = ingest.ingest_batch(store, cfg, f"file://{src}")
     assert out.status == "validated" and out.reason is None and out.rows == frame.height
-    part_id = sha256_bytes(f"file://{src}".encode())[:16]  # named after the source
-    assert out.keys == [
-        f"datasets/tiny/validated/date=2026-01-05/part-{part_id}.parquet",
-        f"datasets/tiny/validated/date=2026-01-06/part-{part_id}.parquet",
+    part_id = sha256_bytes(f"file://{src}".encode())[:16]  # named after the source...
+    assert [k.rsplit("-", 1)[0] for k in out.keys] == [  # ...and its content
+        f"datasets/tiny/validated/date=2026-01-05/part-{part_id}",
+        f"datasets/tiny/validated/date=2026-01-06/part-{part_id}",
     ]
     table = store.read_parquet(out.keys[0])
     assert table.schema.equals(validated_schema(cfg))
@@ -189,13 +189,15 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
     again = ingest.ingest_batch(store, cfg, f"file://{src}")
     assert again == out  # the recorded outcome: the same bytes are not validated twice
     assert [Path(store.path(k)).stat().st_mtime_ns for k in out.keys] == written_at
-    assert sorted(before) == store.list("datasets/tiny/validated")  # same files, no duplicates
+    assert snapshot(store, cfg) == before  # same files, no duplicates
     assert len(ingest.load_validated(store, cfg, None, None)) == frame.height
 
     # a corrected re-delivery of the same file replaces its rows, never duplicates them
     corrected = frame.with_columns(pl.col("a") + 1.0)
     src.write_bytes(csv_bytes(corrected))
-    assert ingest.ingest_batch(store, cfg, f"file://{src}").keys == out.keys
+    replaced = ingest.ingest_batch(store, cfg, f"file://{src}")
+    assert replaced.status == "validated" and replaced.keys != out.keys
+    assert not any(store.exists(k) for k in out.keys)  # the superseded parts are gone
     reloaded = ingest.load_validated(store, cfg, None, None)
     assert reloaded.height == frame.height
     assert reloaded["a"].sum() == pytest.approx(frame["a"].sum() + frame.height)
