@@ -12,7 +12,8 @@ from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.data.ingest import ingest_source
 from tasks.data.synthetic import materialize
-from tasks.training.register import choose_champion
+from tasks.store import safe_component
+from tasks.training.register import champion_generation, choose_champion
 from tasks.training.report import publish_training_artifacts
 
 
@@ -29,14 +30,16 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     """Train every configured family and make the best one champion.
 
     `run_id` names the scratch area of this run; passing the id of a killed run
-    resumes each family from its last checkpoint.
+    resumes each family from its last checkpoint. The champion is replaced only if it is
+    still the one this run saw at its start (see `choose_champion`).
     """
+    run_id = safe_component(run_id, "run id") if run_id else new_run_id()
     cfg = resolve_config(config)
-    run_id = run_id or new_run_id()
+    generation = champion_generation(cfg)
     materialize_source(cfg)
     ingestion = ingest_source(cfg)
     run = train_candidates(cfg, run_id)
-    champion = choose_champion(cfg, run.candidates)
+    champion = choose_champion(cfg, run.candidates, expected_generation=generation)
     publish_training_artifacts(cfg, run.candidates, champion)
     return {
         "dataset": cfg.name,

@@ -92,6 +92,7 @@ class ValidationRules(_Strict):
     future_tolerance_hours: float = Field(
         24.0, ge=0, description="timestamps later than now + this are refused (clock errors)"
     )
+    max_entity_length: int = Field(200, ge=1, description="longer entity names are refused")
     on_conflict: Literal["quarantine", "replace"] = Field(
         "quarantine",
         description="a key another source already filed with different values: refuse the "

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from schemas.config import parse_config
-from tasks.nightly.alert import find_segments, send_alerts
+from tasks.nightly.alert import AlertDeliveryError, find_segments, send_alerts
 from tasks.store import Store
 from tests.tiny import tiny_config
 
@@ -104,8 +104,8 @@ def test_failed_delivery_is_retried_next_run(tmp_path, receiver):
     cfg = parse_config(tiny_config(tmp_path))
     store = Store(cfg.store.root)
     frame = scores({"m1": [1, 1, 0]})
-    import httpx
 
-    with pytest.raises(httpx.HTTPError):
+    with pytest.raises(AlertDeliveryError, match=r"http://127.0.0.1:9/… could not be reached"):
         send_alerts(store, cfg, NIGHT, frame, "http://127.0.0.1:9/unreachable")
+    assert store.read_json("alerts/tiny/ledger.json") in (None, {})  # the claim was released
     assert send_alerts(store, cfg, NIGHT, frame, receiver.url).sent == 1

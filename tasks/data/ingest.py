@@ -237,6 +237,10 @@ def parse_batch(cfg: DatasetConfig, data: bytes, name: str) -> pl.DataFrame:
         problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BatchReadError(clip(f"{name}: unreadable {fmt.upper()} ({clip(problem, 200)})")) \
             from None
+    twice = sorted({c.rsplit("_duplicated_", 1)[0] for c in frame.columns if "_duplicated_" in c})
+    if twice:  # polars renamed the copies; which one is meant cannot be known
+        raise BatchReadError(clip(f"{name}: header failed rule 'unique column names' "
+                                  f"({[clip(c, 60) for c in twice][:12]} appear more than once)"))
     if frame.height == 0:
         # A header-only file: give its columns their intended types (no values to
         # lose), so the only failure reported is the row-count rule.
@@ -366,8 +370,8 @@ def _quarantined(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_
                  rows: int, reasons: list[str], **detail: Any) -> BatchOutcome:
     keys = quarantine(store, cfg, url, data, batch_id, reasons, **detail)
     reason = clip("; ".join(reasons))
-    run_logger(__name__).warning("quarantined %s (batch %s): %s",
-                                 clip(posixpath.basename(url), 100), batch_id, reason)
+    run_logger(__name__).warning(clip(f"quarantined {posixpath.basename(url)} (batch {batch_id}): "
+                                      f"{reason}"))
     return BatchOutcome(shown_url(url), "quarantined", rows, reason, keys, batch_id, reasons)
 
 
@@ -413,10 +417,9 @@ def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_i
         detail["replaced_keys"] = committed.replaced
     outcome = BatchOutcome(shown_url(url), "validated", frame.height, None, committed.keys,
                            batch_id, [], committed.duplicates, len(committed.replaced))
-    run_logger(__name__).info(
-        "validated %s (batch %s): %d rows -> %d partitions, %d duplicates dropped, %d replaced",
-        clip(name, 100), batch_id, frame.height, len(committed.keys), committed.duplicates,
-        len(committed.replaced))
+    run_logger(__name__).info(clip(
+        f"validated {name} (batch {batch_id}): {frame.height} rows -> {len(committed.keys)} "
+        f"partitions, {committed.duplicates} duplicates dropped, {len(committed.replaced)} replaced"))
     return _record(store, cfg, url, outcome, listing, committed.days, **detail)
 
 

@@ -72,8 +72,10 @@ def validated_days(store: Store, cfg: DatasetConfig) -> list[date]:
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
+    """zstd, dictionary-encoding only the entity: trying dictionaries on float sensor columns
+    first made writing a 368k x 41 part 3.5x slower for a 10% larger file."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", use_dictionary=[arrow_schemas.ENTITY])
     return buf.getvalue()
 
 
@@ -300,6 +302,16 @@ def _commit_day(store: Store, cfg: DatasetConfig, source_id: str, source: str,
     """One day's compare-and-swap: (our entry, our entry before, the plan, keys superseded)."""
     day = rows.get_column(arrow_schemas.TIMESTAMP).dt.date()[0]
     state: dict[str, Any] = {}
+    written: list[tuple[pl.DataFrame, dict[str, Any]]] = []  # a retry reuses the encoded part
+
+    def ours(frame: pl.DataFrame) -> dict[str, Any] | None:
+        if frame.height == 0:
+            return None
+        for done, entry in written:
+            if done.equals(frame):
+                return entry
+        written.append((frame, _entry(cfg, store, source_id, frame, source, day)))
+        return written[-1][1]
 
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
         current = current or adopt_legacy(store, cfg, day) or {
@@ -308,8 +320,7 @@ def _commit_day(store: Store, cfg: DatasetConfig, source_id: str, source: str,
         if plan.collisions.conflicts:
             raise ConflictError(plan.collisions.conflicts)
         parts = dict(current["parts"])
-        entry = (_entry(cfg, store, source_id, plan.rows, source, day)
-                 if plan.rows.height else None)
+        entry = ours(plan.rows)
         old = [parts[source_id]["key"]] if source_id in parts else []
         if entry is None:
             parts.pop(source_id, None)

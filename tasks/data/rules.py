@@ -1,5 +1,5 @@
 """Validation of one parsed batch against the dataset's contract: the GX suite, plus the
-time bounds that depend on the clock.
+sanity rules a static suite cannot hold (the clock, runaway names).
 
 Why two engines for one contract: the Great Expectations suite derived from the config
 (schemas/suites.py) is the contract, and GX produces the result a quarantine report
@@ -203,7 +203,10 @@ def _type_examples(frame: pl.DataFrame, column: str, want_datetime: bool) -> lis
     if s.dtype != pl.String:
         return s.drop_nulls().head(MAX_EXAMPLES).to_list()
     if want_datetime:
-        converted = s.str.to_datetime(time_unit="us", strict=False)
+        try:
+            converted = s.str.to_datetime(time_unit="us", strict=False)
+        except pl.exceptions.PolarsError:  # no value looks like a date at all
+            converted = pl.Series([None] * s.len(), dtype=pl.Datetime("us"))
     else:
         converted = s.cast(pl.Float64, strict=False)
     return s.filter(converted.is_null() & s.is_not_null()).head(MAX_EXAMPLES).to_list()
@@ -297,25 +300,34 @@ def validate_with_gx(cfg: DatasetConfig, frame: pl.DataFrame,
     )
 
 
-# -- rules that depend on the clock -----------------------------------------------------
+# -- sanity rules outside the suite ------------------------------------------------------
 
 
-def time_bound_reasons(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str,
-                       now: datetime | None = None) -> list[str]:
-    """Timestamps later than now + tolerance: a clock or unit error upstream (year 2100)."""
-    ts = cfg.columns.timestamp
-    if ts not in frame.columns or not isinstance(frame.schema[ts], pl.Datetime):
-        return []  # the suite's type rule reports it
-    hours = cfg.validation.future_tolerance_hours
-    now = (now or datetime.now(UTC)).replace(tzinfo=None)
-    limit = now + timedelta(hours=hours)
-    late = frame.get_column(ts).filter(frame.get_column(ts) > limit)
-    if late.len() == 0:
-        return []
-    examples = _examples([_Preformatted(str(v)) for v in late.head(MAX_EXAMPLES).to_list()])
-    return [clip(f"{source_name}: column '{ts}' failed rule 'not after now + {hours:g}h' "
-                 f"({late.len()} of {frame.height} rows after {limit:%Y-%m-%d %H:%M} UTC, "
-                 f"e.g. {examples})")]
+def sanity_reasons(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str,
+                   now: datetime | None = None) -> list[str]:
+    """Rules a static suite cannot hold: timestamps later than now + tolerance (a clock or
+    unit error upstream, e.g. year 2100), and entity names too long to be names (a
+    runaway field must not become a key, a log line or an alert)."""
+    reasons = []
+    ts, entity = cfg.columns.timestamp, cfg.columns.entity
+    if ts in frame.columns and isinstance(frame.schema[ts], pl.Datetime):
+        hours = cfg.validation.future_tolerance_hours
+        limit = (now or datetime.now(UTC)).replace(tzinfo=None) + timedelta(hours=hours)
+        late = frame.get_column(ts).filter(frame.get_column(ts) > limit)
+        if late.len():
+            examples = _examples([_Preformatted(str(v)) for v in late.head(MAX_EXAMPLES)])
+            reasons.append(f"{source_name}: column '{ts}' failed rule 'not after now + {hours:g}h' "
+                           f"({late.len()} of {frame.height} rows after {limit:%Y-%m-%d %H:%M} "
+                           f"UTC, e.g. {examples})")
+    if entity and entity in frame.columns:
+        longest = cfg.validation.max_entity_length
+        names = frame.get_column(entity).cast(pl.String)
+        long = names.filter(names.str.len_chars() > longest)
+        if long.len():
+            reasons.append(f"{source_name}: column '{entity}' failed rule 'at most {longest} "
+                           f"characters' ({long.len()} of {frame.height} rows, e.g. "
+                           f"{_examples(long.head(MAX_EXAMPLES).to_list())})")
+    return [clip(r) for r in reasons]
 
 
 # -- both -----------------------------------------------------------------------------------
@@ -324,7 +336,7 @@ def time_bound_reasons(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str
 def validate_frame(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str,
                    now: datetime | None = None) -> ValidationOutcome:
     """The whole contract on one parsed batch: the suite (polars first, GX on failure) and
-    the clock-dependent time bounds."""
+    the sanity rules a static suite cannot hold."""
     frame = with_step_column(cfg, frame)
     verdicts = suite_verdicts(cfg, frame)
     if all(verdicts):
@@ -332,8 +344,8 @@ def validate_frame(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str,
                                                "expectations": len(verdicts)})
     else:
         outcome = validate_with_gx(cfg, frame, source_name)
-    late = time_bound_reasons(cfg, frame, source_name, now)
-    if late:
-        outcome = ValidationOutcome(False, outcome.reasons + late,
-                                    {**outcome.result, "success": False, "time_bounds": late})
+    sane = sanity_reasons(cfg, frame, source_name, now)
+    if sane:
+        outcome = ValidationOutcome(False, outcome.reasons + sane,
+                                    {**outcome.result, "success": False, "sanity": sane})
     return outcome
