@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -112,7 +113,8 @@ class Collisions:
     conflicts: list[dict[str, Any]] = field(default_factory=list)  # different values
 
     def sample(self) -> str:
-        shown = ", ".join(f"({c['entity']}, {c['timestamp']}) vs {c['source']}"
+        shown = ", ".join(f"({c['entity']}, {c['timestamp']}) in "
+                          f"{posixpath.basename(c['source']) or c['source']}"
                           for c in self.conflicts[:SAMPLE])
         more = len(self.conflicts) - SAMPLE
         return shown + (f" and {more} more" if more > 0 else "")
@@ -252,10 +254,7 @@ def commit_source(store: Store, cfg: DatasetConfig, source_id: str, source: str,
     """
     cache = PartCache(store)
     days = sorted(rows_by_day)
-    conflicts = []
-    for day in days:
-        conflicts += plan_day(cfg, read_manifest(store, cfg, day), source_id, rows_by_day[day],
-                              cache).collisions.conflicts
+    conflicts = _conflicts(store, cfg, source_id, rows_by_day, cache)
     if conflicts:
         raise ConflictError(conflicts)
 
@@ -277,12 +276,23 @@ def commit_source(store: Store, cfg: DatasetConfig, source_id: str, source: str,
             _restore_day(store, cfg, source_id, day, before)
         kept = {b["key"] for _, b in undo if b is not None}
         store.delete(sorted(set(result.keys) - kept))
-        raise
+        # Report every colliding key as the layer now stands, not only the first day's.
+        raise ConflictError(_conflicts(store, cfg, source_id, rows_by_day, cache)) from None
     for day in sorted(set(previous_days) - set(days)):
         superseded += _remove_from_day(store, cfg, source_id, day)
     superseded += _orphans(store, cfg, source_id, days)
     store.delete(sorted(set(superseded) - set(result.keys)))
     return result
+
+
+def _conflicts(store: Store, cfg: DatasetConfig, source_id: str,
+               rows_by_day: dict[date, pl.DataFrame], cache: PartCache) -> list[dict[str, Any]]:
+    """Every key of the batch that another source holds with different values."""
+    found = []
+    for day in sorted(rows_by_day):
+        found += plan_day(cfg, read_manifest(store, cfg, day), source_id, rows_by_day[day],
+                          cache).collisions.conflicts
+    return found
 
 
 def _orphans(store: Store, cfg: DatasetConfig, source_id: str, days: list[date]) -> list[str]:
