@@ -118,18 +118,24 @@ def main(argv: list[str] | None = None) -> None:
                                      .batches))
         print(f"  rerun of the filed source ({len(files)} files): {rerun:.3f} s")
 
-        # Two new day files at once vs one after the other.
-        parallel = {}
-        for workers in (1, 2):
-            wcfg = config(raw, args.sensors, workers)
-            seconds = []
-            for i in range(args.repeats):
-                store = Store(f"file://{work}/w{workers}-{i}")
-                seconds.append(timed(lambda s=store, c=wcfg: ingest.ingest_urls(
-                    s, c, ingest.list_sources(c)).rows_validated)[0])
-            parallel[workers] = statistics.median(seconds)
-        print(f"two new day files: workers=1 {parallel[1]:.2f} s, workers=2 {parallel[2]:.2f} s "
-              f"({parallel[1] / parallel[2]:.2f}x)")
+        # New batches validated at once: two big day files, and one file per entity.
+        per_entity = work / "per-entity"
+        day = pl.read_csv(files[0], try_parse_dates=True)
+        for (entity,), part in day.group_by("entity"):
+            per_entity.mkdir(exist_ok=True)
+            part.write_csv(per_entity / f"2026-01-05-{entity}.csv")
+        for label, folder in (("two day files", raw), (f"{args.entities} per-entity files",
+                                                          per_entity)):
+            seconds = {}
+            for workers in (1, 2, 4):
+                wcfg = config(folder, args.sensors, workers)
+                runs_w = [timed(lambda s=Store(f"file://{work}/{label[:3]}{workers}-{i}"), c=wcfg:
+                                ingest.ingest_urls(s, c, ingest.list_sources(c)).rows_validated)[0]
+                          for i in range(args.repeats)]
+                seconds[workers] = statistics.median(runs_w)
+            print(f"{label}, source.workers 1 / 2 / 4: " + " / ".join(
+                f"{seconds[w]:.2f} s" for w in (1, 2, 4))
+                  + f"  (2 workers: {seconds[1] / seconds[2]:.2f}x, 4: {seconds[1] / seconds[4]:.2f}x)")
 
         if args.profile:
             from pyinstrument import Profiler

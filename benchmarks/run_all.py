@@ -32,6 +32,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
                       ["-m", "flows.cli", "benchmark", "smd", str(DATA / "smd"), "--epochs", "1",
                        "--max-train-windows", "500", "--families", "pca,dense_ae"]),
     "pyod_baselines": ([], ["--kinds", "odds"]),
+    "ingest_throughput": ([], ["--entities", "16", "--repeats", "1"]),
     "gpu_families": (["--out", str(RESULTS / "gpu_families.json")], ["--epochs", "1"]),
 }
 NEEDS_CUDA = {"gpu_families"}

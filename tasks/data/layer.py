@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -58,14 +59,18 @@ def manifest_key(cfg: DatasetConfig, day: date) -> str:
     return f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}/{MANIFEST}"
 
 
-def validated_days(store: Store, cfg: DatasetConfig) -> list[date]:
-    """Every day folder of the validated layer, sorted."""
+def validated_days(store: Store, cfg: DatasetConfig, with_rows: bool = False) -> list[date]:
+    """Every day folder of the validated layer, sorted; `with_rows`: only days that hold
+    committed rows (a corrected re-delivery can leave a day's manifest empty)."""
     days = []
     for folder in store.list_dirs(f"{dataset_prefix(cfg)}/validated"):
         try:
             days.append(date.fromisoformat(folder.removeprefix("date=")))
         except ValueError:
             continue
+    if with_rows:
+        held = set(committed_parts(store, cfg, days, by_day=True))
+        days = [d for d in days if d in held]
     return sorted(days)
 
 
@@ -228,14 +233,13 @@ def read_manifest(store: Store, cfg: DatasetConfig, day: date) -> dict[str, Any]
 
 def adopt_legacy(store: Store, cfg: DatasetConfig, day: date) -> dict[str, Any] | None:
     """A manifest for a day written before manifests existed (`part-<source>.parquet` files)."""
-    folder = f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}"
-    parts = [k for k in store.list(folder) if k.endswith(".parquet")]
+    parts = _legacy_parts(store, cfg, day)
     if not parts:
         return None
     cache = PartCache(store)
     entries = {}
     for key in parts:
-        source_id = key.rsplit("/part-", 1)[-1].removesuffix(".parquet")
+        source_id = LEGACY_PART.fullmatch(key.rsplit("/", 1)[-1]).group(1)  # type: ignore[union-attr]
         frame = cache.frame(key)
         entries[source_id] = {"key": key, "rows": frame.height, "source": source_id,
                               "entities": entity_stats(frame)}
@@ -391,18 +395,32 @@ def _restore_day(store: Store, cfg: DatasetConfig, source_id: str, day: date,
 # -- reading ---------------------------------------------------------------------------
 
 
-def committed_parts(store: Store, cfg: DatasetConfig, days: list[date]) -> list[str]:
-    """Keys of the parts the manifests of these days name (legacy days: every part file)."""
+def committed_parts(store: Store, cfg: DatasetConfig, days: list[date],
+                    by_day: bool = False) -> Any:
+    """Keys of the parts the manifests of these days name (legacy days: their legacy part
+    files); `by_day`: {day: keys} for the days that have any."""
     keys = {manifest_key(cfg, d): d for d in days}
     found = store.read_many(list(keys))
-    parts = []
+    parts: dict[date, list[str]] = {}
     for key, day in keys.items():
         if key in found:
-            parts += [e["key"] for e in json.loads(found[key])["parts"].values()]
+            named = [e["key"] for e in json.loads(found[key])["parts"].values()]
         else:
-            folder = f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}"
-            parts += [k for k in store.list(folder) if k.endswith(".parquet")]
-    return sorted(parts)
+            named = _legacy_parts(store, cfg, day)
+        if named:
+            parts[day] = sorted(named)
+    return parts if by_day else sorted(k for keys_ in parts.values() for k in keys_)
+
+
+LEGACY_PART = re.compile(r"part-([0-9a-f]{16})\.parquet")
+
+
+def _legacy_parts(store: Store, cfg: DatasetConfig, day: date) -> list[str]:
+    """Parts written before manifests (`part-<source-id>.parquet`). Content-addressed parts
+    (`part-<source-id>-<sha>.parquet`) count only when a manifest names them: one that no
+    manifest names is a commit that never happened."""
+    folder = f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}"
+    return [k for k in store.list(folder) if LEGACY_PART.fullmatch(k.rsplit("/", 1)[-1])]
 
 
 def load_validated(
