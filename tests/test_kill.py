@@ -59,6 +59,7 @@ class World:
         self.store = Store(self.cfg.store.root)
         self.outputs: list[str] = []
         self.homes: list[Path] = []
+        self.logs: dict[int, Path] = {}
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "AWS_SECRET_ACCESS_KEY": SECRET,
                     "NIGHTOWL_ALERT_WEBHOOK_URL": hook.url,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false"}
@@ -69,16 +70,21 @@ class World:
         self.homes.append(home)
         cmd = ([sys.executable, str(REPO / "tests" / "kill_at.py"), kill_at] if kill_at
                else [sys.executable, "-m", "flows.cli"]) + [*args, "-c", self.config]
-        return subprocess.Popen(cmd, cwd=self.root, env={**self.env, "PREFECT_HOME": str(home)},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        # Output to a file, not a pipe: the ephemeral API server of a killed run would keep
+        # a pipe open forever.
+        with open(home / "output.log", "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=self.root, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**self.env, "PREFECT_HOME": str(home)},
+                                    start_new_session=True)
+        self.logs[proc.pid] = home / "output.log"
+        return proc
 
     def finish(self, proc: subprocess.Popen) -> int:
-        out, _ = proc.communicate(timeout=600)
-        self.outputs.append(out.decode(errors="replace"))
-        with suppress(ProcessLookupError):  # an ephemeral API server left by a killed run
+        code = proc.wait(timeout=600)
+        with suppress(ProcessLookupError):  # the ephemeral API server left by a killed run
             os.killpg(proc.pid, signal.SIGKILL)
-        return proc.returncode
+        self.outputs.append(self.logs[proc.pid].read_text(errors="replace"))
+        return code
 
     def run(self, *args: str, kill_at: str | None = None) -> int:
         return self.finish(self.start(*args, kill_at=kill_at))
