@@ -58,7 +58,7 @@ def validation_metrics(cfg: DatasetConfig) -> list[dict[str, Any]]:
     @flow(name="nightowl-validation-sweep")
     def sweep_run() -> list[dict[str, Any]]:
         ingest_source(cfg)
-        run = train_candidates(cfg, run_id="sweep", tolerate_failures=True)
+        (run,) = train_candidates(cfg, run_id="sweep", tolerate_failures=True)
         return [{"family": c.family, "scaling": cfg.scaling.method, "window": cfg.window.length,
                  "seconds": c.fit_seconds, **{f"val_{k}": c.metric(k) for k in REPORTED}}
                 for c in run.candidates]

@@ -129,7 +129,9 @@ def benchmark_series(
     cfg, report = KINDS[kind][1](root, name, work_dir)
     cfg = benchmark_config(cfg, options)
     ingest_source(cfg)
-    run = train_candidates(cfg, f"benchmark-{new_run_id()}", tolerate_failures=True)
+    (run,) = train_candidates(cfg, f"benchmark-{new_run_id()}", tolerate_failures=True)
+    if not run.candidates:
+        raise ValueError(f"{cfg.name}: every family failed: {run.failed}")
     champion = choose_champion(cfg, run.candidates)
     frame = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))

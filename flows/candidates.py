@@ -1,34 +1,47 @@
 """The one stage sequence from validated data to registered candidate versions.
 
-    scale -> window -> for each family: train -> calibrate -> export ONNX -> report -> register
+    per scope (the dataset, or each entity / group):  scale -> window
+    per scope x family:  train -> calibrate -> export ONNX -> report -> register
 
 Used by the training flow, the retraining flow and the benchmark runner alike,
 so a benchmark version is the same artifact a nightly job would promote.
-Choosing what to promote is the caller's: `choose_champion` (train, benchmark)
-or `promote_if_better` (retrain). Must run inside a flow (the stages are tasks).
+Choosing what to promote is the caller's (`choose_champion` or
+`promote_if_better`). The sequence runs as its own flow run on the task runner
+the config names (`[runner]`: thread pool, or Dask), stage by stage in waves:
+every scope x family of a stage is submitted at once, and a wave starts when the
+one before it is done, so a bounded pool never waits on itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from schemas.config import DatasetConfig
+from prefect import flow
+
+from flows.runners import describe, on_gpu_workers, task_runner
+from schemas.config import DatasetConfig, FamilyConfig
 from tasks.common import run_logger
 from tasks.data.prepare import PreparedData, scale_dataset, window_dataset
-from tasks.training.calibrate import calibrate_candidate
+from tasks.training.calibrate import Calibration, calibrate_candidate
 from tasks.training.export import export_candidate
 from tasks.training.register import Candidate, register_candidate
 from tasks.training.report import report_candidate
-from tasks.training.train import train_family
+from tasks.training.train import TrainedCandidate, train_family
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """What one pass of the sequence produced; `failed` maps a family to why it did not fit."""
+    """What one pass of the sequence produced for one scope; `failed` maps a family (or
+    "prepare") to why it did not make a candidate."""
 
     run_id: str
-    prepared: PreparedData
+    group: str | None
+    prepared: PreparedData | None
     candidates: list[Candidate]
     failed: dict[str, str] = field(default_factory=dict)
 
@@ -37,30 +50,73 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def train_candidates(cfg: DatasetConfig, run_id: str, *,
-                     tolerate_failures: bool = False) -> TrainingRun:
-    """Every configured family through the stages, registered as a version.
-
-    With `tolerate_failures`, a family whose parameters do not fit this data
-    (ValueError, e.g. a latent as wide as a univariate window) is reported in
-    `failed` instead of ending the run; the run fails only if every family does.
-    """
-    prepared = window_dataset(cfg, scale_dataset(cfg))
-    candidates: list[Candidate] = []
-    failed: dict[str, str] = {}
-    for family in cfg.families:
+def _wave(submitted: dict[K, Any], failed: dict[K, str], tolerate: bool) -> dict[K, Any]:
+    """Results of one wave of futures; a failure is recorded (tolerated) or re-raised."""
+    done = {}
+    for key, future in submitted.items():
         try:
-            trained = train_family(cfg, family, prepared, run_id)
-        except ValueError as err:
-            if not tolerate_failures:
+            done[key] = future.result()
+        except Exception as err:
+            if not tolerate:
                 raise
-            run_logger(__name__).warning("%s: %s failed: %s", cfg.name, family.name, err)
-            failed[family.name] = str(err)
-            continue
-        calibration = calibrate_candidate(cfg, prepared, trained)
-        export_candidate(cfg, trained)
-        report_candidate(cfg, trained, calibration.metrics)
-        candidates.append(register_candidate(cfg, prepared, trained, calibration))
-    if not candidates:
-        raise ValueError(f"{cfg.name}: every family failed: {failed}")
-    return TrainingRun(run_id, prepared, candidates, failed)
+            failed[key] = f"{type(err).__name__}: {err}"
+    return done
+
+
+def _submit(stage: Callable[..., Any], items: Iterable[tuple[K, tuple]]) -> dict[K, Any]:
+    return {key: stage.submit(*args) for key, args in items}
+
+
+@flow(name="nightowl-candidates")
+def candidates_flow(cfg: DatasetConfig, run_id: str, groups: list[str | None],
+                    tolerate_failures: bool = False) -> list[TrainingRun]:
+    """Every configured family of every scope through the stages, each registered as a version.
+
+    With `tolerate_failures`, a family (or a scope) that fails, e.g. parameters that do
+    not fit this data, is reported in its run's `failed` instead of ending the flow.
+    """
+    log = run_logger(__name__)
+    scopes = {g: cfg.for_group(g) for g in groups}
+    log.info("%s: %d model scope(s) x %d families on %s", cfg.name, len(groups),
+             len(cfg.families), describe(cfg))
+    failed: dict[Any, str] = {}
+    scaled = _wave(_submit(scale_dataset, ((g, (c,)) for g, c in scopes.items())), failed,
+                   tolerate_failures)
+    prepared: dict[str | None, PreparedData] = _wave(
+        _submit(window_dataset, ((g, (scopes[g], s)) for g, s in scaled.items())), failed,
+        tolerate_failures)
+    pairs: list[tuple[str | None, FamilyConfig]] = [
+        (g, f) for g in prepared for f in scopes[g].families]
+    with on_gpu_workers(cfg):
+        trained: dict[Any, TrainedCandidate] = _wave(_submit(train_family, (
+            ((g, f.name), (scopes[g], f, prepared[g], run_id)) for g, f in pairs)), failed,
+            tolerate_failures)
+    calibrated: dict[Any, Calibration] = _wave(_submit(calibrate_candidate, (
+        (k, (scopes[k[0]], prepared[k[0]], t)) for k, t in trained.items())), failed,
+        tolerate_failures)
+    _wave(_submit(export_candidate, ((k, (scopes[k[0]], trained[k])) for k in calibrated)),
+          failed, tolerate_failures)
+    _wave(_submit(report_candidate, (
+        (k, (scopes[k[0]], trained[k], c)) for k, c in calibrated.items())), failed,
+        tolerate_failures)
+    registered: dict[Any, Candidate] = _wave(_submit(register_candidate, (
+        (k, (scopes[k[0]], prepared[k[0]], trained[k], c)) for k, c in calibrated.items())),
+        failed, tolerate_failures)
+
+    runs = []
+    for g in groups:
+        why = {(k[1] if isinstance(k, tuple) else "prepare"): v for k, v in failed.items()
+               if (k[0] if isinstance(k, tuple) else k) == g}
+        for family, reason in why.items():
+            log.warning("%s: %s failed: %s", scopes[g].label, family, reason)
+        runs.append(TrainingRun(run_id, g, prepared.get(g),
+                                [c for k, c in registered.items() if k[0] == g], why))
+    return runs
+
+
+def train_candidates(cfg: DatasetConfig, run_id: str, groups: list[str | None] | None = None, *,
+                     tolerate_failures: bool = False) -> list[TrainingRun]:
+    """The sequence on the config's task runner; `groups` default to the config's own scope."""
+    groups = [cfg.group] if groups is None else groups
+    return candidates_flow.with_options(task_runner=task_runner(cfg))(
+        cfg, run_id, groups, tolerate_failures)

@@ -27,7 +27,8 @@ def retrain_trigger(dataset: str) -> Any:
         expect={EVENT},
         match={"prefect.resource.id": f"nightowl.dataset.{dataset}"},
         parameters={"trigger": {"event": "{{ event.event }}",
-                                "date": "{{ event.payload.date }}"}},
+                                "date": "{{ event.payload.date }}"},
+                    "group": "{{ event.payload.group }}"},  # "" for the dataset-level model
     )
 
 

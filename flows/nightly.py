@@ -1,9 +1,13 @@
-"""Nightly operation: ingest the night's batch, score it, check drift, alert, publish.
+"""Nightly operation: ingest the night's batches, score them, check drift, alert, publish.
 
-    ingest night -> score with the champion -> drift report (+ event) -> alerts -> UI artifacts
+    ingest night (+ a link per quarantined batch) -> plan (which model scores which entity)
+      -> score shards -> commit -> per model scope: drift report (+ event) and alerts
+      -> UI artifacts (summary with plot, segments, links)
 
-Rerunning a night replaces its partitions (scores, drift report, alert log) and
-sends no alert twice; a night without input is reported as "missing".
+Shards, drift checks and alerts run on the configured task runner (`[runner]`),
+as one sub-flow per night. Rerunning a night replaces its partitions (scores,
+drift reports, alert logs) and sends no alert twice; a night without input is
+reported as "missing"; entities without a model are reported, never dropped.
 """
 
 from __future__ import annotations
@@ -15,26 +19,41 @@ from typing import Any
 from prefect import flow
 
 from flows.common import resolve_config
+from flows.runners import describe, task_runner
 from schemas.config import DatasetConfig
 from tasks.common import run_logger
 from tasks.data.ingest import IngestReport, ingest_night, ingest_source
+from tasks.data.report import publish_ingestion
 from tasks.nightly.alert import alert_night
 from tasks.nightly.drift import check_drift
-from tasks.nightly.report import NightResult, publish_night
-from tasks.nightly.score import score_day
+from tasks.nightly.report import BackfillProgress, NightResult, ScopeNight, publish_night
+from tasks.nightly.score import NightPlan, commit_night, plan_night, score_shard
+
+
+@flow(name="nightowl-score-night")
+def score_night_flow(cfg: DatasetConfig, day: date, plan: NightPlan,
+                     config: str | None = None) -> list[ScopeNight]:
+    """Score every shard, then check drift and alert per model scope (fanned out)."""
+    run_logger(__name__).info("%s %s: %d rows in %d shard(s) for %d model(s) on %s", cfg.name, day,
+                              plan.rows, len(plan.shards), len(plan.groups), describe(cfg))
+    shards = [f.result() for f in [score_shard.submit(cfg, day, s) for s in plan.shards]]
+    scored = commit_night(cfg, day, shards)
+    drift = [check_drift.submit(cfg.for_group(s.group), day, s, config) for s in scored]
+    alerts = [alert_night.submit(cfg.for_group(s.group), day, s) for s in scored]
+    return [ScopeNight(s, d.result(), a.result()) for s, d, a in zip(scored, drift, alerts)]
 
 
 def run_night(cfg: DatasetConfig, day: date, config: str | None,
               ingestion: IngestReport) -> NightResult:
     """Everything after ingestion for one night (shared by nightly and backfill)."""
-    scored = score_day(cfg, day)
-    night = NightResult(cfg.name, day.isoformat(), ingestion, scored)
-    if scored.status == "scored":
-        night = replace(night, drift=check_drift(cfg, day, scored, config),
-                        alerts=alert_night(cfg, day, scored))
+    plan = plan_night(cfg, day)
+    night = NightResult(cfg.name, day.isoformat(), ingestion, plan)
+    if plan.shards:
+        scopes = score_night_flow.with_options(task_runner=task_runner(cfg))(cfg, day, plan, config)
+        night = replace(night, scopes=scopes)
     else:
-        run_logger(__name__).warning("%s: no input for the night of %s (reported, not failed)",
-                                     cfg.name, day)
+        run_logger(__name__).warning("%s: nothing to score for the night of %s (%d rows; "
+                                     "reported, not failed)", cfg.name, day, plan.rows)
     return replace(night, artifacts=publish_night(cfg, night))
 
 
@@ -43,7 +62,9 @@ def nightly_flow(config: str | None = None, day: date | None = None) -> dict[str
     """Score one night (yesterday by default). Rerunning a night replaces its partition."""
     cfg = resolve_config(config)
     day = day or date.today() - timedelta(days=1)
-    return run_night(cfg, day, config, ingest_night(cfg, day)).to_json()
+    ingestion = ingest_night(cfg, day)
+    publish_ingestion(cfg, ingestion)
+    return run_night(cfg, day, config, ingestion).to_json()
 
 
 @flow(name="nightowl-backfill", log_prints=True)
@@ -57,6 +78,12 @@ def backfill_flow(config: str | None = None, start: date | None = None,
         start = start or cfg.splits.score.start.date()
         end = end or cfg.splits.score.end.date()
     ingestion = ingest_source(cfg)
+    publish_ingestion(cfg, ingestion)
     days = [start + timedelta(days=i) for i in range((end - start).days)]
-    return [run_night(cfg, d, config, ingestion).scoring.to_json() | {"night": d.isoformat()}
-            for d in days]
+    progress = BackfillProgress(cfg, days)
+    nights = []
+    for d in days:
+        night = run_night(cfg, d, config, ingestion)
+        progress.night_done(night)
+        nights.append(night.scoring_json() | {"night": d.isoformat()})
+    return nights

@@ -1,5 +1,6 @@
-"""Retraining: triggered by `nightowl.drift.detected`, trains on a rolling window and
-promotes the challenger only if it beats the champion on the same labelled slices."""
+"""Retraining: triggered by `nightowl.drift.detected`, trains one model scope (the dataset, or
+the entity / group whose night drifted) on a rolling window and promotes the challenger only
+if it beats that scope's champion on the same labelled slices."""
 
 from __future__ import annotations
 
@@ -11,25 +12,31 @@ from prefect import flow
 from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
 from tasks.data.ingest import ingest_source
+from tasks.data.report import publish_ingestion
 from tasks.training.promote import (
     latest_validated_day,
     promote_if_better,
     rolling_splits,
     with_splits,
 )
+from tasks.training.report import publish_retrain_artifacts
 
 
 @flow(name="nightowl-retrain", log_prints=True)
 def retrain_flow(config: str | None = None, as_of: date | None = None,
-                 trigger: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train every family on the last `retrain.train_days` (+ validation days) up to `as_of`."""
-    base = resolve_config(config)
+                 trigger: dict[str, Any] | None = None, group: str | None = None) -> dict[str, Any]:
+    """Train every family of one scope on the last `retrain.train_days` (+ validation days)
+    up to `as_of`; `group` names the entity / group (None or "": the dataset-level model)."""
+    base = resolve_config(config).for_group(group or None)
     ingestion = ingest_source(base)
+    publish_ingestion(base, ingestion)
     end = (datetime.combine(as_of, datetime.min.time()) if as_of
            else latest_validated_day(base))
     splits = rolling_splits(base, end)
     cfg = with_splits(base, splits)
-    run = train_candidates(cfg, new_run_id())
+    (run,) = train_candidates(cfg, new_run_id())
     decision = promote_if_better(cfg, splits, run.candidates, trigger)
-    return {"dataset": cfg.name, "run_id": run.run_id, "ingestion": ingestion.rows_validated,
+    publish_retrain_artifacts(cfg, run.candidates, decision)
+    return {"dataset": cfg.name, "group": cfg.group, "run_id": run.run_id,
+            "ingestion": ingestion.rows_validated,
             "decision": {k: decision[k] for k in ("promoted", "reason", "key", "metric")}}

@@ -98,6 +98,30 @@ class FitResult:
     resumed_from_epoch: int | None = None
 
 
+@dataclass(frozen=True)
+class EpochProgress:
+    """One finished epoch, as `fit` reports it to its `progress` callback (str: a log line)."""
+
+    model: str
+    epoch: int  # 0-based
+    epochs: int
+    train_loss: float
+    holdout_loss: float
+    best_epoch: int
+    best_holdout: float
+    elapsed_s: float
+    eta_s: float  # an upper bound: early stopping may end sooner
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * (self.epoch + 1) / self.epochs
+
+    def __str__(self) -> str:
+        return (f"{self.model}: epoch {self.epoch + 1}/{self.epochs} "
+                f"holdout={self.holdout_loss:.5f} elapsed={self.elapsed_s:.1f}s "
+                f"eta<={self.eta_s:.1f}s")
+
+
 # A checkpoint is (tensors, metadata): tensors go to safetensors, metadata to JSON.
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
 EpochHook = Callable[[int, Checkpoint], None]
@@ -109,7 +133,7 @@ def fit(
     settings: EngineSettings,
     on_epoch_end: EpochHook | None = None,
     resume: Checkpoint | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[EpochProgress], None] | None = None,
 ) -> FitResult:
     """Train `model` on `windows`; returns history and keeps the best holdout weights."""
     torch.set_flush_denormal(True)  # denormals slow CPU training 5-20x (stack-notes)
@@ -150,7 +174,8 @@ def fit(
             bad_epochs += 1
         result.epochs_run = epoch + 1
         if progress:
-            progress(_progress_line(model.name, epoch, settings.epochs, holdout, t0, start_epoch))
+            progress(_progress(model.name, epoch, settings.epochs, train_loss, holdout, result,
+                               t0, start_epoch))
         if on_epoch_end:
             on_epoch_end(epoch, _checkpoint(model, optimizers, epoch, best_state, bad_epochs, result, gen))
         if bad_epochs >= settings.patience:
@@ -220,11 +245,12 @@ def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _progress_line(name: str, epoch: int, epochs: int, holdout: float, t0: float, first: int) -> str:
+def _progress(name: str, epoch: int, epochs: int, train_loss: float, holdout: float,
+              result: FitResult, t0: float, first: int) -> EpochProgress:
     done = epoch + 1 - first
     elapsed = time.perf_counter() - t0
-    eta = elapsed / done * (epochs - epoch - 1)
-    return f"{name}: epoch {epoch + 1}/{epochs} holdout={holdout:.5f} elapsed={elapsed:.1f}s eta<={eta:.1f}s"
+    return EpochProgress(name, epoch, epochs, train_loss, holdout, result.best_epoch,
+                         result.best_holdout, elapsed, elapsed / done * (epochs - epoch - 1))
 
 
 def _checkpoint(

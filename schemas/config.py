@@ -6,6 +6,8 @@ dotted path in the message, not halfway through a nightly run.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +27,7 @@ class _Strict(BaseModel):
 class SyntheticSource(_Strict):
     """Parameters of the built-in synthetic multi-sensor generator."""
 
-    entities: int = Field(4, ge=1, le=256)
+    entities: int = Field(4, ge=1, le=10_000)
     sensors: int = Field(12, ge=2, le=128)
     days: int = Field(21, ge=3)
     freq_minutes: int = Field(5, ge=1)
@@ -221,9 +223,99 @@ class RetrainConfig(_Strict):
     min_improvement: float = Field(0.0, ge=0, description="challenger must beat champion by this")
 
 
+ModelScope = Literal["dataset", "entity", "group"]
+SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def scope_slug(name: str) -> str:
+    """A group or entity name as a store-key component: itself when safe, else a stable hash
+    (entity names come from the data and may hold '/', spaces or '..')."""
+    if SAFE_KEY.match(name) and ".." not in name:
+        return name
+    return "h-" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+class ModelConfig(_Strict):
+    """What one model covers. Machines in a fleet differ (SMD and ASD are evaluated one
+    model per machine), so a dataset can train one model per entity or per group of
+    entities, each with its own scaler, families, threshold, champion, drift reference,
+    retraining decisions and alert ledger."""
+
+    scope: ModelScope = "dataset"
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict, description="scope = group: group name -> its entities")
+    fallback: bool = Field(
+        True, description="entity/group scope: also train one dataset-level model that scores "
+        "entities without a model of their own (new entities); false: report them unscored")
+    min_train_rows: int = Field(
+        64, ge=1, description="an entity or group with fewer train rows gets no model (reported)")
+
+    @model_validator(mode="after")
+    def _groups(self) -> ModelConfig:
+        if self.scope == "group" and not self.groups:
+            raise ValueError("scope 'group' needs [model.groups]: group name -> list of entities")
+        if self.scope != "group" and self.groups:
+            raise ValueError(f"[model.groups] is only used with scope 'group', not {self.scope!r}")
+        seen: dict[str, str] = {}
+        for group, entities in self.groups.items():
+            for entity in entities:
+                if entity in seen:
+                    raise ValueError(f"entity {entity!r} is in groups {seen[entity]!r} and {group!r}")
+                seen[entity] = group
+        return self
+
+
+class RunnerConfig(_Strict):
+    """Where the fanned-out tasks (group x family training, nightly shards) run: Prefect's
+    thread pool in this process, or a Dask cluster through prefect-dask."""
+
+    kind: Literal["thread", "dask"] = "thread"
+    max_workers: int = Field(
+        4, ge=1, description="thread pool size. Trainings in one process take turns (torch's "
+        "random generator is process-global, and results must not depend on timing); the other "
+        "stages run side by side. Dask worker processes train in parallel")
+    address: str | None = Field(
+        None, description="Dask scheduler address; the env NIGHTOWL_DASK_ADDRESS overrides it; "
+        "none: a LocalCluster of worker processes for the run")
+    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(1, ge=1)
+    gpu_resource: str | None = Field(
+        None, description="Dask resource that training tasks require (workers with a GPU are "
+        "started with `--resources GPU=1`); none: any worker trains")
+    shard_rows: int = Field(
+        250_000, ge=1000, description="nightly scoring: rows of one shard task (bounds memory)")
+
+
 class StoreConfig(_Strict):
     root: str = Field("file://./.nightowl", description="file:// or s3://bucket/prefix")
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold keys
+    credentials_block: str | None = Field(
+        None, description="name of a prefect-aws AwsCredentials block: S3 credentials (and its "
+        "endpoint and region) from Prefect instead of the environment"
+    )
+
+    @model_validator(mode="after")
+    def _block_needs_s3(self) -> StoreConfig:
+        if self.credentials_block and not self.root.startswith("s3://"):
+            raise ValueError(f"credentials_block needs an s3:// root, not {self.root!r}")
+        return self
+
+
+class UIConfig(_Strict):
+    """How plots and store links in Prefect artifacts reach the browser that shows the UI."""
+
+    images: Literal["auto", "inline", "url"] = Field(
+        "auto", description="inline: PNGs embedded as data: URIs (work anywhere, never expire, "
+        "stored in Prefect's database); url: presigned S3 URLs or store_url; auto: url where the "
+        "browser can load one (an s3:// store or store_url), else inline"
+    )
+    store_url: str | None = Field(
+        None, pattern=r"^https?://", description="an http(s) URL at which the store root is "
+        "served (e.g. `python -m http.server -d <store>`, a CDN): links and images use it"
+    )
+    presign_expiry_hours: float = Field(
+        168.0, gt=0, le=168, description="lifetime of presigned S3 URLs (SigV4 allows 7 days)"
+    )
 
 
 class DatasetConfig(_Strict):
@@ -245,6 +337,57 @@ class DatasetConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     alerts: AlertConfig = AlertConfig()
     retrain: RetrainConfig = RetrainConfig()
+    model: ModelConfig = ModelConfig()
+    ui: UIConfig = UIConfig()
+    runner: RunnerConfig = RunnerConfig()
+    group: str | None = Field(
+        None, description="set by nightowl when it fans out over entities or groups: the one "
+        "this copy of the config trains and scores (None: the whole dataset)")
+
+    @model_validator(mode="after")
+    def _group_in_scope(self) -> DatasetConfig:
+        if self.group is not None and self.model.scope == "group" and self.group not in self.model.groups:
+            raise ValueError(f"group {self.group!r} is not in [model.groups]: {sorted(self.model.groups)}")
+        return self
+
+    @property
+    def scope_name(self) -> str:
+        """The key prefix of everything model-scoped (versions, champion, scaler, drift
+        reference, decisions, alert ledger): the dataset, or dataset/groups/<group>."""
+        return self.name if self.group is None else f"{self.name}/groups/{scope_slug(self.group)}"
+
+    @property
+    def label(self) -> str:
+        """How logs and artifacts name this scope."""
+        return self.name if self.group is None else f"{self.name}[{self.group}]"
+
+    def group_entities(self) -> list[str] | None:
+        """The entities this scope covers; None: every entity of the dataset."""
+        if self.group is None:
+            return None
+        if self.model.scope == "group":
+            return list(self.model.groups[self.group])
+        return [self.group]
+
+    def for_group(self, group: str | None) -> DatasetConfig:
+        """This config narrowed to one entity or group (None: the dataset-level scope)."""
+        return self.model_copy(update={"group": group})
+
+    def group_of(self, entity: str) -> str | None:
+        """The group an entity's model belongs to under this dataset's scope (None: no group)."""
+        if self.model.scope == "entity":
+            return entity
+        if self.model.scope == "group":
+            return next((g for g, members in self.model.groups.items() if entity in members), None)
+        return None
+
+    @model_validator(mode="after")
+    def _ui_urls_reachable(self) -> DatasetConfig:
+        if (self.ui.images == "url" and not self.ui.store_url
+                and not self.store.root.startswith("s3://")):
+            raise ValueError("ui.images = 'url' needs an s3:// store root or ui.store_url "
+                             "(a browser cannot load file:// images from the Prefect UI)")
+        return self
 
     def training_for(self, family: FamilyConfig) -> TrainingConfig:
         """The engine settings for one family: the shared ones with its overrides."""

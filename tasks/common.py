@@ -3,15 +3,17 @@ retry settings and Prefect artifact keys."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
 from functools import lru_cache
 
 import torch
 
 from models.engine import pick_device
 from schemas.config import DatasetConfig
-from tasks.store import Store
+from tasks.store import Store, merge_options, s3_options_from_block
 
 # Retries for stages that touch the store or the source: transient I/O, not bad data.
 IO_RETRIES: dict[str, object] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
@@ -37,12 +39,18 @@ def redact(text: str, secrets: list[str | None]) -> str:
 
 
 def store_for(cfg: DatasetConfig) -> Store:
-    return _store(cfg.store.root, tuple(sorted(cfg.store.storage_options.items())))
+    """The dataset's store; S3 credentials from `[store] credentials_block` when it names one."""
+    options = json.dumps(cfg.store.storage_options, sort_keys=True, default=str)
+    return _store(cfg.store.root, options, cfg.store.credentials_block)
 
 
 @lru_cache(maxsize=8)
-def _store(root: str, options: tuple) -> Store:
-    return Store(root, dict(options))
+def _store(root: str, options: str, credentials_block: str | None) -> Store:
+    """Cached per process; the cache key holds the block's name, never its secret."""
+    storage_options = json.loads(options)
+    if credentials_block:
+        storage_options = merge_options(storage_options, s3_options_from_block(credentials_block))
+    return Store(root, storage_options)
 
 
 def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:
@@ -65,3 +73,16 @@ def compute_device(cfg: DatasetConfig, preference: str | None = None) -> torch.d
 def artifact_key(*parts: str) -> str:
     """A stable Prefect artifact key: lowercase letters, digits and single dashes only."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+
+
+def process_lock(name: str) -> threading.Lock:
+    """A named lock shared by the threads of this process, for libraries whose state is
+    process-global (torch's RNG, the ONNX exporter, matplotlib's text layout).
+
+    Looked up by name at the call, never held in a stage's module globals: a Dask worker
+    receives task functions pickled with the globals they use, and a lock cannot travel.
+    """
+    return _LOCKS.setdefault(name, threading.Lock())

@@ -91,7 +91,7 @@ class Store:
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         options = dict(storage_options or {})
         if root.startswith("s3://"):
-            options = {**_s3_options_from_env(), **options}
+            options = merge_options(_s3_options_from_env(), options)
         self.fs, path = fsspec.core.url_to_fs(root, **options)
         self.is_local = "file" in _protocols(self.fs)
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
@@ -108,6 +108,15 @@ class Store:
         """A URL for a key that other tools (DuckDB, polars, Spark) can open."""
         scheme = "file://" if self.is_local else f"{_protocols(self.fs)[0]}://"
         return scheme + self.path(key)
+
+    def sign(self, key: str, expires_s: int) -> str:
+        """A presigned HTTP(S) GET URL for one object, valid `expires_s` seconds (S3 only).
+
+        The URL carries a signature and the access key id, never the secret key.
+        """
+        if self.is_local:
+            raise StoreError(f"{self.uri(key)}: only object stores can presign a URL")
+        return self.fs.sign(self.path(key), expiration=int(expires_s))
 
     # -- reading -----------------------------------------------------------------------
     def exists(self, key: str) -> bool:
@@ -130,8 +139,8 @@ class Store:
         found = self.fs.cat(list(paths), on_error="omit")
         return {paths[p]: data for p, data in found.items() if p in paths}
 
-    def read_parquet(self, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.read_bytes(key)))
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(key)), columns=columns)
 
     def list(self, prefix: str) -> list[str]:
         """Keys of all files below a prefix, sorted; [] when the prefix does not exist."""
@@ -175,11 +184,10 @@ class Store:
         pq.write_table(table, buf, compression="zstd")
         return self.write_bytes(key, buf.getvalue())
 
-    def delete(self, keys: list[str]) -> None:
+    def delete_many(self, keys: list[str]) -> None:
         """Remove keys; ones already gone are fine (deletes are retried after crashes)."""
         for key in keys:
-            with suppress(FileNotFoundError):
-                self.fs.rm_file(self.path(key))
+            self.delete(key)
 
     # -- compare-and-swap ---------------------------------------------------------------
     def read_tagged(self, key: str) -> tuple[bytes | None, str | None]:
@@ -246,6 +254,11 @@ class Store:
             time.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # back off, de-synchronise
         raise ContendedError(f"{self.uri(key)}: still contended after {max_attempts} attempts")
 
+    def delete(self, key: str) -> None:
+        """Remove one object; a key that is already gone is fine (idempotent reruns)."""
+        with suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(key))
+
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """A process-wide exclusive lock for read-modify-write of one key (local stores)."""
@@ -282,12 +295,56 @@ def _is_temporary(path: str) -> bool:
     return ".tmp-" in name or name.endswith(".lock")
 
 
+def merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` wins, one level deep for s3fs's nested client_kwargs / config_kwargs."""
+    merged = {**base, **override}
+    for nested in ("client_kwargs", "config_kwargs"):
+        if nested in base and nested in override:
+            merged[nested] = {**base[nested], **override[nested]}
+    return merged
+
+
+def s3_options_from_block(name: str) -> dict[str, Any]:
+    """s3fs options from a prefect-aws `AwsCredentials` block: the Prefect way to hold S3
+    credentials (encrypted in Prefect's database, editable in the UI) instead of the environment.
+
+    The block's boto3 session resolves what it holds (static keys, a profile, an assumed role);
+    its endpoint and region come along. Errors name the block, never a credential.
+    """
+    from prefect_aws import AwsCredentials
+
+    try:
+        block = AwsCredentials.load(name)
+    except ValueError as err:
+        raise StoreError(f"AwsCredentials block {name!r} not found: {err}") from None
+    credentials = block.get_boto3_session().get_credentials()
+    if credentials is None:
+        raise StoreError(f"AwsCredentials block {name!r} resolves to no credentials")
+    frozen = credentials.get_frozen_credentials()
+    options: dict[str, Any] = {"key": frozen.access_key, "secret": frozen.secret_key}
+    if frozen.token:
+        options["token"] = frozen.token
+    client: dict[str, Any] = {}
+    if block.region_name:
+        client["region_name"] = block.region_name
+    params = block.aws_client_parameters
+    if params.endpoint_url:
+        client["endpoint_url"] = str(params.endpoint_url)
+    if params.verify is not None:  # False, or a CA bundle's path
+        client["verify"] = params.verify if isinstance(params.verify, bool) else str(params.verify)
+    if client:
+        options["client_kwargs"] = client
+    return options
+
+
 def _s3_options_from_env() -> dict[str, Any]:
     """Endpoint for S3-compatible stores (MinIO, moto) from NIGHTOWL_S3_ENDPOINT_URL."""
     endpoint = os.environ.get("NIGHTOWL_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
     # botocore's "standard" retry mode retries throttling and 5xx with backoff,
-    # on top of s3fs's own retries of connection errors.
-    options: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 6, "mode": "standard"}}}
+    # on top of s3fs's own retries of connection errors. SigV4 explicitly: botocore
+    # otherwise presigns URLs with SigV2 here, which newer AWS regions refuse.
+    options: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 6, "mode": "standard"},
+                                                 "signature_version": "s3v4"}}
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}
     return options

@@ -28,7 +28,9 @@ STAGES = {
     "register": ("tasks.training.register", "register_candidate"),
     "choose-champion": ("tasks.training.register", "choose_champion"),
     "ingest-night": ("tasks.data.ingest", "ingest_night"),
-    "score-day": ("tasks.nightly.score", "score_day"),
+    "plan-night": ("tasks.nightly.score", "plan_night"),
+    "score-shard": ("tasks.nightly.score", "score_shard"),
+    "commit-night": ("tasks.nightly.score", "commit_night"),
     "drift-check": ("tasks.nightly.drift", "check_drift"),
     "alert": ("tasks.nightly.alert", "alert_night"),
 }

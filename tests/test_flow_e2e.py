@@ -133,7 +133,8 @@ def test_store_holds_every_layer_and_a_verifiable_champion(trained) -> None:
 def test_scores_layer_explains_each_row(trained) -> None:
     cfg, _, _, nights = trained
     store = store_for(cfg)
-    day = pl.from_arrow(store.read_parquet(nights[1]["key"]))
+    (key,) = nights[1]["keys"]  # a small night: one shard
+    day = pl.from_arrow(store.read_parquet(key))
     contrib = day.select(pl.col("^contrib__.*$")).to_numpy().astype(np.float64)
     assert contrib.shape[1] == len(cfg.columns.features)
     np.testing.assert_allclose(contrib.sum(axis=1), day["score"].to_numpy(), rtol=1e-4)
@@ -166,16 +167,57 @@ def test_nightly_scoring_through_onnx_runtime_matches_torch(trained) -> None:
     from datetime import date
 
     from schemas.config import ScoringConfig
-    from tasks.nightly.score import score_day
+    from tasks.nightly.score import plan_night, read_scores, score_shard
 
     cfg, _, _, nights = trained
     store = store_for(cfg)
-    night = nights[0]
-    torch_scores = pl.from_arrow(store.read_parquet(night["key"]))
+    day = date.fromisoformat(nights[0]["date"])
+    torch_scores = read_scores(store, cfg, day)
     onnx_cfg = cfg.model_copy(update={"scoring": ScoringConfig(backend="onnx")})
-    result = score_day.fn(onnx_cfg, date.fromisoformat(night["date"]))
+    (shard,) = plan_night.fn(onnx_cfg, day).shards
+    result = score_shard.fn(onnx_cfg, day, shard)
     onnx_scores = pl.from_arrow(store.read_parquet(result.key))
     assert onnx_scores.height == torch_scores.height
     np.testing.assert_allclose(onnx_scores["score"].to_numpy(), torch_scores["score"].to_numpy(),
                                rtol=1e-4, atol=1e-5)
     assert (onnx_scores["is_anomaly"] == torch_scores["is_anomaly"]).mean() > 0.999
+
+
+def test_the_ui_shows_plots_progress_and_links_of_the_run_and_the_nights(trained) -> None:
+    """Every artifact an operator opens in the Prefect UI, with its type; on a local store each
+    plot is an inline PNG the browser renders (a data: URI) and links are file:// URIs."""
+    from tests.artifacts import image_urls, latest_artifacts, link_urls, png_at
+
+    cfg, _, result, nights = trained
+    (quarantined,) = [b for b in result["ingestion"]["batches"] if b["status"] == "quarantined"]
+    expected = {
+        "train-synthetic-candidates": "table", "train-synthetic-report": "markdown",
+        "train-synthetic-dense-ae": "markdown", "train-synthetic-champion": "markdown",
+        "train-synthetic-dense-ae-progress": "progress", "nightly-synthetic": "markdown",
+        "nightly-synthetic-segments": "table", "nightly-synthetic-scores": "markdown",
+        "backfill-synthetic": "progress",
+        f"quarantine-synthetic-{quarantined['batch_id']}": "markdown",
+    }
+    artifacts = latest_artifacts(list(expected))
+    assert {k: a.type for k, a in artifacts.items()} == expected
+
+    plots = {k: image_urls(artifacts[k].data) for k in
+             ("train-synthetic-report", "train-synthetic-dense-ae", "nightly-synthetic")}
+    assert [len(plots[k]) for k in plots] == [1, 3, 1]  # champion timeline; 3 plots; the night
+    for url in (u for urls in plots.values() for u in urls):
+        assert url.startswith("data:image/png;base64,")
+        png_at(url)
+    store = store_for(cfg)
+    version = f"models/synthetic/dense_ae/{result['champion']['version']}"
+    assert link_urls(artifacts["train-synthetic-champion"].data) == [store.uri(version) + "/"]
+    assert link_urls(artifacts["nightly-synthetic-scores"].data) == [  # the night's partition
+        store.uri(nights[-1]["keys"][0].rsplit("/", 1)[0]) + "/"]
+    quarantine = artifacts[f"quarantine-synthetic-{quarantined['batch_id']}"].data
+    assert "2026-01-14-resend.csv: column 's01' failed rule 'not null'" in quarantine
+    assert store.exists(link_urls(quarantine)[0].removeprefix(store.uri("")))  # validation.json
+
+    training, backfill = (artifacts[k] for k in ("train-synthetic-dense-ae-progress",
+                                                  "backfill-synthetic"))
+    assert training.data == 100.0 and training.description.startswith("dense_ae: done, ")
+    assert backfill.data == 100.0 and backfill.description.startswith("2/2 nights")
+    assert training.updated > training.created  # moved while the work ran, not created at 100

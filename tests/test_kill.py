@@ -30,7 +30,7 @@ from schemas.config import load_config, parse_config
 from tasks.data import ingest
 from tasks.data.synthetic import materialize
 from tasks.nightly.drift import last_event_key
-from tasks.nightly.score import scores_key
+from tasks.nightly.score import read_scores
 from tasks.store import Store
 from tasks.training.train import FIT, candidate_key
 from tasks.versions import WEIGHTS, champion_ref, read_champion
@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 SECRET = f"planted-aws-secret-{uuid.uuid4().hex}"
 TRAIN_STAGES = ["ingest-source", "scale", "window", "epoch:1", "train", "calibrate", "export",
                 "report", "register", "choose-champion"]
-NIGHT_STAGES = ["ingest-night", "score-day", "drift-check", "alert"]
+NIGHT_STAGES = ["ingest-night", "plan-night", "score-shard", "commit-night", "drift-check",
+                "alert"]
 
 
 class World:
@@ -150,8 +151,8 @@ def test_nightly_killed_at_every_stage_boundary_then_rerun(worlds):
     posted_by_chain = len(hook.bodies)
     assert chain.run("score", night.isoformat()) == 0
 
-    ours = pl.from_arrow(chain.store.read_parquet(scores_key(chain.cfg, night)))
-    theirs = pl.from_arrow(reference.store.read_parquet(scores_key(reference.cfg, night)))
+    ours = read_scores(chain.store, chain.cfg, night)
+    theirs = read_scores(reference.store, reference.cfg, night)
     assert ours.drop("model_version").equals(theirs.drop("model_version"))
     assert len(hook.bodies) == posted_by_chain  # the rerun after the alert stage sent nothing
     ids = [b["blocks"][1]["elements"][0]["text"] for b in hook.bodies]
@@ -176,7 +177,7 @@ def test_concurrent_nightly_runs_of_the_same_night(worlds):
     rows = chain.check_layer()
     day = rows.filter(pl.col("timestamp").dt.date() == night)
     assert day.height == 48  # the night's rows, once, although delivered twice and run twice
-    scores = pl.from_arrow(chain.store.read_parquet(scores_key(chain.cfg, night)))
+    scores = read_scores(chain.store, chain.cfg, night)
     assert scores.height == 48
     new = hook.bodies[posted:]
     ids = [b["blocks"][1]["elements"][0]["text"] for b in new]

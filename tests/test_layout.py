@@ -51,6 +51,6 @@ def test_dependencies_point_one_way(folder: str, forbidden: tuple[str, ...]) -> 
 
 
 def test_every_stage_module_lives_in_a_room() -> None:
-    shared = {"__init__.py", "common.py", "store.py", "versions.py", "scoring.py"}
+    shared = {"__init__.py", "common.py", "store.py", "versions.py", "scoring.py", "ui.py"}
     top = {p.name for p in (REPO / "tasks").glob("*.py")}
     assert top == shared, "a new stage belongs in tasks/data, training, nightly or evaluation"

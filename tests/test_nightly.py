@@ -40,16 +40,19 @@ def test_rerunning_a_night_replaces_its_partition(trained):
 
     config, store = trained
     first = nightly_flow(config, NIGHTS[0])
-    before = pl.from_arrow(store.read_parquet(first["scoring"]["key"]))
+    (key,) = first["scoring"]["keys"]
+    before = pl.from_arrow(store.read_parquet(key))
+    stale = f"scores/tiny/date={NIGHTS[0].isoformat()}/part-left-by-an-older-run.parquet"
+    store.write_bytes(stale, b"not scores")
     second = nightly_flow(config, NIGHTS[0])
-    after = pl.from_arrow(store.read_parquet(second["scoring"]["key"]))
+    after = pl.from_arrow(store.read_parquet(key))
 
     assert first["scoring"]["status"] == "scored" and first["scoring"]["rows"] == 48
-    assert _partition(store, NIGHTS[0]) == [first["scoring"]["key"]]
+    assert second["scoring"]["keys"] == [key] and _partition(store, NIGHTS[0]) == [key]
     assert after.height == before.height == 48
     assert after.equals(before)
     assert store.exists(f"drift/tiny/date={NIGHTS[0].isoformat()}/report.json")
-    assert second["artifacts"] == ["nightly-tiny", "nightly-tiny-segments"]
+    assert second["artifacts"] == ["nightly-tiny", "nightly-tiny-segments", "nightly-tiny-scores"]
 
 
 def test_a_night_without_input_is_reported_not_crashed(trained):
@@ -58,7 +61,7 @@ def test_a_night_without_input_is_reported_not_crashed(trained):
     config, store = trained
     night = nightly_flow(config, date(2026, 2, 1))
     assert night["scoring"]["status"] == "missing"
-    assert night["drift"] is None
+    assert night["scopes"] == [] and night["plan"]["rows"] == 0
     assert _partition(store, date(2026, 2, 1)) == []
 
 

@@ -14,7 +14,7 @@ from schemas.config import load_config, parse_config
 from tasks.common import store_for
 from tasks.data.synthetic import materialize
 from tasks.nightly.drift import check_drift, last_event_key
-from tasks.nightly.score import score_day
+from tasks.nightly.score import commit_night, plan_night, score_shard
 from tasks.training.promote import promote_if_better, rolling_splits, with_splits
 from tasks.training.register import Candidate, choose_champion
 from tasks.versions import VersionRef, read_champion, set_champion
@@ -124,8 +124,10 @@ def test_drift_event_is_emitted_once_per_cooldown_even_by_concurrent_nights(trai
     config, _ = trained
     cfg = load_config(config)
     store = store_for(cfg)
-    scored = score_day.fn(cfg, NIGHTS[0])
-    store.delete([last_event_key(cfg)])
+    plan = plan_night.fn(cfg, NIGHTS[0])
+    (scored,) = commit_night.fn(cfg, NIGHTS[0], [score_shard.fn(cfg, NIGHTS[0], s)
+                                                 for s in plan.shards])
+    store.delete(last_event_key(cfg))
 
     first = check_drift.fn(cfg, NIGHTS[0], scored)
     assert first.drift and first.event not in (None, "suppressed (cooldown)")

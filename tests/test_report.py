@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
@@ -14,7 +12,6 @@ from tasks.evaluation.thresholds import calibrate
 from tasks.store import Store
 from tasks.training.register import Candidate, choose_champion
 from tasks.training.report import (
-    PNG_MAGIC,
     candidates_table,
     histogram_png,
     latent_png,
@@ -24,7 +21,8 @@ from tasks.training.report import (
     timeline_png,
     training_curves_png,
 )
-from tasks.versions import VersionRef, read_champion
+from tasks.ui import PNG_MAGIC
+from tasks.versions import VersionRef, read_champion, register_version
 
 
 def _cfg(tmp_path, metric: str = "pr_auc"):
@@ -110,17 +108,28 @@ def test_champion_by_configured_metric_keeps_every_candidates_metrics(tmp_path):
     assert stored["candidates"]["fa"]["metrics"] == a and stored["candidates"]["fb"]["metrics"] == b
 
 
+def _registered(store: Store, family: str, ev: dict) -> VersionRef:
+    """A version holding what the report stage writes: report.md and its plots."""
+    t = ev["threshold"]["threshold"]
+    plots = {"plots/timeline.png": timeline_png(ev["scores"], ev["labels"], t, family),
+             "plots/training.png": training_curves_png(ev["fit"]["history"], 1, family)}
+    report = report_markdown("rep_ds", family, ev["metrics"], ev["threshold"], ev["fit"],
+                             list(plots))
+    return register_version(store, "rep_ds", family, {**plots, "report.md": report.encode()})
+
+
 def test_artifacts_are_created_in_a_flow_with_stable_keys(tmp_path, prefect_harness):
     from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tests.artifacts import image_urls, latest_artifacts, link_urls, png_at
 
     cfg = _cfg(tmp_path)
+    store = Store(cfg.store.root)
     evaluations = [_evaluation(0, 4.0), _evaluation(1, 1.0)]
-    candidates = [_candidate(family, version, ev["metrics"], ev["threshold"]["threshold"])
-                  for (family, version), ev in zip([("dense_ae", "aaaa1111"), ("vae", "bbbb2222")],
-                                                   evaluations)]
-    champion = {"family": "dense_ae", "version": "aaaa1111", "metric": "pr_auc",
+    refs = [_registered(store, family, ev) for family, ev in zip(["dense_ae", "vae"], evaluations)]
+    candidates = [Candidate(ref, ev["metrics"], ev["threshold"]["threshold"], "target_fpr", 1.0)
+                  for ref, ev in zip(refs, evaluations)]
+    champion = {"family": "dense_ae", "version": refs[0].version, "metric": "pr_auc",
                 "value": evaluations[0]["metrics"]["pr_auc"]}
 
     @flow(name="report-artifacts-test")
@@ -128,17 +137,27 @@ def test_artifacts_are_created_in_a_flow_with_stable_keys(tmp_path, prefect_harn
         return publish_training_artifacts(cfg, candidates, champion)
 
     keys = run()
-    assert keys == {"table": "train-rep-ds-candidates", "markdown": "train-rep-ds-report"}
-
-    async def latest(key: str):
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-        return found[-1]
-
-    table, markdown = asyncio.run(latest(keys["table"])), asyncio.run(latest(keys["markdown"]))
-    assert table.type == "table" and markdown.type == "markdown"
+    assert keys == {"table": "train-rep-ds-candidates", "markdown": "train-rep-ds-report",
+                    "dense_ae": "train-rep-ds-dense-ae", "vae": "train-rep-ds-vae",
+                    "champion": "train-rep-ds-champion"}
+    found = latest_artifacts(list(keys.values()))
+    assert {k: a.type for k, a in found.items()} == {
+        "train-rep-ds-candidates": "table", "train-rep-ds-report": "markdown",
+        "train-rep-ds-dense-ae": "markdown", "train-rep-ds-vae": "markdown",
+        "train-rep-ds-champion": "markdown"}
+    table, markdown = found[keys["table"]], found[keys["markdown"]]
     rows = candidates_table(candidates, champion)
     assert [r["family"] for r in rows] == ["dense_ae", "vae"] and rows[0]["champion"]
-    assert "dense_ae" in str(table.data) and "bbbb2222" in str(table.data)
-    assert "Champion: **dense_ae**" in markdown.data and "rep_ds/dense_ae/aaaa1111/report.md" in markdown.data
+    assert "dense_ae" in str(table.data) and refs[1].version in str(table.data)
+    assert "Champion: **dense_ae**" in markdown.data
+    assert f"rep_ds/dense_ae/{refs[0].version}/report.md" in markdown.data
+    assert "[vae](/artifacts/key/train-rep-ds-vae)" in markdown.data  # the table links each family
+    # the champion's timeline in the run report, each version's plots in its family's report
+    assert png_at(image_urls(markdown.data)[0]) == store.read_bytes(
+        f"{refs[0].key}/plots/timeline.png")
+    vae = found[keys["vae"]].data
+    assert [png_at(u) for u in image_urls(vae)] == [
+        store.read_bytes(f"{refs[1].key}/{name}") for name in ("plots/timeline.png",
+                                                               "plots/training.png")]
+    assert "## Validation metrics" in vae and "plots/timeline.png)" not in vae  # no bare paths
+    assert link_urls(found[keys["champion"]].data) == [store.uri(refs[0].key) + "/"]

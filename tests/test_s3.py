@@ -9,11 +9,14 @@ import uuid
 import boto3
 import pytest
 
-from tasks.store import Store
+from tasks.common import store_for
+from tasks.store import Store, StoreError, s3_options_from_block
 from tasks.versions import ChampionConflict, VersionRef, read_champion, set_champion
 from tests.s3_server import s3_endpoint
 
 BUCKET = "nightowl-test"
+BLOCK_KEY_ID = "AKIANIGHTOWLBLOCK"
+BLOCK_SECRET = "PLANTED-secret-9f4e71c2-do-not-leak"  # recognisable, so a grep finds any copy
 
 
 @pytest.fixture(scope="module")
@@ -99,35 +102,83 @@ def _endpoint() -> str:
     return os.environ["NIGHTOWL_S3_ENDPOINT_URL"]
 
 
-def test_pipeline_end_to_end_on_s3(s3_url, prefect_harness, tmp_path):
-    """Train and score a night with the store root on S3: the same code path as file://."""
+def test_pipeline_end_to_end_on_s3(s3_url, prefect_harness, tmp_path, monkeypatch, capfd, caplog):
+    """Train and score a night with the store root on S3 (the same code path as file://),
+    credentials and endpoint only from a prefect-aws block: every plot and link in the UI's
+    artifacts loads over HTTP, and the block's secret is written nowhere."""
+    import httpx
     import polars as pl
     import torch
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
 
     from flows.nightly import nightly_flow
     from flows.train import train_flow
     from schemas.config import parse_config
     from tasks.data.synthetic import materialize
     from tasks.versions import champion_ref, load_model
+    from tests.artifacts import (
+        everything_recorded,
+        image_urls,
+        latest_artifacts,
+        link_urls,
+        png_at,
+    )
     from tests.tiny import NIGHTS, tiny_config, write_config
 
     torch.set_num_threads(2)
+    block = f"nightowl-s3-{uuid.uuid4().hex[:6]}"
+    AwsCredentials(aws_access_key_id=BLOCK_KEY_ID, aws_secret_access_key=BLOCK_SECRET,
+                   region_name="us-east-1",
+                   aws_client_parameters=AwsClientParameters(endpoint_url=s3_url)).save(block)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "NIGHTOWL_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name)  # only the block can make this run work
     root = f"s3://{BUCKET}/e2e-{uuid.uuid4().hex[:6]}"
-    data = tiny_config(tmp_path, store_root=root)
+    data = tiny_config(tmp_path, store_root=root, store={"credentials_block": block})
+    data["source"]["synthetic"]["corrupt_deliveries"] = 1
     materialize(parse_config(data).source.synthetic, data["source"]["path"])
     config = write_config(tmp_path, data)
 
     training = train_flow(config)
     night = nightly_flow(config, NIGHTS[0])
 
-    store = Store(root)
+    store = Store(root, {"key": BLOCK_KEY_ID, "secret": BLOCK_SECRET,
+                         "client_kwargs": {"endpoint_url": s3_url}})
     assert store.uri("x").startswith("s3://")
     pointer = read_champion(store, "tiny")
     assert pointer["version"] == training["champion"]["version"]
     loaded = load_model(store, champion_ref(pointer), torch.device("cpu"))  # sha256-verified
     assert loaded.ref.version == pointer["version"]
-    scores = pl.from_arrow(store.read_parquet(night["scoring"]["key"]))
+    (key,) = night["scoring"]["keys"]
+    scores = pl.from_arrow(store.read_parquet(key))
     assert scores.height == 48 and scores["model_version"].unique().to_list() == [pointer["version"]]
     assert store.exists("drift/tiny/date=2026-01-09/report.json")
     assert store.exists("alerts/tiny/date=2026-01-09/alerts.jsonl")
     assert not list((tmp_path / "store").glob("*"))  # nothing leaked to a local store
+
+    # The UI: plots are presigned URLs a browser loads; links open the objects.
+    keys = ["train-tiny-report", "train-tiny-dense-ae", "train-tiny-champion", "nightly-tiny",
+            "nightly-tiny-scores"]
+    artifacts = latest_artifacts(keys)
+    images = [url for key in keys for url in image_urls(artifacts[key].data)]
+    assert len(images) >= 4 and all(u.startswith(s3_url) and "X-Amz-Signature=" in u
+                                    for u in images)
+    for url in images:
+        png_at(url)
+    for key in ("train-tiny-champion", "nightly-tiny-scores"):
+        (link,) = link_urls(artifacts[key].data)
+        assert httpx.get(link).status_code == 200
+
+    # The secret: in nothing Prefect recorded, no stored object, no output, no error.
+    stored = b"".join(store.read_bytes(k) for k in store.list(""))
+    nowhere = parse_config({**data, "store": {"root": f"s3://absent-{uuid.uuid4().hex[:6]}",
+                                              "credentials_block": block}})
+    with pytest.raises(OSError) as failure:
+        store_for(nowhere).write_bytes("k", b"x")
+    with pytest.raises(StoreError, match="not found") as no_block:
+        s3_options_from_block(f"absent-{uuid.uuid4().hex[:6]}")
+    out, err = capfd.readouterr()
+    written = "\n".join([everything_recorded(), out, err, caplog.text, repr(failure.value),
+                         str(no_block.value)])
+    assert BLOCK_KEY_ID in written  # the access key id is not secret: signed URLs carry it
+    assert BLOCK_SECRET not in written and BLOCK_SECRET.encode() not in stored

@@ -21,7 +21,7 @@ from schemas.config import parse_config
 from tasks.common import MAX_LINE, clip
 from tasks.data import ingest
 from tasks.nightly.alert import AlertDeliveryError, alert_night
-from tasks.nightly.score import ScoredNight, scores_key
+from tasks.nightly.score import ScoredNight, part_key
 from tasks.store import Store, UnsafeKeyError, safe_component
 from tests.test_alerts import NIGHT, Receiver, scores
 from tests.tiny import tiny_config, write_config
@@ -105,9 +105,9 @@ def secret_hook(prefect_harness):
 def _night(tmp_path: Path, block: str) -> tuple[object, ScoredNight]:
     cfg = parse_config(tiny_config(tmp_path, alerts={"webhook_secret_block": block}))
     store = Store(cfg.store.root)
-    key = scores_key(cfg, NIGHT)
+    key = part_key(cfg, NIGHT, "all")
     store.write_parquet(key, scores({"m1": [1, 1, 0, 1]}).to_arrow())
-    return cfg, ScoredNight(cfg.name, NIGHT.isoformat(), "scored", 4, 3, key, "dense_ae", "v1")
+    return cfg, ScoredNight(cfg.name, NIGHT.isoformat(), "scored", 4, 3, [key], "dense_ae", "v1")
 
 
 def _flow_logs(flow_run_id) -> str:
@@ -135,8 +135,8 @@ def test_secret_block_webhook_fails_then_recovers_and_is_never_written(secret_ho
     result = state.result()
     assert result["sent"] == 2 and len(hook.bodies) == 2  # one 503, retried, each sent once
     hook.failures = 10**6  # from now on it never recovers
-    scored2 = ScoredNight(cfg.name, "2026-01-10", "scored", 4, 3, scored.key, "dense_ae", "v2")
-    Store(cfg.store.root).delete(["alerts/tiny/ledger.json"])
+    scored2 = ScoredNight(cfg.name, "2026-01-10", "scored", 4, 3, scored.keys, "dense_ae", "v2")
+    Store(cfg.store.root).delete("alerts/tiny/ledger.json")
 
     @flow(name="nightowl-test-alerts-down")
     def down() -> dict:

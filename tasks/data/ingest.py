@@ -42,7 +42,11 @@ from schemas import arrow as arrow_schemas
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, clip, run_logger, store_for
 from tasks.data import layer
-from tasks.data.layer import dataset_prefix, load_validated  # noqa: F401 - the public names
+from tasks.data.layer import (  # noqa: F401 - the public names
+    dataset_prefix,
+    entity_rows,
+    load_validated,
+)
 from tasks.data.rules import ValidationOutcome, validate_frame, with_step_column  # noqa: F401
 from tasks.store import Store, sha256_bytes
 
@@ -441,6 +445,7 @@ def _record(store: Store, cfg: DatasetConfig, url: str, outcome: BatchOutcome,
     return outcome
 
 
+
 # -- whole source, or one night -------------------------------------------------------
 
 
@@ -542,7 +547,7 @@ def volume_report(store: Store, cfg: DatasetConfig, day: date) -> dict[str, Any]
     """
     rules = cfg.validation
     history_days = [day - timedelta(days=i) for i in range(1, rules.volume_days + 1)]
-    counts = layer.entity_rows(store, cfg, [day, *history_days])
+    counts = layer.day_entity_rows(store, cfg, [day, *history_days])
     tonight = counts.pop(day.isoformat(), {})
     entities = sorted({e for c in counts.values() for e in c})
     usual = {e: median(c.get(e, 0) for c in counts.values()) for e in entities}

@@ -279,13 +279,13 @@ def commit_source(store: Store, cfg: DatasetConfig, source_id: str, source: str,
         for day, before in reversed(undo):
             _restore_day(store, cfg, source_id, day, before)
         kept = {b["key"] for _, b in undo if b is not None}
-        store.delete(sorted(set(result.keys) - kept))
+        store.delete_many(sorted(set(result.keys) - kept))
         # Report every colliding key as the layer now stands, not only the first day's.
         raise ConflictError(_conflicts(store, cfg, source_id, rows_by_day, cache)) from None
     for day in sorted(set(previous_days) - set(days)):
         superseded += _remove_from_day(store, cfg, source_id, day)
     superseded += _orphans(store, cfg, source_id, days)
-    store.delete(sorted(set(superseded) - set(result.keys)))
+    store.delete_many(sorted(set(superseded) - set(result.keys)))
     return result
 
 
@@ -423,32 +423,74 @@ def _legacy_parts(store: Store, cfg: DatasetConfig, day: date) -> list[str]:
     return [k for k in store.list(folder) if LEGACY_PART.fullmatch(k.rsplit("/", 1)[-1])]
 
 
-def load_validated(
-    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None
-) -> pl.DataFrame:
-    """Rows of the validated layer with start <= timestamp < end, sorted by entity, timestamp.
-
-    Only committed parts of the days overlapping the range are opened, and the range
-    filter is pushed down into the Parquet scan (no Python row loops). A part removed
-    by a concurrent commit between listing and reading makes it list again.
-    """
+def validated_scan(
+    store: Store, cfg: DatasetConfig, start: datetime | None, end: datetime | None,
+    entities: list[str] | None = None,
+) -> tuple[pads.Dataset | None, pads.Expression | None]:
+    """The committed parts of the days overlapping [start, end) as one Parquet dataset, and
+    the row filter (time range, the scope's entities) to push down into its scan."""
     start, end = _as_naive_utc(start), _as_naive_utc(end)
-    schema = arrow_schemas.validated_schema(cfg)
     days = [d for d in validated_days(store, cfg) if _day_in_range(d, start, end)]
+    paths = [store.path(k) for k in committed_parts(store, cfg, days)]
+    if not paths:
+        return None, None
+    conditions = [c for c in [_range_filter(start, end)] if c is not None]
+    scope = cfg.group_entities()
+    wanted = scope if entities is None else (
+        entities if scope is None else [e for e in entities if e in set(scope)])
+    if wanted is not None:
+        conditions.append(pads.field(arrow_schemas.ENTITY).isin(wanted))
+    condition = None
+    for c in conditions:
+        condition = c if condition is None else condition & c
+    schema = arrow_schemas.validated_schema(cfg)
+    return pads.dataset(paths, schema=schema, format="parquet", filesystem=store.fs), condition
+
+
+def _scan(store: Store, cfg: DatasetConfig, start: datetime | None, end: datetime | None,
+          entities: list[str] | None, columns: list[str] | None = None) -> pa.Table | None:
+    """Read the scan; a part removed by a concurrent commit between listing and reading
+    makes it list again."""
     for attempt in range(3):
-        paths = [store.path(k) for k in committed_parts(store, cfg, days)]
-        if not paths:
-            return pl.from_arrow(schema.empty_table())  # type: ignore[return-value]
+        dataset, condition = validated_scan(store, cfg, start, end, entities)
+        if dataset is None:
+            return None
         try:
-            table = pads.dataset(paths, schema=schema, format="parquet",
-                                 filesystem=store.fs).to_table(filter=_range_filter(start, end))
-            break
+            return dataset.to_table(columns=columns, filter=condition)
         except OSError:  # FileNotFoundError locally; fsspec/pyarrow wrap it on object stores
             if attempt == 2:
                 raise
+    return None
+
+
+def load_validated(
+    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None,
+    entities: list[str] | None = None,
+) -> pl.DataFrame:
+    """Rows of the validated layer with start <= timestamp < end, sorted by entity, timestamp.
+
+    Only committed parts are read; only the entities of the config's scope
+    (`cfg.group_entities()`, narrowed further by `entities`), and only the date
+    partitions overlapping the range; the filters are pushed down into the Parquet scan.
+    """
+    table = _scan(store, cfg, start, end, entities)
+    if table is None:
+        return pl.from_arrow(arrow_schemas.validated_schema(cfg).empty_table())  # type: ignore[return-value]
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     return frame.sort(KEY)
+
+
+def entity_rows(
+    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None,
+) -> dict[str, int]:
+    """Rows per entity in [start, end) within the config's scope; reads the entity column
+    only (cheap enough to plan a fleet's shards from)."""
+    table = _scan(store, cfg, start, end, None, columns=[arrow_schemas.ENTITY])
+    if table is None:
+        return {}
+    counts = pl.from_arrow(table).group_by(arrow_schemas.ENTITY).len().sort(arrow_schemas.ENTITY)
+    return dict(counts.iter_rows())
 
 
 def _day_in_range(day: date, start: datetime | None, end: datetime | None) -> bool:
@@ -474,7 +516,8 @@ def _as_naive_utc(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def entity_rows(store: Store, cfg: DatasetConfig, days: list[date]) -> dict[str, dict[str, int]]:
+def day_entity_rows(store: Store, cfg: DatasetConfig, days: list[date]
+                    ) -> dict[str, dict[str, int]]:
     """day -> entity -> committed rows, from the manifests alone (no data is read)."""
     keys = {manifest_key(cfg, d): d for d in days}
     out: dict[str, dict[str, int]] = {}

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.data.ingest import load_validated
+from tasks.data.ingest import entity_rows, load_validated
 from tasks.data.scale import ScalerParams, apply_scaler, fit_scaler
 from tasks.data.window import build_window_index
 from tasks.evaluation.drift import data_reference
@@ -49,6 +49,36 @@ class PreparedData:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ScopePlan:
+    """Which model scopes a training run covers: None is the dataset-level model; each other
+    entry an entity or group. `skipped` names those with too few train rows for a model."""
+
+    groups: list[str | None]
+    skipped: dict[str, int]
+
+
+@task(name="plan-model-scopes", cache_policy=NO_CACHE, **IO_RETRIES)
+def plan_scopes(cfg: DatasetConfig) -> ScopePlan:
+    """The dataset's model scopes: one model, or one per entity / group with enough train rows
+    (plus the dataset-level fallback model when configured)."""
+    if cfg.model.scope == "dataset":
+        return ScopePlan([None], {})
+    rows = entity_rows(store_for(cfg), cfg.for_group(None), cfg.splits.train.start,
+                       cfg.splits.train.end)
+    if cfg.model.scope == "entity":
+        sizes = rows
+    else:
+        sizes = {g: sum(rows.get(e, 0) for e in members) for g, members in cfg.model.groups.items()}
+    groups = sorted(g for g, n in sizes.items() if n >= cfg.model.min_train_rows)
+    skipped = {g: n for g, n in sorted(sizes.items()) if n < cfg.model.min_train_rows}
+    if skipped:
+        run_logger(__name__).warning("%s: no model for %d %s(s) with fewer than %d train rows: %s",
+                                     cfg.name, len(skipped), cfg.model.scope,
+                                     cfg.model.min_train_rows, list(skipped)[:20])
+    return ScopePlan(([None] if cfg.model.fallback else []) + list(groups), skipped)
+
+
 def assign_splits(frame: pl.DataFrame, splits: SplitsConfig, with_score: bool = True) -> pl.DataFrame:
     """Tag each row train / validation / score / none by its timestamp."""
     ts = pl.col("timestamp")
@@ -77,7 +107,7 @@ def scale_dataset(cfg: DatasetConfig) -> ScaledData:
     scaler = fit_scaler(train, cfg.columns.features, cfg.scaling.method)
     scaler_json = scaler.to_json()
     scaler_id = hashlib.sha256(json.dumps(scaler_json, sort_keys=True).encode()).hexdigest()[:12]
-    prefix = f"datasets/{cfg.name}/scaled/{scaler_id}"
+    prefix = f"datasets/{cfg.scope_name}/scaled/{scaler_id}"
     scaled = apply_scaler(frame, scaler)
     normal_train = scaled.filter((pl.col("split") == "train") & (pl.col("label") == 0))
     store.write_json(f"{prefix}/scaler.json", scaler_json)
@@ -99,7 +129,7 @@ def window_dataset(cfg: DatasetConfig, scaled: ScaledData) -> PreparedData:
     frame = pl.from_arrow(store.read_parquet(scaled.scaled_key))
     index = build_window_index(frame, cfg.window.length, cfg.window.stride)
     scaler_id = scaled.scaled_key.split("/")[-2]
-    key = (f"datasets/{cfg.name}/windows/{scaler_id}/"
+    key = (f"datasets/{cfg.scope_name}/windows/{scaler_id}/"
            f"L{cfg.window.length}-S{cfg.window.stride}.parquet")
     store.write_parquet(key, index.to_arrow())
     counts = dict(index.group_by("split").len().iter_rows())

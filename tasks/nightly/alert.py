@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -51,6 +52,7 @@ class AlertDeliveryError(RuntimeError):
 class AlertSummary:
     """A night's alerting: counts, the log's key, and the top segments by peak score."""
 
+    group: str | None
     segments: int
     sent: int
     log: str
@@ -120,11 +122,11 @@ def webhook_url(cfg: AlertConfig) -> str | None:
 
 
 def ledger_key(cfg: DatasetConfig) -> str:
-    return f"alerts/{cfg.name}/ledger.json"
+    return f"alerts/{cfg.scope_name}/ledger.json"
 
 
 def log_key(cfg: DatasetConfig, day: date) -> str:
-    return f"alerts/{cfg.name}/date={day.isoformat()}/alerts.jsonl"
+    return f"alerts/{cfg.scope_name}/date={day.isoformat()}/alerts.jsonl"
 
 
 def webhook_host(url: str) -> str:
@@ -186,11 +188,14 @@ def _claim(store: Store, cfg: DatasetConfig, day: date, ids: list[str], token: s
         claimed.clear()
         new = dict(ledger or {})
         for sid in ids:
-            if _open(new.get(sid), now):
+            entry = new.get(sid)
+            if entry is not None and entry.get("claim") == token:
+                claimed.append(sid)  # our earlier attempt landed (its reply was lost)
+            elif _open(entry, now):
                 new[sid] = {"status": "claimed", "claimed_at": now.isoformat(),
                             "night": day.isoformat(), "claim": token}
                 claimed.append(sid)
-        return new if claimed else ledger
+        return new if new != (ledger or {}) else ledger
 
     store.update_json(ledger_key(cfg), change)
     return claimed
@@ -249,28 +254,35 @@ def send_alerts(store: Store, cfg: DatasetConfig, day: date, scores: pl.DataFram
     sent = len(delivered)
     lines = "".join(json.dumps(r, default=str, sort_keys=True) + "\n" for r in records)
     store.write_bytes(log_key(cfg, day), lines.encode())
-    return AlertSummary(len(records), sent, log_key(cfg, day), top_segments(records))
+    return AlertSummary(cfg.group, len(records), sent, log_key(cfg, day), top_segments(records))
+
+
+def peak_ratio(segment: dict[str, Any]) -> float:
+    """Peak score over its model's threshold: comparable across the models of a fleet."""
+    return segment["peak_score"] / segment["threshold"] if segment["threshold"] > 0 else np.inf
 
 
 def top_segments(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The highest-peaked segments, flattened for a table (JSON-able values only)."""
-    rows = sorted(records, key=lambda r: -r["peak_score"])[:TOP_SEGMENTS]
+    rows = sorted(records, key=lambda r: -peak_ratio(r))[:TOP_SEGMENTS]
     return [{"entity": r["entity"], "start": str(r["start"]), "end": str(r["end"]),
              "rows": r["rows"], "peak_score": round(r["peak_score"], 4),
+             "x_threshold": round(peak_ratio(r), 3),
              "top_features": ", ".join(r["top_features"]), "alert": r["status"]} for r in rows]
 
 
 @task(name="alert", cache_policy=NO_CACHE, **IO_RETRIES)
 def alert_night(cfg: DatasetConfig, day: date, scored: ScoredNight) -> AlertSummary:
     """Send tonight's new anomaly segments; write the structured alert log of the night."""
-    assert scored.key is not None, "alerting needs a scored night"
+    assert scored.keys, "alerting needs a scored night"
     store = store_for(cfg)
     url = webhook_url(cfg.alerts)
-    result = send_alerts(store, cfg, day, pl.from_arrow(store.read_parquet(scored.key)), url)
+    scores = pl.concat([pl.from_arrow(store.read_parquet(k)) for k in scored.keys])
+    result = send_alerts(store, cfg, day, scores, url)
     logger = run_logger(__name__)
     if url is None and result.segments:
-        logger.warning("%s %s: %d anomaly segments but no webhook configured (%s)", cfg.name, day,
+        logger.warning("%s %s: %d anomaly segments but no webhook configured (%s)", cfg.label, day,
                        result.segments, clip(cfg.alerts.webhook_url_env, 100))
-    logger.info("%s %s: %d segments, %d alerts sent, log %s", cfg.name, day, result.segments,
+    logger.info("%s %s: %d segments, %d alerts sent, log %s", cfg.label, day, result.segments,
                 result.sent, result.log)
     return result

@@ -32,9 +32,10 @@ EVENT = "nightowl.drift.detected"
 
 @dataclass(frozen=True)
 class DriftVerdict:
-    """The night's drift verdict (per-feature statistics stay in the stored report)."""
+    """A scope's drift verdict for a night (per-feature statistics stay in the stored report)."""
 
     date: str
+    group: str | None
     status: str  # "checked" | "no-reference"
     drift: bool
     reasons: list[str] = field(default_factory=list)
@@ -49,11 +50,11 @@ class DriftVerdict:
 
 
 def drift_key(cfg: DatasetConfig, day: date) -> str:
-    return f"drift/{cfg.name}/date={day.isoformat()}/report.json"
+    return f"drift/{cfg.scope_name}/date={day.isoformat()}/report.json"
 
 
 def last_event_key(cfg: DatasetConfig) -> str:
-    return f"drift/{cfg.name}/LAST_EVENT.json"
+    return f"drift/{cfg.scope_name}/LAST_EVENT.json"
 
 
 def in_cooldown(store: Store, cfg: DatasetConfig, now: datetime) -> bool:
@@ -77,17 +78,20 @@ def claim_event(store: Store, cfg: DatasetConfig, day: date, now: datetime
     time emit one event, not two (a plain read-then-write would let both through).
     """
     token = uuid.uuid4().hex
-    before: list[dict[str, Any] | None] = []
+    before: list[dict[str, Any] | None] = [None]
 
     def change(marker: dict[str, Any] | None) -> dict[str, Any] | None:
+        if marker is not None and marker.get("claim") == token:
+            return marker  # our earlier attempt landed (its reply was lost)
         before[:] = [marker]
         if _cooling(cfg, marker, now):
             return marker
         return {"emitted_at": now.isoformat(), "date": day.isoformat(), "event_id": None,
                 "claim": token}
 
-    _, written = store.update_json(last_event_key(cfg), change)
-    return (token if written else None), before[0]
+    stored, _ = store.update_json(last_event_key(cfg), change)
+    ours = stored is not None and stored.get("claim") == token
+    return (token if ours else None), before[0]
 
 
 def settle_event(store: Store, cfg: DatasetConfig, token: str, event_id: str | None,
@@ -103,15 +107,16 @@ def settle_event(store: Store, cfg: DatasetConfig, token: str, event_id: str | N
 
 def emit_drift_event(cfg: DatasetConfig, day: date, reasons: list[str],
                      config_path: str | None) -> str | None:
-    """Emit `nightowl.drift.detected` (resource = the dataset); returns the event id."""
+    """Emit `nightowl.drift.detected` (resource = the dataset, payload names the entity /
+    group whose model drifted, "" for the dataset-level model); returns the event id."""
     from prefect.events import emit_event
 
     event = emit_event(
         event=EVENT,
         resource={"prefect.resource.id": f"nightowl.dataset.{cfg.name}",
                   "prefect.resource.name": cfg.name},
-        payload={"dataset": cfg.name, "date": day.isoformat(), "config": config_path,
-                 "reasons": reasons},
+        payload={"dataset": cfg.name, "group": cfg.group or "", "date": day.isoformat(),
+                 "config": config_path, "reasons": reasons},
     )
     return str(event.id) if event is not None else None
 
@@ -124,15 +129,22 @@ def version_reference(store: Store, ref: VersionRef) -> tuple[ScalerParams, dict
     return ScalerParams.from_json(json.loads(files[SCALER])), reference
 
 
+def read_parts(store: Store, keys: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+    """The scores of a scope's night: its parts, concatenated."""
+    return pl.concat([pl.from_arrow(store.read_parquet(k, columns)) for k in keys])
+
+
 def night_report(cfg: DatasetConfig, store: Store, day: date, scored: ScoredNight) -> dict[str, Any]:
     """Every statistic of the night against the reference of the version that scored it."""
-    assert scored.key is not None and scored.model is not None
+    assert scored.keys and scored.model is not None
     scaler, reference = version_reference(store, scored.model)
     if reference is None:
         return {"drift": False, "reasons": [], "status": "no-reference"}
-    scores = pl.from_arrow(store.read_parquet(scored.key))
+    scores = read_parts(store, scored.keys, ["entity", "score", "is_anomaly"])
     start = day_start(day)
-    rows = apply_scaler(load_validated(store, cfg, start, start + timedelta(days=1)), scaler)
+    entities = scores["entity"].unique().sort().to_list()
+    rows = apply_scaler(load_validated(store, cfg, start, start + timedelta(days=1), entities),
+                        scaler)
     report = drift_report(reference, rows, list(reference["features"]), cfg.drift,
                           scores["score"].to_numpy(), scores["is_anomaly"].to_numpy())
     return {**report, "status": "checked"}
@@ -145,7 +157,7 @@ def check_drift(cfg: DatasetConfig, day: date, scored: ScoredNight,
     logger = run_logger(__name__)
     store = store_for(cfg)
     report = night_report(cfg, store, day, scored)
-    report.update(date=day.isoformat(), dataset=cfg.name, event=None)
+    report.update(date=day.isoformat(), dataset=cfg.name, group=cfg.group, event=None)
     now = datetime.now(UTC)
     if report["drift"]:
         token, before = claim_event(store, cfg, day, now)
@@ -159,11 +171,11 @@ def check_drift(cfg: DatasetConfig, day: date, scored: ScoredNight,
                 raise
             settle_event(store, cfg, token, event_id, before, emitted=True)
             report["event"] = event_id
-        logger.warning("%s %s: drift (%s); event %s", cfg.name, day, clip("; ".join(report["reasons"])),
-                       report["event"])
+        logger.warning("%s %s: drift (%s); event %s", cfg.label, day,
+                       clip("; ".join(report["reasons"])), report["event"])
     key = drift_key(cfg, day)
     store.write_json(key, report)
-    return DriftVerdict(day.isoformat(), report["status"], bool(report["drift"]), report["reasons"],
+    return DriftVerdict(day.isoformat(), cfg.group, report["status"], bool(report["drift"]), report["reasons"],
                         report["event"], _number(report.get("score_ks")),
                         _number(report.get("anomaly_rate")), report.get("drifted_features", []),
                         key)

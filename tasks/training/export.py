@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from models.base import WindowModel
 from models.registry import build_model
 from schemas.config import DatasetConfig
-from tasks.common import compute_device, run_logger, store_for
+from tasks.common import compute_device, process_lock, run_logger, store_for
 from tasks.scoring import OnnxScorer
 from tasks.training.train import FIT, TrainedCandidate
 from tasks.versions import ONNX, WEIGHTS, model_from_bytes
@@ -31,6 +31,10 @@ OPSET = 17
 EXPORT = "export.json"
 PARITY_TOLERANCE = 1e-4
 INPUT, OUTPUT = "windows", "element_scores"
+EXPORTER = "onnx-export"
+"""torch.onnx.export keeps process-global state (GLOBALS.in_onnx_export): two exports in
+threads of one process fail each other ("GLOBALS.in_onnx_export must be True"), seen when
+a fleet's candidates were exported on Prefect's thread pool."""
 
 
 def export_onnx(model: WindowModel) -> bytes:
@@ -40,7 +44,7 @@ def export_onnx(model: WindowModel) -> bytes:
     buffer = io.BytesIO()
     # Traced with grad enabled on purpose: under no_grad, eval-mode TransformerEncoderLayer
     # takes its fused fast path (aten::_transformer_encoder_layer_fwd), which ONNX lacks.
-    with warnings.catch_warnings():  # tracer notes on shape checks; parity is what counts
+    with process_lock(EXPORTER), warnings.catch_warnings():  # tracer notes on shape checks; parity is what counts
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # The LSTM exporter warns about any dynamic batch; its zero initial states are built
         # from the input's batch size, and tests score batches of 1 and 1,000 through it.

@@ -49,7 +49,7 @@ def latest_validated_day(cfg: DatasetConfig) -> datetime:
 def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:
     """The current champion's metrics on the given validation slices (its own scaler/threshold)."""
     store = store_for(cfg)
-    loaded = load_champion(store, cfg.name, compute_device(cfg))
+    loaded = load_champion(store, cfg.scope_name, compute_device(cfg))
     labels, scores = [], []
     for r in splits.validation:
         frame = load_validated(store, cfg, r.start - timedelta(days=1), r.end)
@@ -88,7 +88,7 @@ def promote_if_better(
     challenger = max(candidates, key=lambda c: -np.inf if c.metric(metric) != c.metric(metric)
                      else c.metric(metric))
     value, best = challenger.metric(metric), challenger.ref
-    pointer = read_champion(store, cfg.name)
+    pointer = read_champion(store, cfg.scope_name)
     champion = champion_on_slices(cfg, splits) if pointer else None
     champ_value = champion["metrics"].get(metric) if champion else None
     promote, reason = decide(metric, float(value), champ_value, cfg.retrain.min_improvement)
@@ -109,7 +109,7 @@ def promote_if_better(
                 details={"promoted_by": "retrain", "reason": reason})
         except ChampionConflict as err:
             decision.update(promoted=False, reason=f"champion changed meanwhile: {err}")
-    key = f"models/{cfg.name}/decisions/{decision['at'].replace(':', '').replace('+0000', 'Z')}.json"
+    key = f"models/{cfg.scope_name}/decisions/{decision['at'].replace(':', '').replace('+0000', 'Z')}.json"
     store.write_json(key, decision)
     run_logger(__name__).info("retrain decision for %s: %s (%s) -> %s", cfg.name,
                               "promote" if decision["promoted"] else "keep", decision["reason"], key)

@@ -63,7 +63,7 @@ class Candidate:
 
 def version_config(cfg: DatasetConfig, fit: dict[str, Any]) -> dict[str, Any]:
     """config.json: everything needed to rebuild and score the model."""
-    return {"dataset": cfg.name, "model": fit["arguments"], "training": fit["settings"],
+    return {"dataset": cfg.name, "group": cfg.group, "model": fit["arguments"], "training": fit["settings"],
             "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
             "scaling": cfg.scaling.model_dump()}
 
@@ -85,17 +85,18 @@ def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: Trai
     files[METRICS] = json_bytes({
         "validation": calibration.metrics, "export": export,
         "fit": {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}})
-    ref = register_version(store, cfg.name, trained.family, files)
+    ref = register_version(store, cfg.scope_name, trained.family, files)
     run_logger(__name__).info("registered %s", store.uri(ref.key))
     return Candidate(ref, calibration.metrics, calibration.threshold, calibration.method,
                      trained.fit_seconds)
 
 
-@task(name="read-champion-generation", cache_policy=NO_CACHE, **IO_RETRIES)
-def champion_generation(cfg: DatasetConfig) -> int:
-    """The champion pointer's generation now (0: none yet): what a run may later replace."""
-    pointer = read_champion(store_for(cfg), cfg.name)
-    return int(pointer["generation"]) if pointer else 0
+@task(name="read-champion-generations", cache_policy=NO_CACHE, **IO_RETRIES)
+def champion_generations(cfg: DatasetConfig, groups: list[str | None]) -> dict[str | None, int]:
+    """Each scope's champion pointer generation now (0: none yet): what a run may replace."""
+    store = store_for(cfg)
+    pointers = {g: read_champion(store, cfg.for_group(g).scope_name) for g in groups}
+    return {g: int(p["generation"]) if p else 0 for g, p in pointers.items()}
 
 
 @task(name="choose-champion", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -122,12 +123,12 @@ def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
                                                "metrics": dict(c.metrics)} for c in candidates}},
         )
     except ChampionConflict as err:
-        current = read_champion(store, cfg.name) or {}
+        current = read_champion(store, cfg.scope_name) or {}
         reason = (f"not promoted: the champion changed while this run trained ({err}); "
                   f"kept {current.get('family')}/{current.get('version')}")
-        logger.warning("%s: %s/%s %s", cfg.name, best.family, best.ref.version, reason)
+        logger.warning("%s: %s/%s %s", cfg.label, best.family, best.ref.version, reason)
         return {**current, "promoted": False, "reason": reason,
                 "candidate": {**best.ref.to_json(), metric: best.metric(metric)}}
-    logger.info("champion of %s: %s/%s (%s=%.4f)", cfg.name, best.family, best.ref.version,
+    logger.info("champion of %s: %s/%s (%s=%.4f)", cfg.label, best.family, best.ref.version,
                 metric, best.metric(metric))
     return {**pointer, "promoted": True, "reason": f"best {metric} of this run"}

@@ -3,8 +3,9 @@
 Why: a number in metrics.json is only trusted when a person can see where it
 comes from — the score timeline against the labelled windows, how far normal
 and anomalous scores overlap, whether training converged. The plots travel
-inside the immutable version (so they always describe exactly that model) and
-the same metrics go to keyed Prefect artifacts so the UI shows every run.
+inside the immutable version (so they always describe exactly that model), and
+the same metrics and plots go to keyed Prefect artifacts so the UI shows every run
+(tasks.ui says how a plot reaches the browser: presigned URL or inline PNG).
 
 Plots use matplotlib's object API on the Agg canvas (no pyplot global state,
 safe in worker threads); PNG output carries no timestamp, so identical models
@@ -13,26 +14,39 @@ give identical files and the content-addressed version id stays stable.
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
 import polars as pl
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
-from tasks.common import artifact_key, run_logger, store_for
+from tasks.common import artifact_key, process_lock, run_logger, store_for
+from tasks.store import Store
+from tasks.training.calibrate import Calibration
 from tasks.training.register import PLOTS, Candidate
 from tasks.training.train import FIT, LATENTS, ROW_SCORES, TrainedCandidate
-from tasks.versions import REPORT, THRESHOLD
+from tasks.ui import (
+    figure_png,
+    folder_url,
+    image_src,
+    md_image,
+    md_link,
+    object_url,
+    publish_link,
+    url_note,
+)
+from tasks.versions import MANIFEST, REPORT, THRESHOLD
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PLOTTING = "matplotlib"
+"""matplotlib's text layout (mathtext on pyparsing) is not thread-safe: two reports drawn in
+threads of one process failed with a ParseException of a tick label. Drawing takes turns."""
 REPORT_METRICS = ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "pa_k_auc", "event_recall",
                   "precision", "recall", "f1", "fpr")
 METRIC_NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "best_f1": "best F1",
@@ -41,13 +55,6 @@ METRIC_NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "b
 
 
 # -- plots (pure: arrays in, PNG bytes out) -----------------------------------------------
-
-
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    return buf.getvalue()
 
 
 def _use_log(ax: Any, values: np.ndarray) -> None:
@@ -76,7 +83,7 @@ def timeline_png(
     ax.set(title=title, xlabel="validation row (entities concatenated)", ylabel="score")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def histogram_png(scores: np.ndarray, labels: np.ndarray, threshold: float, title: str) -> bytes:
@@ -99,7 +106,7 @@ def histogram_png(scores: np.ndarray, labels: np.ndarray, threshold: float, titl
     ax.set(title=title, xlabel="log10 score" if use_log else "score", ylabel="density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def training_curves_png(history: list[dict[str, float]], best_epoch: int, title: str) -> bytes:
@@ -117,7 +124,7 @@ def training_curves_png(history: list[dict[str, float]], best_epoch: int, title:
     ax.set(title=title, xlabel="epoch", ylabel="loss")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +153,7 @@ def latent_png(latent: np.ndarray, labels: np.ndarray, title: str) -> bytes:
     ax.set(title=title, xlabel=f"PC1 ({ratio[0]:.0%})", ylabel=f"PC2 ({ratio[1]:.0%})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 # -- Markdown ------------------------------------------------------------------------------
@@ -238,9 +245,17 @@ def candidate_plots(dataset: str, family: str, rows: pl.DataFrame, threshold: fl
     return {f"{PLOTS}/{name}": png for name, png in plots.items()}
 
 
+PLOT_ORDER = ("timeline", "training", "histogram")  # what a reader asks first; the rest after
+
+
+def _plot_rank(name: str) -> tuple[int, str]:
+    stem = name.rsplit("/", 1)[-1].removesuffix(".png")
+    return (PLOT_ORDER.index(stem) if stem in PLOT_ORDER else len(PLOT_ORDER), name)
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report_candidate(cfg: DatasetConfig, trained: TrainedCandidate,
-                     metrics: dict[str, float]) -> list[str]:
+                     calibration: Calibration) -> list[str]:
     """Plots + report.md into the candidate's folder (they join its version); returns their names."""
     store = store_for(cfg)
     fit = store.read_json(trained.file(FIT))
@@ -248,11 +263,13 @@ def report_candidate(cfg: DatasetConfig, trained: TrainedCandidate,
     rows = pl.from_arrow(store.read_parquet(trained.file(ROW_SCORES)))
     latents = (pl.from_arrow(store.read_parquet(trained.file(LATENTS)))
                if store.exists(trained.file(LATENTS)) else None)
-    plots = candidate_plots(cfg.name, trained.family, rows, float(threshold["threshold"]), fit,
-                            latents)
+    with process_lock(PLOTTING):
+        plots = candidate_plots(cfg.label, trained.family, rows, float(threshold["threshold"]),
+                                fit, latents)
     for name, png in plots.items():
         store.write_bytes(trained.file(name), png)
-    report = report_markdown(cfg.name, trained.family, metrics, threshold, fit, sorted(plots))
+    report = report_markdown(cfg.label, trained.family, calibration.metrics, threshold, fit,
+                             sorted(plots, key=_plot_rank))
     store.write_bytes(trained.file(REPORT), report.encode())
     run_logger(__name__).info("%s: report with %d plots", trained.family, len(plots))
     return sorted(plots)
@@ -275,36 +292,180 @@ def candidates_table(candidates: list[Candidate], champion: dict[str, Any]) -> l
     } for c in candidates]
 
 
+def family_key(cfg: DatasetConfig, family: str) -> str:
+    return artifact_key("train", cfg.name, family)
+
+
+PLOT_LINK = re.compile(r"!\[([^\]]*)\]\((plots/[^)\s]+\.png)\)")
+
+
+def family_markdown(cfg: DatasetConfig, store: Store, candidate: Candidate) -> str:
+    """The version's own report.md, with each plot's relative path replaced by a URL the UI
+    loads (or the PNG inline), under a line linking the version folder."""
+    key = candidate.ref.key
+    report = store.read_bytes(f"{key}/{REPORT}").decode()
+    report = PLOT_LINK.sub(lambda m: md_image(m[1], image_src(cfg, store, f"{key}/{m[2]}")),
+                           report)
+    version = md_link(f"`{candidate.ref.version}`", folder_url(cfg, store, key, MANIFEST))
+    header = (f"Version {version} ({store.uri(key)}) · threshold {candidate.threshold:.4g} "
+              f"({candidate.threshold_method}). {url_note(cfg, store)}")
+    title, _, rest = report.partition("\n")
+    return f"{title}\n\n{header}\n{rest}"
+
+
+def _champion_of(candidates: list[Candidate], champion: dict[str, Any]) -> Candidate | None:
+    """The candidate that is champion; None when the run lost the race to another promotion."""
+    return next((c for c in candidates
+                 if (c.family, c.ref.version) == (champion["family"], champion["version"])), None)
+
+
 def run_markdown(cfg: DatasetConfig, candidates: list[Candidate], champion: dict[str, Any]) -> str:
-    """The run summary shown in the Prefect UI: champion, per-family metrics, report locations."""
+    """The run summary shown in the Prefect UI: champion (linked, with its score timeline),
+    per-family metrics, and where each family's report and plots are."""
     store = store_for(cfg)
     metric = champion["metric"]
     keys = ["roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "f1", "fpr"]
+    best = _champion_of(candidates, champion)
+    if best is None:  # another promotion landed while this run trained: it kept that one
+        best = max(candidates, key=lambda c: c.metric(metric) if c.metric(metric) == c.metric(
+            metric) else float("-inf"))
+        headline = (f"Champion unchanged: **{champion['family']}** `{champion['version']}` "
+                    f"(this run's best, **{best.family}**, was not promoted: "
+                    f"{champion.get('reason', 'the champion changed meanwhile')}).")
+    else:
+        version = md_link(f"`{best.ref.version}`", folder_url(cfg, store, best.ref.key, MANIFEST))
+        headline = (f"Champion: **{best.family}** {version} ({METRIC_NAMES.get(metric, metric)} "
+                    f"{champion['value']:.4f} on the labelled validation slice).")
+    timeline = image_src(cfg, store, f"{best.ref.key}/{PLOTS}/timeline.png")
     lines = [
-        f"# Training run — {cfg.name}", "",
-        (f"Champion: **{champion['family']}** `{champion['version']}` "
-         f"({METRIC_NAMES.get(metric, metric)} {champion['value']:.4f} on the labelled validation "
-         f"slice)."), "",
+        f"# Training run — {cfg.name}", "", headline, "",
         "| family | version | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
     for c in candidates:
         values = " | ".join(_fmt(c.metric(k)) for k in keys)
-        lines.append(f"| {c.family} | `{c.ref.version}` | {values} |")
+        artifact = md_link(c.family, "/artifacts/key/" + family_key(cfg, c.family))
+        lines.append(f"| {artifact} | `{c.ref.version}` | {values} |")
     lines += ["", "PA-F1 inflates almost every detector to ~0.9+: read PR-AUC and VUS-PR.", "",
-              "Reports and plots (inside each immutable version):", ""]
-    lines += [f"- {c.family}: {store.uri(c.ref.key + '/' + REPORT)}" for c in candidates]
+              f"## The champion's validation scores ({best.family})", "",
+              md_image(f"{best.family}: validation scores", timeline), "",
+              "## Each family's report and plots", "",
+              ("Every family's metrics, thresholds and plots (score timeline, training curve, "
+               "histogram) are its artifact (linked in the table and below); the files live in "
+               f"each immutable version. {url_note(cfg, store)}"), ""]
+    for c in candidates:
+        report = f"{c.ref.key}/{REPORT}"
+        artifact = family_key(cfg, c.family)
+        lines.append(f"- **{c.family}**: artifact {md_link(artifact, '/artifacts/key/' + artifact)}"
+                     f" · report.md {md_link(store.uri(report), object_url(cfg, store, report))}")
     return "\n".join(lines) + "\n"
 
 
 @task(name="publish-training-artifacts", cache_policy=NO_CACHE)
 def publish_training_artifacts(cfg: DatasetConfig, candidates: list[Candidate],
                                champion: dict[str, Any]) -> dict[str, str]:
-    """Keyed table + markdown artifacts of one training run; the keys are stable per dataset."""
+    """Keyed artifacts of one training run (keys stable per dataset, so each is a series in
+    the UI): the candidates table, the run report, one report with plots per family and a
+    link to the champion's version."""
+    store = store_for(cfg)
     keys = {"table": artifact_key("train", cfg.name, "candidates"),
             "markdown": artifact_key("train", cfg.name, "report")}
     create_table_artifact(key=keys["table"], table=candidates_table(candidates, champion),
                           description=f"nightowl: candidates of the last training run of {cfg.name}")
     create_markdown_artifact(key=keys["markdown"], markdown=run_markdown(cfg, candidates, champion),
                              description=f"nightowl: training report of {cfg.name}")
+    for c in candidates:
+        keys[c.family] = create_family_artifact(cfg, store, c)
+    metric = METRIC_NAMES.get(champion["metric"], champion["metric"])
+    best = _champion_of(candidates, champion)
+    if best is not None:  # a run that lost the champion race leaves the link as it was
+        keys["champion"] = publish_champion_link(cfg, store, best,
+                                                 f"{metric} {champion['value']:.4f}")
     return keys
+
+
+def publish_champion_link(cfg: DatasetConfig, store: Store, best: Candidate, why: str) -> str:
+    """`train-<ds>-champion`: a link to the current champion's version folder."""
+    return publish_link(artifact_key("train", cfg.name, "champion"),
+                        folder_url(cfg, store, best.ref.key, MANIFEST),
+                        f"champion of {cfg.name}: {best.family} {best.ref.version}",
+                        f"The champion's version folder: {store.uri(best.ref.key)} ({why}).")
+
+
+def create_family_artifact(cfg: DatasetConfig, store: Store, candidate: Candidate) -> str:
+    key = family_key(cfg, candidate.family)
+    create_markdown_artifact(key=key, markdown=family_markdown(cfg, store, candidate),
+                             description=(f"nightowl: {candidate.family} on {cfg.name}, version "
+                                          f"{candidate.ref.version}: metrics, threshold, plots"))
+    return key
+
+
+def retrain_markdown(cfg: DatasetConfig, store: Store, candidates: list[Candidate],
+                     decision: dict[str, Any]) -> str:
+    """A retraining at a glance: promoted or kept and why, both numbers on the same labelled
+    slices, links to the decision record and the champion, each candidate's report."""
+    metric = decision["metric"]
+    name = METRIC_NAMES.get(metric, metric)
+    challenger, champion = decision["challenger"], decision.get("champion")
+    verdict = "**Promoted** the challenger" if decision["promoted"] else "**Kept** the champion"
+    rows = [f"| challenger | {challenger['family']} | `{challenger['version']}` | "
+            f"{_fmt(challenger['value'])} |"]
+    if champion:
+        rows.append(f"| champion | {champion['family']} | `{champion['version']}` | "
+                    f"{_fmt(champion['value'])} |")
+    trigger = decision.get("trigger") or {}
+    lines = [f"# Retraining — {cfg.name}", "", f"{verdict}: {decision['reason']}.", "",
+             f"| | family | version | {name} on the same labelled slices |", "|---|---|---|---|",
+             *rows, "",
+             (f"Trigger: {trigger.get('event', 'manual')} {trigger.get('date', '')}. Decision "
+              f"record: {md_link(store.uri(decision['key']), object_url(cfg, store, decision['key']))}."),
+             "", "## Candidates", ""]
+    for c in candidates:
+        artifact = family_key(cfg, c.family)
+        lines.append(f"- {md_link(c.family, '/artifacts/key/' + artifact)} `{c.ref.version}`: "
+                     f"{name} {_fmt(c.metric(metric))}")
+    return "\n".join([*lines, "", url_note(cfg, store)]) + "\n"
+
+
+@task(name="publish-retrain-artifacts", cache_policy=NO_CACHE)
+def publish_retrain_artifacts(cfg: DatasetConfig, candidates: list[Candidate],
+                              decision: dict[str, Any]) -> dict[str, str]:
+    """A retraining's decision (`retrain-<ds>`), each candidate's report with plots and, when
+    the challenger was promoted, the new champion's link."""
+    store = store_for(cfg)
+    keys = {"decision": artifact_key("retrain", cfg.name)}
+    create_markdown_artifact(key=keys["decision"],
+                             markdown=retrain_markdown(cfg, store, candidates, decision),
+                             description=f"nightowl: retraining decision for {cfg.name}")
+    for c in candidates:
+        keys[c.family] = create_family_artifact(cfg, store, c)
+    if decision["promoted"]:
+        best = next(c for c in candidates if c.ref.version == decision["challenger"]["version"])
+        keys["champion"] = publish_champion_link(cfg, store, best, "promoted by retraining")
+    return keys
+
+
+def fleet_table(champions: dict[str, dict[str, Any]], failed: dict[str, dict[str, str]],
+                skipped: dict[str, int]) -> list[dict[str, Any]]:
+    """One row per model scope: its champion and what did not train (a fleet's overview)."""
+    rows = []
+    for group in sorted(set(champions) | set(failed)):
+        pointer = champions.get(group) or {}
+        rows.append({"scope": group, "champion": pointer.get("family"),
+                     "version": pointer.get("version"), "metric": pointer.get("metric"),
+                     "value": _rounded(pointer.get("value")),
+                     "failed": ", ".join(f"{f}: {why[:80]}" for f, why in failed.get(group, {}).items())})
+    rows += [{"scope": g, "champion": None, "version": None, "metric": None, "value": None,
+              "failed": f"not modelled: {n} train rows"} for g, n in skipped.items()]
+    return rows
+
+
+@task(name="publish-fleet-artifacts", cache_policy=NO_CACHE)
+def publish_fleet_artifacts(cfg: DatasetConfig, champions: dict[str, dict[str, Any]],
+                            failed: dict[str, dict[str, str]], skipped: dict[str, int]) -> str:
+    """A training run over many scopes: one table, a row per entity / group (the dataset-level
+    fallback model is the scope "*")."""
+    key = artifact_key("train", cfg.name, "fleet")
+    create_table_artifact(key=key, table=fleet_table(champions, failed, skipped),
+                          description=f"nightowl: champion per {cfg.model.scope} of {cfg.name}")
+    return key

@@ -29,6 +29,7 @@ from models.base import WindowModel
 from models.engine import (
     Checkpoint,
     EngineSettings,
+    EpochProgress,
     FitResult,
     WindowSet,
     checkpoint_metadata_from_json,
@@ -37,10 +38,11 @@ from models.engine import (
 )
 from models.registry import build_model
 from schemas.config import DatasetConfig, FamilyConfig
-from tasks.common import compute_device, run_logger, store_for
+from tasks.common import compute_device, process_lock, run_logger, store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.scoring import feature_error_scale, normalised, raw_contributions, series_tensor
 from tasks.store import Store, json_bytes
+from tasks.training.progress import FamilyProgress
 from tasks.versions import WEIGHTS, weights_bytes
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -48,6 +50,12 @@ FIT = "fit.json"
 ROW_SCORES = "row_scores.parquet"
 LATENTS = "latents.parquet"
 MAX_LATENT_WINDOWS = 2000
+
+TORCH_RNG = "torch-rng"
+"""torch's random generator is process-global (initial weights, dropout, VAE sampling), so two
+trainings in threads of one process would interleave their draws and their results would
+depend on timing. Trainings in one process take turns (`process_lock(TORCH_RNG)`); Dask
+worker processes train in parallel, and the same run gives the same weights on either runner."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class TrainedCandidate:
 
 
 def candidate_key(cfg: DatasetConfig, run_id: str, family: str) -> str:
-    return f"models/{cfg.name}/_runs/{run_id}/{family}"
+    return f"models/{cfg.scope_name}/_runs/{run_id}/{family}"
 
 
 def training_starts(index: pl.DataFrame, normal_only: bool) -> torch.Tensor:
@@ -103,8 +111,9 @@ def _read_checkpoint(store: Store, key: str) -> Checkpoint | None:
 
 
 def _fit(store: Store, key: str, model: WindowModel, windows: WindowSet,
-         settings: EngineSettings) -> FitResult:
-    """The engine's fit with a checkpoint per epoch under `key`, resuming from the last one."""
+         settings: EngineSettings, progress: FamilyProgress) -> FitResult:
+    """The engine's fit with a checkpoint per epoch under `key`, resuming from the last one;
+    each epoch goes to the log and to the family's progress artifact."""
     log = run_logger(__name__)
     resume = _read_checkpoint(store, f"{key}/{CHECKPOINT}")
     if resume is not None:
@@ -115,8 +124,12 @@ def _fit(store: Store, key: str, model: WindowModel, windows: WindowSet,
         store.write_bytes(f"{key}/{CHECKPOINT}",
                           save_safetensors(tensors, metadata=checkpoint_metadata_json(meta)))
 
+    def report(epoch: EpochProgress) -> None:
+        log.info("%s", epoch)
+        progress.epoch(epoch)
+
     return fit(model, windows, settings, on_epoch_end=save_checkpoint, resume=resume,
-               progress=log.info)
+               progress=report)
 
 
 def row_scores(model: WindowModel, scaled: pl.DataFrame, features: list[str], length: int
@@ -156,17 +169,23 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
     features, length = cfg.columns.features, cfg.window.length
     series = series_tensor(scaled, features, device)
     windows = WindowSet(series, training_starts(index, cfg.splits.train_on_normal_only), length)
-    torch.manual_seed(settings.seed)  # the initial weights too are part of a reproducible run
-    model = build_model(family.name, len(features), length, family.params).to(device)
     key = candidate_key(cfg, run_id, family.name)
     started = time.time()
-    result = _fit(store, key, model, windows, settings)
+    progress = FamilyProgress(cfg, family.name, settings.epochs)
+    with process_lock(TORCH_RNG):
+        torch.manual_seed(settings.seed)  # the initial weights too are part of a reproducible run
+        model = build_model(family.name, len(features), length, family.params).to(device)
+        try:
+            result = _fit(store, key, model, windows, settings, progress)
+        except BaseException as err:
+            progress.failed(err)
+            raise
+        progress.done(result)
+        model.eval()
+        scores, scale = row_scores(model, scaled, features, length)
     store.write_bytes(f"{key}/{WEIGHTS}", weights_bytes(model))
-
-    model.eval()
-    scores, scale = row_scores(model, scaled, features, length)
     store.write_parquet(f"{key}/{ROW_SCORES}", scores.to_arrow())
-    if hasattr(model, "latent_means"):
+    if hasattr(model, "latent_means"):  # latent means, not samples: no RNG involved
         store.write_parquet(f"{key}/{LATENTS}", latents(model, series, index, length).to_arrow())
     store.write_bytes(f"{key}/{FIT}", json_bytes({
         "family": family.name, "arguments": model.arguments(), "settings": asdict(settings),
@@ -177,7 +196,8 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
         "resumed_from_epoch": result.resumed_from_epoch, "wall_seconds": time.time() - started,
         "feature_scale": scale.tolist(),
     }))
-    log.info("%s: %d epochs on %s, %.0f windows/s, best holdout %.5f (epoch %d)", family.name,
+    log.info("%s %s: %d epochs on %s, %.0f windows/s, best holdout %.5f (epoch %d)", cfg.label,
+             family.name,
              result.epochs_run, result.device, result.samples_per_s, result.best_holdout,
              result.best_epoch + 1)
     return TrainedCandidate(cfg.name, family.name, key, result.epochs_run, result.seconds,
