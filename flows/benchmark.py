@@ -142,7 +142,7 @@ def benchmark_series(
     (run,) = train_candidates(cfg, f"benchmark-{new_run_id()}", tolerate_failures=True)
     if not run.candidates:
         raise ValueError(f"{cfg.name}: every family failed: {run.failed}")
-    champion = choose_champion(cfg, run.candidates, run.selection)
+    champion = choose_champion(cfg, run.candidates, selection=run.selection)
     frame = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))
     rows: list[dict[str, Any]] = [
