@@ -37,7 +37,9 @@ from tasks.data.prepare import assign_splits
 from tasks.data.scale import apply_scaler
 from tasks.evaluation import loaders
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
-from tasks.scoring import score_rows
+from tasks.evaluation.normalise import thresholds_by_entity
+from tasks.evaluation.thresholds import fpr_by_entity
+from tasks.scoring import score_rows, scorer_of
 from tasks.training.register import choose_champion
 from tasks.versions import VersionRef, load_model
 
@@ -54,7 +56,8 @@ TABLE_COLUMNS = {  # CSV column -> printed header
     "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "best_f1": "best F1", "pa_f1": "PA-F1",
     "fit_s": "fit s", "score_rows_per_s": "score rows/s",
 }
-EXTRA_COLUMNS = {"fpr": "FPR@thr", "hitrate_100": "HR@100", "hitrate_150": "HR@150"}
+EXTRA_COLUMNS = {"fpr": "FPR@thr", "fpr_entities_within_3sd": "FPR ok (entities)",
+                 "hitrate_100": "HR@100", "hitrate_150": "HR@150"}
 CHAMPION = "champion"
 
 
@@ -96,9 +99,9 @@ def evaluate_version(
     """Score-split metrics of one registered version at its calibrated threshold, plus speed."""
     loaded = load_model(store_for(cfg), ref, compute_device(cfg))
     scaled = apply_scaler(frame, loaded.scaler)
-    score_rows(loaded.model, scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
+    score_rows(scorer_of(loaded), scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
     started = time.perf_counter()
-    scores, contrib = score_rows(loaded.model, scaled, loaded.features, loaded.window,
+    scores, contrib = score_rows(scorer_of(loaded), scaled, loaded.features, loaded.window,
                                  loaded.feature_scale)
     seconds = time.perf_counter() - started
     keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)
@@ -106,6 +109,13 @@ def evaluate_version(
     threshold = float(loaded.threshold["threshold"])
     out = evaluate(labels, scores[keep], threshold, cfg.window.length)
     out["score_rows_per_s"] = frame.height / seconds if seconds > 0 else float("nan")
+    limits, _ = thresholds_by_entity(scores, frame["entity"].to_numpy(), loaded.threshold)
+    per_entity = fpr_by_entity(frame["entity"].to_numpy()[keep], labels, scores[keep],
+                               limits[keep], cfg.threshold.target_fpr)
+    out["fpr_entities_within_3sd"] = (sum(e["within_3sd"] for e in per_entity) / len(per_entity)
+                                      if per_entity else float("nan"))
+    out["fpr_by_entity"] = "; ".join(f"{e['entity']} {e['fpr']:.3f}{'' if e['within_3sd'] else ' (out)'}"
+                                     for e in per_entity)
     if truth is not None:
         for p in (100, 150):
             out[f"hitrate_{p}"] = hit_rate(labels, contrib[keep], truth[keep], p=float(p))
@@ -132,7 +142,7 @@ def benchmark_series(
     (run,) = train_candidates(cfg, f"benchmark-{new_run_id()}", tolerate_failures=True)
     if not run.candidates:
         raise ValueError(f"{cfg.name}: every family failed: {run.failed}")
-    champion = choose_champion(cfg, run.candidates)
+    champion = choose_champion(cfg, run.candidates, selection=run.selection)
     frame = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))
     rows: list[dict[str, Any]] = [
@@ -145,7 +155,9 @@ def benchmark_series(
                      f"val_{champion['metric']}": c.metric(champion["metric"]),
                      "target_fpr": cfg.threshold.target_fpr, **metrics})
     best = next(r for r in rows if r.get("version") == champion["version"])
-    rows.append({**best, "family": CHAMPION, "picked": best["family"]})
+    how = (f"by evidence: {run.selection['why']}" if run.selection
+           else f"by validation {champion['metric']}")
+    rows.append({**best, "family": CHAMPION, "picked": best["family"], "note": how})
     log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
              champion["metric"], champion["value"])
     return rows
@@ -157,7 +169,7 @@ def with_means(table: pl.DataFrame) -> pl.DataFrame:
     means = table.group_by("dataset", "family", maintain_order=True).agg(
         pl.lit("mean").alias("series"), pl.lit("").alias("picked"), pl.lit("").alias("version"),
         pl.format("mean of {} series", pl.col("pr_auc").fill_nan(None).is_not_null().sum())
-        .alias("note"),
+        .alias("note"), pl.lit("").alias("fpr_by_entity"),
         *(pl.col(c).fill_nan(None).mean() for c in numeric))
     return pl.concat([table, means.select(table.columns)], how="vertical_relaxed")
 

@@ -2,6 +2,8 @@
 
     per scope (the dataset, or each entity / group):  scale -> window
     per scope x family:  train -> calibrate -> export ONNX -> report -> register
+    per scope:  ensemble of the registered families -> calibrate -> register
+    per scope:  selection evidence (real + injected validation labels; [selection] rule)
 
 Used by the training flow, the retraining flow and the benchmark runner alike,
 so a benchmark version is the same artifact a nightly job would promote.
@@ -26,9 +28,11 @@ from schemas.config import DatasetConfig, FamilyConfig
 from tasks.common import run_logger
 from tasks.data.prepare import PreparedData, scale_dataset, window_dataset
 from tasks.training.calibrate import Calibration, calibrate_candidate
+from tasks.training.ensemble import build_ensemble, ensemble_members, register_ensemble
 from tasks.training.export import export_candidate
 from tasks.training.register import Candidate, register_candidate
 from tasks.training.report import report_candidate
+from tasks.training.select import selection_evidence
 from tasks.training.train import TrainedCandidate, train_family
 
 K = TypeVar("K")
@@ -44,6 +48,7 @@ class TrainingRun:
     prepared: PreparedData | None
     candidates: list[Candidate]
     failed: dict[str, str] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None  # the evidence rule's decision, if it ran
 
 
 def new_run_id() -> str:
@@ -102,6 +107,14 @@ def candidates_flow(cfg: DatasetConfig, run_id: str, groups: list[str | None],
     registered: dict[Any, Candidate] = _wave(_submit(register_candidate, (
         (k, (scopes[k[0]], prepared[k[0]], trained[k], c)) for k, c in calibrated.items())),
         failed, tolerate_failures)
+    ensembles = _ensembles(scopes, prepared, trained, registered, run_id, failed,
+                           tolerate_failures)
+    registered |= {(g, c.family): c for g, c in ensembles.items()}
+    contenders = {g: [c for k, c in registered.items() if k[0] == g] for g in prepared}
+    evidence = _wave(_submit(selection_evidence, (
+        ((g, "selection"), (scopes[g], prepared[g], run_id, cands))
+        for g, cands in contenders.items()
+        if scopes[g].selection.rule == "evidence" and len(cands) > 1)), failed, tolerate_failures)
 
     runs = []
     for g in groups:
@@ -110,8 +123,35 @@ def candidates_flow(cfg: DatasetConfig, run_id: str, groups: list[str | None],
         for family, reason in why.items():
             log.warning("%s: %s failed: %s", scopes[g].label, family, reason)
         runs.append(TrainingRun(run_id, g, prepared.get(g),
-                                [c for k, c in registered.items() if k[0] == g], why))
+                                [c for k, c in registered.items() if k[0] == g], why,
+                                evidence.get((g, "selection"))))
     return runs
+
+
+def _ensembles(scopes: dict[str | None, DatasetConfig], prepared: dict[str | None, PreparedData],
+               trained: dict[Any, TrainedCandidate], registered: dict[Any, Candidate],
+               run_id: str, failed: dict[Any, str], tolerate: bool) -> dict[str | None, Candidate]:
+    """Per scope with enough registered members: build, calibrate and register the ensemble
+    (the same calibrate stage as the families; its failure is the family "ensemble"'s)."""
+    members: dict[str | None, list[str]] = {}
+    for g, cfg in scopes.items():
+        mine = {k[1]: c for k, c in registered.items() if k[0] == g}
+        if cfg.ensemble.enabled and g in prepared:
+            names = ensemble_members(cfg, {k[1]: t for k, t in trained.items() if k[0] == g}, mine)
+            if len(names) >= cfg.ensemble.min_members:
+                members[g] = names
+            else:
+                run_logger(__name__).info("%s: no ensemble (%d usable member(s) < %d)", cfg.label,
+                                          len(names), cfg.ensemble.min_members)
+    key = {g: (g, "ensemble") for g in members}
+    built = _wave(_submit(build_ensemble, ((key[g], (scopes[g], run_id, [trained[(g, f)] for f in m],
+                                                     [registered[(g, f)] for f in m]))
+                                           for g, m in members.items())), failed, tolerate)
+    calibrated = _wave(_submit(calibrate_candidate, ((k, (scopes[k[0]], prepared[k[0]], t))
+                                                     for k, t in built.items())), failed, tolerate)
+    done = _wave(_submit(register_ensemble, ((k, (scopes[k[0]], prepared[k[0]], built[k], c))
+                                             for k, c in calibrated.items())), failed, tolerate)
+    return {k[0]: c for k, c in done.items()}
 
 
 def train_candidates(cfg: DatasetConfig, run_id: str, groups: list[str | None] | None = None, *,

@@ -35,7 +35,7 @@ def retrain_flow(config: str | None = None, as_of: date | None = None,
     splits = rolling_splits(base, end)
     cfg = with_splits(base, splits)
     (run,) = train_candidates(cfg, new_run_id())
-    decision = promote_if_better(cfg, splits, run.candidates, trigger)
+    decision = promote_if_better(cfg, splits, run.candidates, trigger, run.selection)
     publish_retrain_artifacts(cfg, run.candidates, decision)
     return {"dataset": cfg.name, "group": cfg.group, "run_id": run.run_id,
             "ingestion": ingestion.rows_validated,

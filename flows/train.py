@@ -39,6 +39,7 @@ def scope_summary(run: TrainingRun, champion: dict[str, Any] | None) -> dict[str
              "threshold": {"threshold": c.threshold, "method": c.threshold_method}}
             for c in run.candidates],
         "failed": run.failed,
+        "selection": run.selection,
         "champion": champion,
     }
 
@@ -65,8 +66,8 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     scopes: dict[str, dict[str, Any]] = {}
     for run in runs:
         scoped = cfg.for_group(run.group)
-        champion = (choose_champion(scoped, run.candidates, generations[run.group])
-                    if run.candidates else None)
+        champion = (choose_champion(scoped, run.candidates, generations[run.group],
+                                    run.selection) if run.candidates else None)
         scopes[FALLBACK if run.group is None else run.group] = scope_summary(run, champion)
     result: dict[str, Any] = {"dataset": cfg.name, "run_id": run_id, "scope": cfg.model.scope,
                               "ingestion": ingestion.to_json()}

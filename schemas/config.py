@@ -175,14 +175,46 @@ class ThresholdConfig(_Strict):
     method: ThresholdMethod = "target_fpr"
     percentile: float = Field(95.0, gt=0, lt=100)
     target_fpr: float = Field(0.05, gt=0, lt=1)
+    per_entity: bool = Field(
+        True, description="a model over several entities calibrates each entity with enough "
+        "normal validation rows on its own rows (threshold and p-value reference)")
+    min_entity_rows: int = Field(
+        200, ge=1, description="normal validation rows an entity needs for its own threshold; "
+        "entities with fewer use the pooled one")
 
 
 class SelectionConfig(_Strict):
-    """Validation metric (a key of tasks.evaluation.metrics.evaluate) that picks the champion; higher wins."""
+    """How the champion is picked. "metric": the validation metric (a key of
+    tasks.evaluation.metrics.evaluate), higher wins. "evidence": real and injected labels
+    combined, falling back to the ensemble when they do not separate (README)."""
 
     metric: Literal["pr_auc", "roc_auc", "best_f1", "vus_pr", "pa_k_auc", "event_recall", "f1"] = (
         "pr_auc"
     )
+    rule: Literal["metric", "evidence"] = "evidence"
+    injected_events: int = Field(20, ge=0, description="synthetic anomalies injected on normal "
+                                 "validation stretches (the kinds in turn)")
+    injected_weight: float = Field(0.25, ge=0, description="an injected event's weight "
+                                   "against a real one")
+    bootstrap: int = Field(200, ge=10, description="event resamples behind the fallback test")
+    confidence: float = Field(0.9, gt=0.5, lt=1, description="share of resamples the top "
+                              "candidate must beat the ensemble in")
+    min_events: float = Field(3.0, ge=0, description="weighted events below which nothing "
+                              "is told apart (the ensemble is chosen)")
+    seed: int = 0
+
+
+class EnsembleConfig(_Strict):
+    """The ensemble candidate: members' row scores on a common scale, summed (README)."""
+
+    enabled: bool = True
+    members: list[str] | None = Field(
+        None, description="families to combine; default: every family of the run that "
+        "registered with a verified ONNX graph")
+    min_members: int = Field(2, ge=2, description="fewer usable members: no ensemble")
+    combiner: Literal["robust_z"] = Field(
+        "robust_z", description="each member's scores over its IQR on normal train rows "
+        "(the robust-z mean up to a constant)")
 
 
 class ScoringConfig(_Strict):
@@ -336,6 +368,7 @@ class DatasetConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     selection: SelectionConfig = SelectionConfig()
+    ensemble: EnsembleConfig = EnsembleConfig()
     store: StoreConfig = StoreConfig()
     scoring: ScoringConfig = ScoringConfig()
     drift: DriftConfig = DriftConfig()

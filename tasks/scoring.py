@@ -17,6 +17,7 @@ float32 summation order in numpy, so a scoring worker needs no torch at all (the
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,11 +25,13 @@ import onnxruntime as ort
 import polars as pl
 
 from tasks.data.window import window_starts
+from tasks.evaluation.ensemble import combine_rows
 
 if TYPE_CHECKING:  # the torch path imports these when it runs; the ONNX path never does
     import torch
 
     from models.base import WindowModel
+    from tasks.versions import LoadedModel
 
 CONTRIB_PREFIX = "contrib__"
 """Column prefix of per-feature contributions in the scores layer (`contrib__<feature>`)."""
@@ -63,6 +66,30 @@ class OnnxScorer:
         return torch.from_numpy(self.run(x.detach().cpu().float().numpy())).to(x.device)
 
     __call__ = element_scores
+
+
+@dataclass(frozen=True)
+class EnsembleMember:
+    """What scores one member of an ensemble, its feature scale and its weight."""
+
+    scorer: WindowModel | OnnxScorer
+    feature_scale: list[float] | None
+    weight: float
+
+
+@dataclass(frozen=True)
+class EnsembleScorer:
+    """An ensemble's members, each scored by its own torch model or ONNX graph; the rows
+    combine in numpy (tasks.evaluation.ensemble), so either path gives the same rule."""
+
+    members: list[EnsembleMember]
+
+
+def scorer_of(loaded: LoadedModel) -> WindowModel | EnsembleScorer | None:
+    """What `score_rows` takes for a version loaded with torch: its model, or its members'."""
+    if not loaded.is_ensemble:
+        return loaded.model
+    return EnsembleScorer([EnsembleMember(m.model, m.feature_scale, w) for m, w in loaded.members])
 
 
 def numpy_row_contributions(
@@ -143,15 +170,21 @@ def normalised(raw: np.ndarray, feature_scale: np.ndarray | list[float] | None
 
 
 def score_rows(
-    scorer: WindowModel | OnnxScorer, scaled: pl.DataFrame, features: list[str], length: int,
-    feature_scale: np.ndarray | list[float] | None = None, batch_size: int = 2048,
+    scorer: WindowModel | OnnxScorer | EnsembleScorer, scaled: pl.DataFrame, features: list[str],
+    length: int, feature_scale: np.ndarray | list[float] | None = None, batch_size: int = 2048,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores (T,), contributions (T, F)) for a frame sorted by entity, timestamp.
 
     With `feature_scale` (each feature's mean contribution on normal training rows),
     contributions are in units of that feature's typical training error, so a
-    feature that is always hard to reconstruct cannot drown out the others.
+    feature that is always hard to reconstruct cannot drown out the others. An ensemble
+    scores each member with its own feature scale and combines the contributions with
+    the members' weights (`feature_scale` is then unused: the ensemble has none).
     """
+    if isinstance(scorer, EnsembleScorer):
+        parts = [normalised(raw_contributions(m.scorer, scaled, features, length, batch_size),
+                            m.feature_scale)[1] for m in scorer.members]
+        return combine_rows(parts, [m.weight for m in scorer.members])
     raw = raw_contributions(scorer, scaled, features, length, batch_size)
     return normalised(raw, feature_scale)
 

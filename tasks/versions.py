@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,8 @@ WEIGHTS, CONFIG, SCALER, THRESHOLD, METRICS, ONNX, DRIFT_REFERENCE, REPORT = (
     "weights.safetensors", "config.json", "scaler.json", "threshold.json", "metrics.json",
     "model.onnx", "drift_reference.json", "report.md",
 )
+ENSEMBLE = "ensemble"
+"""The family name of ensemble versions: config.json lists member versions, no weights."""
 
 
 class IntegrityError(RuntimeError):
@@ -67,8 +69,11 @@ def version_id(file_hashes: dict[str, str]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
-def register_version(store: Store, dataset: str, family: str, files: dict[str, bytes]) -> VersionRef:
-    """Write every file, then MANIFEST.json last; an existing identical version is reused."""
+def register_version(store: Store, dataset: str, family: str, files: dict[str, bytes],
+                     members: list[dict[str, Any]] | None = None) -> VersionRef:
+    """Write every file, then MANIFEST.json last; an existing identical version is reused.
+    An ensemble's `members` (version refs with their manifest sha256) are listed in it too:
+    config.json, hashed like every file, holds the same list that loading checks."""
     hashes = {name: sha256_bytes(data) for name, data in files.items()}
     ref = VersionRef(dataset, family, version_id(hashes))
     if store.exists(f"{ref.key}/{MANIFEST}"):
@@ -82,6 +87,7 @@ def register_version(store: Store, dataset: str, family: str, files: dict[str, b
         "version": ref.version,
         "created_at": datetime.now(UTC).isoformat(),
         "files": {name: {"sha256": hashes[name], "bytes": len(files[name])} for name in files},
+        **({"members": members} if members is not None else {}),
     }
     store.write_json(f"{ref.key}/{MANIFEST}", manifest)
     return ref
@@ -203,13 +209,19 @@ def model_from_bytes(arguments: dict[str, Any], weights: bytes, device: torch.de
 @dataclass
 class LoadedModel:
     """A verified version ready to score: scaler, calibrated threshold and (unless it is
-    scored through its ONNX graph) the torch model."""
+    scored through its ONNX graph) the torch model; an ensemble has no model of its own but
+    its verified members, each with its weight."""
 
     ref: VersionRef
     model: WindowModel | None
     scaler: ScalerParams
     threshold: dict[str, Any]
     config: dict[str, Any]
+    members: list[tuple[LoadedModel, float]] = field(default_factory=list)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return "ensemble" in self.config
 
     @property
     def features(self) -> list[str]:
@@ -226,18 +238,52 @@ class LoadedModel:
 
 def load_model(store: Store, ref: VersionRef, device: torch.device | None) -> LoadedModel:
     """Load a registered version; every file's sha256 is checked first. With `device`
-    None the torch model is not built (no torch needed: scoring through model.onnx)."""
-    names = [CONFIG, SCALER, THRESHOLD] + ([WEIGHTS] if device is not None else [])
+    None the torch model is not built (no torch needed: scoring through model.onnx).
+    An ensemble's members are loaded too, each checked against the manifest hash the
+    ensemble recorded."""
+    config = json.loads(load_version_files(store, ref, [CONFIG])[CONFIG])
+    is_ensemble = "ensemble" in config
+    names = [SCALER, THRESHOLD] + ([WEIGHTS] if device is not None and not is_ensemble else [])
     files = load_version_files(store, ref, names)
-    config = json.loads(files[CONFIG])
     return LoadedModel(
         ref=ref,
-        model=(None if device is None
+        model=(None if device is None or is_ensemble
                else model_from_bytes(config["model"], files[WEIGHTS], device)),
         scaler=ScalerParams.from_json(json.loads(files[SCALER])),
         threshold=json.loads(files[THRESHOLD]),
         config=config,
+        members=([(load_member(store, ref, m, device), float(m["weight"]))
+                  for m in config["ensemble"]["members"]] if is_ensemble else []),
     )
+
+
+def member_ref(member: dict[str, Any]) -> VersionRef:
+    return VersionRef(member["dataset"], member["family"], member["version"])
+
+
+def verify_member(store: Store, ensemble: VersionRef, member: dict[str, Any]) -> VersionRef:
+    """The member's ref, once its MANIFEST.json hashes to what the ensemble recorded."""
+    ref = member_ref(member)
+    key = f"{ref.key}/{MANIFEST}"
+    if not store.exists(key):
+        raise IntegrityError(f"ensemble {store.uri(ensemble.key)}: member {store.uri(ref.key)} "
+                             f"has no manifest (deleted or never completed); refusing to load")
+    digest = sha256_bytes(store.read_bytes(key))
+    if digest != member["manifest_sha256"]:
+        raise IntegrityError(
+            f"ensemble {store.uri(ensemble.key)}: member {store.uri(key)} sha256 mismatch, "
+            f"refusing to load (recorded {member['manifest_sha256'][:12]}…, got {digest[:12]}…)")
+    return ref
+
+
+def load_member(store: Store, ensemble: VersionRef, member: dict[str, Any],
+                device: torch.device | None) -> LoadedModel:
+    """One verified member of an ensemble (its manifest hash, then its own files)."""
+    ref = verify_member(store, ensemble, member)
+    try:
+        return load_model(store, ref, device)
+    except IntegrityError as err:
+        raise IntegrityError(f"ensemble {store.uri(ensemble.key)}: member refused: {err}") from err
 
 
 def current_champion(store: Store, dataset: str) -> VersionRef:

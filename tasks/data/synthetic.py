@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 from schemas.config import SyntheticSource
+from tasks.evaluation.injection import ANOMALY_KINDS, apply_anomaly, pick_features
 
-ANOMALY_KINDS = ("spike", "level_shift", "variance_burst", "stuck", "correlation_break")
 # Segment lengths in rows (min, max): a stuck sensor or a broken correlation only
 # shows once the other sensors have moved on, so those last hours, not minutes.
 LENGTHS = {"spike": (1, 3), "level_shift": (12, 36), "variance_burst": (12, 36),
@@ -56,26 +56,17 @@ def _inject(
     if first >= n - 64:
         return labels, done
     slots = np.linspace(first + 16, n - 48, cfg.anomalies_per_entity + 1).astype(int)
+    clean = x[:first]  # never injected: the reference of every effect
+    center = np.array([clean[:, s].mean() for s in range(n_sensors)])  # as a column's own mean
+    scale = clean.std(axis=0)
     for i in range(cfg.anomalies_per_entity):
         kind = ANOMALY_KINDS[i % len(ANOMALY_KINDS)]
         start = int(rng.integers(slots[i], max(slots[i] + 1, slots[i + 1] - LENGTHS[kind][1] - 8)))
         lo, hi = LENGTHS[kind]
         length = int(rng.integers(lo, hi + 1))
-        sensors = tuple(int(s) for s in rng.choice(n_sensors, size=int(rng.integers(1, 4)), replace=False))
+        sensors = pick_features(n_sensors, rng)
         seg = slice(start, start + length)
-        scale = x[:first].std(axis=0)
-        for s in sensors:
-            if kind == "spike":
-                x[seg, s] += rng.choice([-1, 1]) * rng.uniform(5, 8) * scale[s]
-            elif kind == "level_shift":
-                x[seg, s] += rng.choice([-1, 1]) * rng.uniform(2.5, 4) * scale[s]
-            elif kind == "variance_burst":
-                x[seg, s] += rng.normal(0, 2.5 * scale[s], length)
-            elif kind == "stuck":
-                x[seg, s] = x[start, s]
-            else:  # correlation break: the sensor follows an unrelated smooth signal
-                t = np.arange(length)
-                x[seg, s] = x[:first, s].mean() + 2 * scale[s] * np.sin(2 * np.pi * t / length * 3)
+        apply_anomaly(x, kind, start, length, sensors, center, scale, rng)
         labels[seg] = 1
         done.append(InjectedAnomaly(entity, kind, start, length, sensors))
     return labels, done

@@ -59,3 +59,25 @@ def p_values_from_threshold(scores: np.ndarray, threshold: dict[str, Any]) -> np
     if not normaliser:
         return np.full(np.shape(scores), np.nan)
     return p_values(scores, np.asarray(normaliser["reference"], dtype=np.float64))
+
+
+def entity_threshold(threshold: dict[str, Any], entity: str) -> dict[str, Any]:
+    """An entity's own calibration (threshold, p-value reference) where it has one, else the
+    pooled one: entities with too few normal validation rows share the pooled threshold."""
+    return threshold.get("per_entity", {}).get(entity, threshold)
+
+
+def thresholds_by_entity(scores: np.ndarray, entities: np.ndarray, threshold: dict[str, Any]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(threshold, p-value) per row, each row judged by its entity's calibration."""
+    scores = np.asarray(scores, dtype=np.float64)
+    entities = np.asarray(entities)
+    limits = np.full(scores.shape, float(threshold["threshold"]))
+    p = p_values_from_threshold(scores, threshold)
+    for entity in threshold.get("per_entity", {}):
+        rows = entities == entity
+        if rows.any():
+            own = threshold["per_entity"][entity]
+            limits[rows] = float(own["threshold"])
+            p[rows] = p_values_from_threshold(scores[rows], own)
+    return limits, p

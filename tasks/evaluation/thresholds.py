@@ -120,6 +120,24 @@ def rates(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str,
     return {"precision": precision, "recall": recall, "f1": f1, "fpr": fpr}
 
 
+def fpr_by_entity(entities: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                  thresholds: np.ndarray, target: float) -> list[dict[str, Any]]:
+    """Per entity: false-positive rate on its normal rows (score > its row's threshold) and
+    whether it lies within target +/- 3 binomial standard deviations for that many rows."""
+    out = []
+    entities = np.asarray(entities)
+    for entity in dict.fromkeys(entities.tolist()):
+        normal = (entities == entity) & (np.asarray(labels) == 0) & np.isfinite(scores)
+        n = int(normal.sum())
+        if n == 0:
+            continue
+        fpr = float(np.mean(scores[normal] > thresholds[normal]))
+        sd = math.sqrt(target * (1 - target) / n)
+        out.append({"entity": entity, "normal_rows": n, "fpr": fpr,
+                    "within_3sd": bool(abs(fpr - target) <= 3 * sd)})
+    return out
+
+
 def calibrate(
     train_scores: np.ndarray, val_scores: np.ndarray, val_labels: np.ndarray, cfg: ThresholdConfig
 ) -> dict[str, Any]:

@@ -32,10 +32,11 @@ from schemas.config import DatasetConfig, scope_slug
 from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.data.ingest import entity_rows, load_validated
 from tasks.data.scale import apply_scaler
-from tasks.evaluation.normalise import p_values_from_threshold
-from tasks.scoring import CONTRIB_PREFIX, OnnxScorer, score_rows
+from tasks.evaluation.normalise import thresholds_by_entity
+from tasks.scoring import CONTRIB_PREFIX, EnsembleMember, EnsembleScorer, OnnxScorer, score_rows
 from tasks.store import Store
 from tasks.versions import (
+    ENSEMBLE,
     ONNX,
     LoadedModel,
     VersionRef,
@@ -135,11 +136,12 @@ def scores_frame(
     rows: pl.DataFrame, scores: np.ndarray, contrib: np.ndarray, loaded: LoadedModel
 ) -> pl.DataFrame:
     """The scores layer: one row per input row."""
-    threshold = float(loaded.threshold["threshold"])
+    # each entity by its own calibrated threshold where it has one (the pooled one otherwise)
+    threshold, p = thresholds_by_entity(scores, rows["entity"].to_numpy(), loaded.threshold)
     return rows.select("timestamp", "entity", "label").with_columns(
         pl.Series("score", scores, dtype=pl.Float64),
-        pl.Series("p_value", p_values_from_threshold(scores, loaded.threshold), dtype=pl.Float64),
-        pl.lit(threshold, dtype=pl.Float64).alias("threshold"),
+        pl.Series("p_value", p, dtype=pl.Float64),
+        pl.Series("threshold", threshold, dtype=pl.Float64),
         pl.Series("is_anomaly", np.nan_to_num(scores, nan=-np.inf) > threshold),
         pl.lit(loaded.ref.family).alias("model_family"),
         pl.lit(loaded.ref.version).alias("model_version"),
@@ -153,14 +155,17 @@ class ChampionScorer:
     """The loaded champion, what scores it, and a note when that is not the configured backend."""
 
     loaded: LoadedModel
-    scorer: WindowModel | OnnxScorer
+    scorer: WindowModel | OnnxScorer | EnsembleScorer
     backend: str
     note: str | None = None
 
 
 def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> ChampionScorer:
     """The torch model, or its verified ONNX graph on ONNX Runtime when the config says so
-    (falling back to torch, said aloud, when the version has no graph)."""
+    (falling back to torch, said aloud, when the version has no graph). An ensemble gets
+    one scorer per verified member, each chosen by the same rule."""
+    if ref.family == ENSEMBLE:
+        return ensemble_scorer(cfg, store, ref)
     note = None
     if cfg.scoring.backend == "onnx":
         if has_file(store, ref, ONNX):
@@ -184,6 +189,18 @@ def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> Champi
             f"through its model.onnx")
     loaded = load_model(store, ref, compute_device(cfg))
     return ChampionScorer(loaded, loaded.model, "torch", note)
+
+
+def ensemble_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> ChampionScorer:
+    """The ensemble (members checked against its recorded manifest hashes) and a scorer per
+    member; the backend is "onnx" only when every member runs on its graph."""
+    loaded = load_model(store, ref, None)  # verifies the members' manifests, builds no model
+    parts = [(champion_scorer(cfg, store, member.ref), weight) for member, weight in loaded.members]
+    scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w) for p, w in parts])
+    backends = {p.backend for p, _ in parts}
+    notes = [f"{p.loaded.ref.family}: {p.note}" for p, _ in parts if p.note]
+    return ChampionScorer(loaded, scorer, "onnx" if backends == {"onnx"} else "torch",
+                          "; ".join(notes) or None)
 
 
 def torch_installed() -> bool:

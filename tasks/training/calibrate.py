@@ -18,7 +18,7 @@ import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.config import DatasetConfig
+from schemas.config import DatasetConfig, ThresholdConfig
 from tasks.common import run_logger, store_for
 from tasks.data.prepare import PreparedData
 from tasks.evaluation.drift import score_reference
@@ -52,6 +52,31 @@ def split_scores(rows: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return scores[train], scores[val], labels[val]
 
 
+def entity_calibration(rows: pl.DataFrame, cfg: ThresholdConfig) -> dict[str, Any]:
+    """Per entity (of a model over several), its own calibration when it has at least
+    `min_entity_rows` normal validation rows; which entities keep the pooled one, and why."""
+    entities = rows["entity"].unique(maintain_order=True).to_list()
+    if not cfg.per_entity or len(entities) < 2:
+        return {}
+    own: dict[str, Any] = {}
+    pooled: dict[str, str] = {}
+    for entity in entities:
+        train, val, labels = split_scores(rows.filter(pl.col("entity") == entity))
+        normal = int((np.isfinite(val) & (labels == 0)).sum())
+        if normal < cfg.min_entity_rows:
+            pooled[entity] = f"{normal} normal validation rows < {cfg.min_entity_rows}"
+            continue
+        try:
+            t = calibrate(train, val, labels, cfg)
+        except ValueError as err:
+            pooled[entity] = str(err)
+            continue
+        own[entity] = {"threshold": t["threshold"], "method": t["method"],
+                       "n_validation_normal": normal, "normaliser": t["normaliser"],
+                       "fpr": t["methods"][t["method"]]["fpr"]}
+    return {"per_entity": own, "pooled_entities": pooled, "min_entity_rows": cfg.min_entity_rows}
+
+
 @task(name="calibrate", cache_policy=NO_CACHE)
 def calibrate_candidate(cfg: DatasetConfig, prepared: PreparedData,
                         trained: TrainedCandidate) -> Calibration:
@@ -60,6 +85,7 @@ def calibrate_candidate(cfg: DatasetConfig, prepared: PreparedData,
     rows = pl.from_arrow(store.read_parquet(trained.file(ROW_SCORES)))
     train, val, labels = split_scores(rows)
     threshold = calibrate(train, val, labels, cfg.threshold)
+    threshold |= entity_calibration(rows, cfg.threshold)
     threshold["feature_scale"] = store.read_json(trained.file(FIT))["feature_scale"]
     ok = np.isfinite(val)
     metrics = evaluate(labels[ok], val[ok], threshold["threshold"], cfg.window.length)
@@ -68,6 +94,10 @@ def calibrate_candidate(cfg: DatasetConfig, prepared: PreparedData,
     store.write_json(trained.file(DRIFT_REFERENCE), reference)
     result = Calibration(trained.family, threshold["method"], float(threshold["threshold"]), metrics)
     store.write_json(trained.file(CALIBRATION), result.to_json())
+    if threshold.get("per_entity") or threshold.get("pooled_entities"):
+        run_logger(__name__).info("%s: %d entities calibrated on their own rows, %d pooled",
+                                  trained.family, len(threshold["per_entity"]),
+                                  len(threshold["pooled_entities"]))
     run_logger(__name__).info(
         "%s: validation ROC-AUC %.3f PR-AUC %.3f F1 %.3f at %s threshold %.4g", trained.family,
         metrics["roc_auc"], metrics["pr_auc"], metrics["f1"], result.method, result.threshold)

@@ -21,7 +21,7 @@ from tasks.data.ingest import load_validated
 from tasks.data.layer import validated_days
 from tasks.data.scale import apply_scaler
 from tasks.evaluation.metrics import evaluate
-from tasks.scoring import score_rows
+from tasks.scoring import score_rows, scorer_of
 from tasks.training.register import Candidate
 from tasks.versions import ChampionConflict, load_champion, read_champion, set_champion
 
@@ -53,7 +53,7 @@ def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, An
     labels, scores = [], []
     for r in splits.validation:
         frame = load_validated(store, cfg, r.start - timedelta(days=1), r.end)
-        s, _ = score_rows(loaded.model, apply_scaler(frame, loaded.scaler), loaded.features,
+        s, _ = score_rows(scorer_of(loaded), apply_scaler(frame, loaded.scaler), loaded.features,
                           loaded.window, loaded.feature_scale)
         keep = (frame["timestamp"] >= r.start).to_numpy() & np.isfinite(s)
         labels.append(frame["label"].to_numpy()[keep].astype(np.int8))
@@ -80,13 +80,16 @@ def decide(metric: str, challenger: float, champion: float | None, margin: float
 @task(name="promote-if-better", cache_policy=NO_CACHE, **IO_RETRIES)
 def promote_if_better(
     cfg: DatasetConfig, splits: SplitsConfig, candidates: list[Candidate],
-    trigger: dict[str, Any] | None = None,
+    trigger: dict[str, Any] | None = None, selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compare the best challenger with the re-scored champion; promote or keep; record why."""
+    """Compare the challenger (the selection evidence's choice, else the best by the metric)
+    with the re-scored champion; promote or keep; record why."""
     store = store_for(cfg)
     metric = cfg.selection.metric
-    challenger = max(candidates, key=lambda c: -np.inf if c.metric(metric) != c.metric(metric)
-                     else c.metric(metric))
+    chosen = [c for c in candidates if selection and c.family == selection.get("chosen")]
+    challenger = chosen[0] if chosen else max(
+        candidates, key=lambda c: -np.inf if c.metric(metric) != c.metric(metric)
+        else c.metric(metric))
     value, best = challenger.metric(metric), challenger.ref
     pointer = read_champion(store, cfg.scope_name)
     champion = champion_on_slices(cfg, splits) if pointer else None
@@ -95,6 +98,8 @@ def promote_if_better(
     decision: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat(), "dataset": cfg.name, "metric": metric,
         "trigger": trigger or {}, "splits": splits.model_dump(mode="json"),
+        "selection": {k: selection.get(k) for k in ("chosen", "fallback", "why")}
+        if selection else None,
         "challenger": {**best.to_json(), "value": value,
                        "all": {c.family: {"version": c.ref.version, metric: c.metric(metric)}
                                for c in candidates}},

@@ -101,8 +101,10 @@ def champion_generations(cfg: DatasetConfig, groups: list[str | None]) -> dict[s
 
 @task(name="choose-champion", cache_policy=NO_CACHE, **IO_RETRIES)
 def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
-                    expected_generation: int | None = None) -> dict[str, Any]:
-    """Best candidate by the configured metric becomes champion; NaN metrics never win.
+                    expected_generation: int | None = None,
+                    selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The candidate the selection evidence chose (`[selection] rule = "evidence"`), else the
+    best by the configured metric, becomes champion; NaN metrics never win.
 
     With `expected_generation` (what the run read when it started) the pointer moves only
     if nobody promoted meanwhile; a run that lost that race keeps the newer champion and
@@ -113,15 +115,22 @@ def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
     valid = [c for c in candidates if c.metric(metric) == c.metric(metric)]
     if not valid:
         raise ValueError(f"no candidate has a defined {metric}; cannot choose a champion")
-    best = max(valid, key=lambda c: c.metric(metric))
+    chosen = selection.get("chosen") if selection else None
+    by_evidence = [c for c in candidates if c.family == chosen]
+    best = by_evidence[0] if by_evidence else max(valid, key=lambda c: c.metric(metric))
+    details: dict[str, Any] = {
+        "candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
+                                  "metrics": dict(c.metrics)} for c in candidates},
+        "rule": "evidence" if by_evidence else "metric"}
+    if selection:
+        details["selection"] = {k: selection[k] for k in (
+            "statement", "candidates", "top", "chosen", "fallback", "why", "real_events",
+            "injected_events", "injected_kinds") if k in selection}
     store = store_for(cfg)
     logger = run_logger(__name__)
     try:
-        pointer = set_champion(
-            store, best.ref, metric, best.metric(metric), expected_generation=expected_generation,
-            details={"candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
-                                               "metrics": dict(c.metrics)} for c in candidates}},
-        )
+        pointer = set_champion(store, best.ref, metric, best.metric(metric),
+                               expected_generation=expected_generation, details=details)
     except ChampionConflict as err:
         current = read_champion(store, cfg.scope_name) or {}
         reason = (f"not promoted: the champion changed while this run trained ({err}); "
@@ -129,6 +138,8 @@ def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
         logger.warning("%s: %s/%s %s", cfg.label, best.family, best.ref.version, reason)
         return {**current, "promoted": False, "reason": reason,
                 "candidate": {**best.ref.to_json(), metric: best.metric(metric)}}
-    logger.info("champion of %s: %s/%s (%s=%.4f)", cfg.label, best.family, best.ref.version,
-                metric, best.metric(metric))
-    return {**pointer, "promoted": True, "reason": f"best {metric} of this run"}
+    logger.info("champion of %s: %s/%s (%s=%.4f; by %s)", cfg.label, best.family,
+                best.ref.version, metric, best.metric(metric), details["rule"])
+    why = (f"chosen by the selection evidence: {selection['why']}" if by_evidence
+                          else f"best {metric} of this run")
+    return {**pointer, "promoted": True, "reason": why}

@@ -1,0 +1,133 @@
+"""Ensemble stage: the run's registered member versions combined into one more candidate.
+
+Why a version of its own: it competes for champion like any family, so it needs its own
+calibrated threshold, drift reference and metrics. Its row scores come from the members'
+row scores already written by training (no model runs here): each member's scores are
+put on a common scale by their median and IQR on normal train rows and summed
+(tasks.evaluation.ensemble, the robust-z mean up to a constant). The version holds no
+weights: its config.json lists every member version with the sha256 of that member's
+MANIFEST.json, so loading it (tasks.versions) refuses a member that changed.
+
+    build_ensemble (row scores, fit.json in the scratch folder) -> calibrate (the
+    families' own stage) -> register_ensemble
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import DatasetConfig
+from tasks.common import IO_RETRIES, process_lock, run_logger, store_for
+from tasks.data.prepare import PreparedData
+from tasks.evaluation.ensemble import FORMULA, combine_scores, member_weights, robust_normaliser
+from tasks.store import json_bytes, sha256_bytes
+from tasks.training.calibrate import Calibration
+from tasks.training.export import EXPORT
+from tasks.training.register import Candidate
+from tasks.training.report import PLOTTING, candidate_plots
+from tasks.training.train import FIT, ROW_SCORES, TrainedCandidate, candidate_key
+from tasks.versions import (
+    CONFIG,
+    DRIFT_REFERENCE,
+    ENSEMBLE,
+    MANIFEST,
+    METRICS,
+    REPORT,
+    SCALER,
+    THRESHOLD,
+    register_version,
+)
+
+
+def ensemble_members(cfg: DatasetConfig, trained: dict[str, TrainedCandidate],
+                     registered: dict[str, Candidate]) -> list[str]:
+    """The families to combine: `[ensemble] members` if set, else every family of the run
+    that registered with a verified ONNX graph (so the ensemble scores without torch too)."""
+    if cfg.ensemble.members is not None:
+        missing = sorted(set(cfg.ensemble.members) - set(registered))
+        if missing:
+            raise ValueError(f"{cfg.label}: [ensemble] members {missing} did not register in "
+                             f"this run (registered: {sorted(registered)})")
+        return list(cfg.ensemble.members)
+    store = store_for(cfg)
+    ok = []
+    for family in registered:
+        key = trained[family].file(EXPORT)
+        if store.exists(key) and store.read_json(key).get("exported"):
+            ok.append(family)
+    return ok
+
+
+@task(name="build-ensemble", cache_policy=NO_CACHE, **IO_RETRIES)
+def build_ensemble(cfg: DatasetConfig, run_id: str, members: list[TrainedCandidate],
+                   registered: list[Candidate]) -> TrainedCandidate:
+    """Row scores and fit.json of the ensemble in its scratch folder, ready to calibrate."""
+    store = store_for(cfg)
+    frames = [pl.from_arrow(store.read_parquet(m.file(ROW_SCORES))) for m in members]
+    normal_train = ((frames[0]["split"] == "train") & (frames[0]["label"] == 0)).to_numpy()
+    scores = [f["score"].to_numpy() for f in frames]
+    norms = [robust_normaliser(s[normal_train]) for s in scores]
+    weights = member_weights([n["scale"] for n in norms])
+    combined = combine_scores(scores, weights)
+    spec = []
+    for cand, norm, weight in zip(registered, norms, weights, strict=True):
+        manifest = store.read_bytes(f"{cand.ref.key}/{MANIFEST}")
+        spec.append({**cand.ref.to_json(), "manifest_sha256": sha256_bytes(manifest),
+                     "weight": float(weight), **norm})
+    key = candidate_key(cfg, run_id, ENSEMBLE)
+    frame = frames[0].select("timestamp", "entity", "split", "label").with_columns(
+        pl.Series("score", combined, dtype=pl.Float64))
+    store.write_parquet(f"{key}/{ROW_SCORES}", frame.to_arrow())
+    store.write_bytes(f"{key}/{FIT}", json_bytes({
+        "family": ENSEMBLE, "combiner": cfg.ensemble.combiner, "formula": FORMULA,
+        "members": spec, "feature_scale": None,
+        "arguments": {"family": ENSEMBLE, "window": cfg.window.length,
+                      "n_features": len(cfg.columns.features)}}))
+    run_logger(__name__).info("%s: ensemble of %s (weights %s)", cfg.label,
+                              [m.family for m in members], np.round(weights, 4).tolist())
+    return TrainedCandidate(cfg.name, ENSEMBLE, key, 0, 0.0, "none")
+
+
+def ensemble_report(label: str, fit: dict[str, Any], calibration: Calibration) -> str:
+    """A short report.md: the members, their normalisers and the validation numbers."""
+    lines = [f"# {label}: ensemble", "", f"Combiner: {fit['combiner']} ({fit['formula']}).", "",
+             "| member | version | manifest sha256 | median | IQR | weight |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m['family']} | {m['version']} | {m['manifest_sha256'][:12]}… | {m['median']:.4g} "
+              f"| {m['iqr']:.4g} | {m['weight']:.4g} |" for m in fit["members"]]
+    lines += ["", f"Threshold ({calibration.method}): {calibration.threshold:.4g}", "",
+              "| metric | validation |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in calibration.metrics.items()
+              if isinstance(v, float)]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="register-ensemble", cache_policy=NO_CACHE, **IO_RETRIES)
+def register_ensemble(cfg: DatasetConfig, prepared: PreparedData, trained: TrainedCandidate,
+                      calibration: Calibration) -> Candidate:
+    """The calibrated ensemble as an immutable version; MANIFEST.json written last."""
+    store = store_for(cfg)
+    fit = store.read_json(trained.file(FIT))
+    files = {name: store.read_bytes(trained.file(name)) for name in (THRESHOLD, DRIFT_REFERENCE)}
+    files[SCALER] = store.read_bytes(prepared.scaler_key)
+    files[CONFIG] = json_bytes({
+        "dataset": cfg.name, "group": cfg.group, "model": fit["arguments"],
+        "ensemble": {"combiner": fit["combiner"], "formula": fit["formula"],
+                     "members": fit["members"]},
+        "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
+        "scaling": cfg.scaling.model_dump()})
+    files[METRICS] = json_bytes({"validation": calibration.metrics, "export": None,
+                                 "fit": {"members": [m["family"] for m in fit["members"]]}})
+    files[REPORT] = ensemble_report(cfg.label, fit, calibration).encode()
+    rows = pl.from_arrow(store.read_parquet(trained.file(ROW_SCORES)))
+    with process_lock(PLOTTING):  # the same plots as a family's (no training curve to draw)
+        files |= candidate_plots(cfg.label, ENSEMBLE, rows, calibration.threshold, fit, None)
+    members = [{k: m[k] for k in ("dataset", "family", "version", "manifest_sha256")}
+               for m in fit["members"]]
+    ref = register_version(store, cfg.scope_name, ENSEMBLE, files, members)
+    run_logger(__name__).info("registered %s", store.uri(ref.key))
+    return Candidate(ref, calibration.metrics, calibration.threshold, calibration.method, 0.0)

@@ -1,0 +1,108 @@
+"""Selection stage: the evidence that picks a scope's champion when labels are few.
+
+Every registered candidate of the scope (the ensemble too) scores its validation rows
+twice: as they are (real labels) and with synthetic anomalies injected on their normal
+stretches (tasks.evaluation.injection; injected labels). Only validation rows are ever
+changed or read: the score split is not in the prepared data at all, and each injected
+segment keeps a window of untouched normal rows on either side. The rule that turns the
+two into a choice, with its fallback to the ensemble, is tasks.evaluation.selection's
+(README, "Choosing the champion"); its numbers go to the run's selection.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import DatasetConfig
+from tasks.common import compute_device, run_logger, store_for
+from tasks.data.prepare import PreparedData, load_prepared
+from tasks.evaluation.injection import inject
+from tasks.evaluation.selection import LabelledSlice, SelectionSettings, event_ids, select
+from tasks.scoring import score_rows, scorer_of
+from tasks.training.register import Candidate
+from tasks.training.train import candidate_key
+from tasks.versions import ENSEMBLE, load_model
+
+SELECTION = "selection.json"
+
+
+def selection_key(cfg: DatasetConfig, run_id: str) -> str:
+    """Where a run's selection evidence lands (beside its candidates' scratch folders)."""
+    return f"{candidate_key(cfg, run_id, '_selection')}/{SELECTION}"
+
+
+def settings_of(cfg: DatasetConfig) -> SelectionSettings:
+    s = cfg.selection
+    return SelectionSettings(injected_weight=s.injected_weight, bootstrap=s.bootstrap,
+                             confidence=s.confidence, seed=s.seed, fallback=ENSEMBLE,
+                             min_events=s.min_events)
+
+
+def eligible_rows(frame: pl.DataFrame, window: int) -> np.ndarray:
+    """Normal validation rows, minus each entity's first and last `window` rows (a segment
+    and its margin then never straddle two entities)."""
+    position = frame.select(pos=pl.int_range(pl.len()).over("entity"),
+                            n=pl.len().over("entity"))
+    inner = ((position["pos"] >= window) & (position["pos"] < position["n"] - window)).to_numpy()
+    return (frame["split"] == "validation").to_numpy() & (frame["label"] == 0).to_numpy() & inner
+
+
+@task(name="selection-evidence", cache_policy=NO_CACHE)
+def selection_evidence(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
+                       candidates: list[Candidate]) -> dict[str, Any]:
+    """Each candidate on the real and on the injected validation slice; the rule's decision."""
+    store = store_for(cfg)
+    scaled, _, _ = load_prepared(cfg, prepared)
+    val = scaled.filter(pl.col("split") == "validation")
+    features, window = cfg.columns.features, cfg.window.length
+    eligible = eligible_rows(val, window)
+    x = val.select(features).to_numpy().astype(np.float64)
+    normal_train = scaled.filter((pl.col("split") == "train") & (pl.col("label") == 0))
+    injected = inject(x, eligible, window=window, count=cfg.selection.injected_events,
+                      seed=cfg.selection.seed,
+                      reference=normal_train.select(features).to_numpy() if normal_train.height
+                      else None)
+    changed = val.with_columns(*(pl.Series(f, injected.x[:, i], dtype=val.schema[f])
+                                 for i, f in enumerate(features)))
+    device = compute_device(cfg)
+    real_scores, inj_scores = {}, {}
+    for c in candidates:
+        loaded = load_model(store, c.ref, device)
+        scorer, fs = scorer_of(loaded), loaded.feature_scale
+        real_scores[c.family] = score_rows(scorer, val, features, window, fs)[0]
+        inj_scores[c.family] = score_rows(scorer, changed, features, window, fs)[0]
+    ok = np.logical_and.reduce([np.isfinite(s) for s in (*real_scores.values(),
+                                                          *inj_scores.values())])
+    labels = val["label"].to_numpy().astype(np.int8)
+    groups = val["entity"].to_numpy()
+    real = LabelledSlice("real", labels[ok], event_ids(labels[ok], groups[ok]),
+                         {k: v[ok] for k, v in real_scores.items()})
+    keep = ok & (labels == 0)  # rows really anomalous say nothing about injected ones
+    inj = LabelledSlice("injected", injected.labels[keep],
+                        event_ids(injected.labels[keep], groups[keep]),
+                        {k: v[keep] for k, v in inj_scores.items()})
+    decision = select(real, inj, settings_of(cfg))
+    decision["injections"] = [i.to_json() for i in injected.injections]
+    decision["injected_kinds"] = sorted({i.kind for i in injected.injections})
+    decision["settings"] = asdict(settings_of(cfg))
+    store.write_json(selection_key(cfg, run_id), _finite(decision))
+    run_logger(__name__).info("%s: selection chose %s (%s)", cfg.label, decision["chosen"],
+                              decision["why"])
+    return _finite(decision)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: undefined numbers become None."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
