@@ -602,9 +602,9 @@ def _headline(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def _with_eff_norm(runs: pl.DataFrame) -> pl.DataFrame:
-    multi = runs.group_by("series").agg(pl.col("norm").max().alias("_multi"))
+    multi = runs.group_by("series").agg(pl.col("norm").max().alias("multi"))
     return runs.join(multi, on="series").with_columns(
-        (pl.col("arm_norm") & pl.col("_multi")).alias("eff_norm")).drop("_multi")
+        (pl.col("arm_norm") & pl.col("multi")).alias("eff_norm"))
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -672,9 +672,12 @@ def knob_table(runs: pl.DataFrame) -> pl.DataFrame:
     for rec in h.iter_rows(named=True):
         diff = [k for k in KNOBS if rec[f"cfg_{k}"] != rec[f"b_{k}"]]
         if not diff:
+            rows.append({**rec, "knob": "base", "value": "base", "is_base": True})
             for k in KNOBS:
                 if rec["cfg_window"] == 1 and k in ("rule", "window", "stride"):
                     continue  # a table: rows, not windows
+                if k == "norm" and not rec["multi"]:
+                    continue  # one feature: normalisation is a constant factor
                 rows.append({**rec, "knob": k, "value": str(rec[f"cfg_{k}"]), "is_base": True})
         elif len(diff) == 1:
             rows.append({**rec, "knob": diff[0], "value": str(rec[f"cfg_{diff[0]}"]), "is_base": False})
@@ -686,49 +689,127 @@ def knob_table(runs: pl.DataFrame) -> pl.DataFrame:
     return per_series
 
 
-def knob_summary(per_series: pl.DataFrame, knob: str, series_filter: list[str] | None = None) -> str:
-    """Values of one knob per family, ranked by mean validation PR-AUC over the series that
-    have every value (so no value is averaged over an easier subset)."""
+def knob_summary(per_series: pl.DataFrame, knob: str) -> str:
+    """Values of one knob per family, ranked by mean validation PR-AUC; Δ columns are paired
+    with the family's base on the same series (values missing on some series, e.g. the
+    chapter's pipeline-default scaling = robust on SMD/ASD, standard on NAB/ODDS, still compare)."""
     d = per_series.filter(pl.col("knob") == knob)
-    if series_filter:
-        d = d.filter(pl.col("series").is_in(series_filter))
+    base = per_series.filter(pl.col("knob") == "base").select(
+        "base", "series", pl.col("val_pr_auc").alias("_bv"), pl.col("score_pr_auc").alias("_bs"))
+    d = d.join(base, on=["base", "series"], how="left")
     out = []
     for fam in d["base"].unique(maintain_order=True):
         f = d.filter(pl.col("base") == fam)
-        values = f["value"].unique().to_list()
-        have = f.group_by("series").agg(pl.col("value").n_unique().alias("n")).filter(
-            pl.col("n") == len(values))["series"]
-        f = f.filter(pl.col("series").is_in(have))
-        if f.is_empty() or len(values) < 2:
+        if f["value"].n_unique() < 2:
             continue
-        base_val = f.filter(pl.col("is_base")).select("series", pl.col("val_pr_auc").alias("_b"),
-                                                     pl.col("score_pr_auc").alias("_bs"))
-        f = f.join(base_val, on="series", how="left")
         agg = f.group_by("value").agg(
             pl.len().alias("series"), pl.col("val_pr_auc").mean().alias("mean val PR"),
+            (pl.col("val_pr_auc") - pl.col("_bv")).mean().alias("Δval vs base"),
+            (pl.col("val_pr_auc") > pl.col("_bv") + 1e-9).sum().alias("val wins"),
             pl.col("score_pr_auc").mean().alias("mean score PR"),
+            (pl.col("score_pr_auc") - pl.col("_bs")).mean().alias("Δscore vs base"),
+            (pl.col("score_pr_auc") > pl.col("_bs") + 1e-9).sum().alias("score wins"),
             pl.col("val_vus_pr").fill_nan(None).mean().alias("mean val VUS"),
             pl.col("score_vus_pr").fill_nan(None).mean().alias("mean score VUS"),
-            (pl.col("val_pr_auc") > pl.col("_b") + 1e-9).sum().alias("val wins vs base"),
-            (pl.col("score_pr_auc") > pl.col("_bs") + 1e-9).sum().alias("score wins vs base"),
             pl.col("is_base").all().alias("base?")).sort("mean val PR", descending=True)
         out.append(agg.select(pl.lit(fam).alias("family"), pl.all()))
     return _md(pl.concat(out, how="vertical_relaxed")) if out else "(no data)\n"
 
 
-def per_series_table(per_series: pl.DataFrame, picks: list[tuple[str, str, str]], metric: str) -> str:
-    """One column per series for chosen (family, knob, value) settings."""
+def knob_by_kind(per_series: pl.DataFrame, knob: str) -> str:
+    """A knob's values per family and data kind (SMD, ASD, NAB, ODDS): defaults may differ by kind."""
+    kind = pl.col("series").str.split(":").list.first()
+    d = per_series.filter(pl.col("knob") == knob).with_columns(kind.alias("kind"))
+    base = per_series.filter(pl.col("knob") == "base").select(
+        "base", "series", pl.col("val_pr_auc").alias("_bv"), pl.col("score_pr_auc").alias("_bs"))
+    d = d.join(base, on=["base", "series"], how="left")
+    agg = d.group_by("base", "kind", "value").agg(
+        pl.len().alias("series"), pl.col("val_pr_auc").mean().alias("mean val PR"),
+        (pl.col("val_pr_auc") - pl.col("_bv")).mean().alias("Δval"),
+        pl.col("score_pr_auc").mean().alias("mean score PR"),
+        (pl.col("score_pr_auc") - pl.col("_bs")).mean().alias("Δscore"),
+        pl.col("is_base").all().alias("base?"))
+    order = pl.col("kind").replace_strict({"smd": 0, "asd": 1, "nab": 2, "odds": 3}, default=9)
+    agg = agg.with_columns(order.alias("_o")).sort(["base", "_o", "mean val PR"],
+                                                   descending=[False, False, True]).drop("_o")
+    return _md(agg.rename({"base": "family"}))
+
+
+def scaling_rule_table(runs: pl.DataFrame) -> str:
+    """Scaling x row rule per family (normalisation as the base), from fits that differ from
+    the base in scaling only: every fit was scored under every rule, so this costs nothing."""
+    r = runs.filter(pl.col("norm") == pl.col("eff_norm"),  # the family's own normalisation
+                    (pl.col("arm") == "base") | pl.col("arm").str.starts_with("scaling="),
+                    pl.col("cfg_window") > 1, pl.col("base") != "lstm_ae")
+    r = r.unique(subset=["series", "base", "cfg_scaling", "rule", "seed"])
+    per = r.group_by("base", "cfg_scaling", "rule", "series").agg(
+        pl.col("val_pr_auc").mean(), pl.col("score_pr_auc").mean())
+    n_need = per["series"].n_unique()
+    agg = per.group_by("base", "cfg_scaling", "rule").agg(
+        pl.len().alias("series"), pl.col("val_pr_auc").mean().alias("mean val PR"),
+        pl.col("score_pr_auc").mean().alias("mean score PR"))
+    agg = agg.filter(pl.col("series") == n_need).sort(["base", "mean val PR"], descending=[False, True])
+    return _md(agg.rename({"base": "family", "cfg_scaling": "scaling"}))
+
+
+def long_settings(per_series: pl.DataFrame, ens: pl.DataFrame | None,
+                  knn: pl.DataFrame | None) -> pl.DataFrame:
+    """(setting, series, metrics) from the ablation, the ensembles and KNN, seed-averaged."""
+    alias = per_series.group_by("base", "knob", "value").agg(pl.col("is_base").all().alias("_alias"))
+    ps = per_series.join(alias, on=["base", "knob", "value"]).filter(
+        ~pl.col("_alias") | (pl.col("knob") == "base"))  # drop knob=value labels that are always the base
+    parts = [ps.select(
+        pl.concat_str("base", pl.lit(" "), "knob", pl.lit("="), "value").alias("setting"),
+        "series", *METRICS)]
+    if ens is not None:
+        ens = ens.filter(~pl.col("ensemble").str.starts_with("single:"))  # = "<family> base=base"
+        parts.append(ens.group_by(pl.concat_str("ensemble", pl.lit(" "), "combiner", pl.lit(" "),
+                                                "reference").str.strip_chars().alias("setting"),
+                                  "series").agg(*(pl.col(m).mean() for m in METRICS)))
+    if knn is not None:
+        parts.append(knn.select(pl.concat_str("detector", pl.lit(" "), "scaling", pl.lit(" "), "rule")
+                                .alias("setting"), "series", *METRICS))
+    return pl.concat([p.select("setting", "series", *(pl.col(m).cast(pl.Float64) for m in METRICS))
+                      for p in parts])
+
+
+def ranking_table(long: pl.DataFrame, min_series: int, top: int = 30) -> str:
+    """Settings present on at least `min_series` series, ranked by mean validation PR-AUC.
+
+    "kind-balanced" averages the kinds first (SMD, ASD mean, NAB mean, ODDS) so the six
+    ASD machines do not outvote the rest; the score-split columns are read, never ranked on."""
+    kind = pl.col("series").str.split(":").list.first()
+    d = long.with_columns(kind.alias("kind"))
+    n = d.group_by("setting").agg(pl.col("series").n_unique().alias("series"))
+    keep = n.filter(pl.col("series") >= min_series)["setting"].to_list()
+    d = d.filter(pl.col("setting").is_in(keep))
+    by_kind = d.group_by("setting", "kind").agg(pl.col("val_pr_auc").mean().alias("v"),
+                                                pl.col("score_pr_auc").mean().alias("s"))
+    bal = by_kind.group_by("setting").agg(pl.col("v").mean().alias("kind-balanced val PR"),
+                                          pl.col("s").mean().alias("kind-balanced score PR"))
+    agg = d.group_by("setting").agg(
+        pl.col("series").n_unique().alias("series"),
+        pl.col("val_pr_auc").mean().alias("mean val PR"),
+        pl.col("score_pr_auc").mean().alias("mean score PR"),
+        pl.col("val_vus_pr").fill_nan(None).mean().alias("mean val VUS"),
+        pl.col("score_vus_pr").fill_nan(None).mean().alias("mean score VUS")).join(bal, on="setting")
+    agg = agg.sort("mean val PR", descending=True).with_row_index("rank", offset=1).head(top)
+    return _md(agg)
+
+
+def per_series_table(long: pl.DataFrame, settings: list[str], metric: str) -> str:
+    """One column per series for the chosen settings, plus their mean over those series."""
     rows = []
-    for fam, knob, value in picks:
-        f = per_series.filter((pl.col("base") == fam) & (pl.col("knob") == knob) & (pl.col("value") == value))
+    for name in settings:
+        f = long.filter(pl.col("setting") == name).sort("series")
         if f.is_empty():
             continue
-        rec = {"setting": f"{fam} {knob}={value}"}
-        for r in f.sort("series").iter_rows(named=True):
-            rec[r["series"].split(":")[1][:14]] = r[metric]
-        rec["mean"] = float(f[metric].mean())
+        rec: dict[str, Any] = {"setting": name}
+        for r in f.iter_rows(named=True):
+            rec[r["series"].split(":")[1][:12]] = r[metric]
+        rec["mean"] = float(f[metric].fill_nan(None).mean())
         rows.append(rec)
-    return _md(pl.DataFrame(rows, infer_schema_length=None))
+    return _md(pl.DataFrame(rows, infer_schema_length=None)) if rows else "(no data)\n"
 
 
 def ensemble_table(ens: pl.DataFrame) -> str:
@@ -751,6 +832,17 @@ def knn_table(knn: pl.DataFrame) -> str:
     return _md(per)
 
 
+PER_SERIES_SETTINGS = [
+    "chapter base=base", "chapter rule=mean_window", "lstm_ae base=base",
+    "dense_ae base=base", "dense_ae scaling=none", "dense_ae scaling=standard",
+    "dense_ae rule=mean_window", "dense_ae rule=max_window",
+    "usad base=base", "usad scaling=standard", "usad rule=mean_window", "usad rule=max_window",
+    "pca base=base", "pca scaling=standard", "pca rule=mean_window", "pca rule=max_window",
+    "cheap3 robust_z_mean train", "cheap3 rank_mean split", "cheap3 logp_mean validation",
+    "cheap3+chapter robust_z_mean train", "KNN rows none row", "KNN windows L=32 none mean_window",
+]
+
+
 def report(out: Path) -> str:
     runs = _with_eff_norm(pl.read_csv(out, infer_schema_length=None))
     parts = ["## SMD machine-2-1: every arm (headline rule / norm of each arm)\n", smd_table(runs)]
@@ -762,14 +854,25 @@ def report(out: Path) -> str:
     for knob in ("scaling", "rule", "norm", "window", "stride", "epochs", "max_train_windows"):
         parts += [f"\n## Cross-dev: {knob} (ranked by mean validation PR-AUC)\n",
                   knob_summary(per_series, knob)]
+    for knob in ("scaling", "rule"):
+        parts += [f"\n## Cross-dev: {knob} by data kind\n", knob_by_kind(per_series, knob)]
+    parts += ["\n## Cross-dev: scaling x rule (two changes, free: every fit is scored under every rule)"
+              " on the 10 time series\n", scaling_rule_table(runs)]
     ens_path = out.with_name(out.stem + "_ensembles.csv")
-    if ens_path.exists():
-        parts += ["\n## Ensembles vs single families\n",
-                  ensemble_table(pl.read_csv(ens_path, infer_schema_length=None))]
+    ens = pl.read_csv(ens_path, infer_schema_length=None) if ens_path.exists() else None
     knn_path = out.with_name(out.stem + "_knn.csv")
-    if knn_path.exists():
-        parts += ["\n## PyOD KNN: rows vs windows (mean over series)\n",
-                  knn_table(pl.read_csv(knn_path, infer_schema_length=None))]
+    knn = pl.read_csv(knn_path, infer_schema_length=None) if knn_path.exists() else None
+    if ens is not None:
+        parts += ["\n## Ensembles vs single families\n", ensemble_table(ens)]
+    if knn is not None:
+        parts += ["\n## PyOD KNN: rows vs windows (mean over series)\n", knn_table(knn)]
+    long = long_settings(per_series, ens, knn)
+    parts += ["\n## Cross-dev ranking: settings on all 10 time series (no cardio), by mean validation PR-AUC\n",
+              ranking_table(long.filter(~pl.col("series").str.starts_with("odds")), 10)]
+    parts += ["\n## Cross-dev ranking: settings on all 11 dev series (cardio: rows), by mean validation PR-AUC\n",
+              ranking_table(long, 11)]
+    for metric in ("val_pr_auc", "score_pr_auc"):
+        parts += [f"\n## Per series, {metric}\n", per_series_table(long, PER_SERIES_SETTINGS, metric)]
     return "\n".join(parts)
 
 
