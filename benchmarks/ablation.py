@@ -10,10 +10,10 @@ on every dev series, so that defaults can be chosen on validation across all ser
 and their score-split numbers read alongside (never the other way round).
 
 What is shared with production (so results transfer): the loaders and their splits
-(benchmarks/dev_series.py), the scaler (`tasks.scale.fit_scaler`, fitted on train rows),
+(benchmarks/dev_series.py), the scaler (`tasks.data.scale.fit_scaler`, fitted on train rows),
 the families (`models.registry.build_model`), the engine (`models.engine.fit`,
-`WindowSet`, early stopping on a 10% holdout), `tasks.score.feature_error_scale` and
-the metrics (`tasks.metrics.pr_auc`, `vus_pr`). What is this script's own: the
+`WindowSet`, early stopping on a 10% holdout), `tasks.scoring.feature_error_scale` and
+the metrics (`tasks.evaluation.metrics.pr_auc`, `vus_pr`). What is this script's own: the
 chapter's model and loop (benchmarks/chapter_lstm_ae.py) and the row rules below
 (production has only `mean_elem`).
 
@@ -64,9 +64,9 @@ from benchmarks.chapter_lstm_ae import ChapterDetector, ChapterSettings  # noqa:
 from benchmarks.dev_series import DEV_SERIES, SCALINGS, Series, load_series  # noqa: E402
 from models.engine import EngineSettings, WindowSet, fit  # noqa: E402
 from models.registry import build_model  # noqa: E402
-from tasks.metrics import pr_auc, vus_pr  # noqa: E402
-from tasks.normalise import p_values  # noqa: E402
-from tasks.score import feature_error_scale  # noqa: E402
+from tasks.evaluation.metrics import pr_auc, vus_pr  # noqa: E402
+from tasks.evaluation.normalise import p_values  # noqa: E402
+from tasks.scoring import feature_error_scale  # noqa: E402
 
 log = logging.getLogger("ablation")
 
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
         print(report(args.report))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    logging.getLogger("tasks.loaders").setLevel(logging.ERROR)
+    logging.getLogger("tasks.evaluation.loaders").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     run(args.plan, [int(v) for v in args.seeds.split(",")],

@@ -43,7 +43,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.metrics import pr_auc, roc_auc, vus_pr  # noqa: E402
+from tasks.evaluation.metrics import pr_auc, roc_auc, vus_pr  # noqa: E402
 
 VUS_BUFFER = 100  # one fixed VUS-PR buffer for every arm, so different windows stay comparable
 

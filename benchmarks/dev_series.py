@@ -2,10 +2,10 @@
 
 Why a module of its own: the ablation and the chapter baseline must see the same
 rows, labels and train / validation / score cut as `nightowl benchmark` (the
-loaders in tasks/loaders.py with `choose_boundary`), but they do not need the
+loaders in tasks/evaluation/loaders.py with `choose_boundary`), but they do not need the
 pipeline's store, Great Expectations or Parquet round trips for every arm. Each
 series is written once by its loader into a temporary folder, read back sorted
-like the pipeline reads it, and tagged by `tasks.prepare.assign_splits`.
+like the pipeline reads it, and tagged by `tasks.data.prepare.assign_splits`.
 
 Scaling is fitted on train rows only with the pipeline's own `fit_scaler`
 (robust / standard / minmax), or left as shipped ("none").
@@ -24,9 +24,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import SHARED_DATA  # noqa: E402
-from tasks import loaders  # noqa: E402
-from tasks.prepare import assign_splits  # noqa: E402
-from tasks.scale import fit_scaler  # noqa: E402
+from tasks.data.prepare import assign_splits  # noqa: E402
+from tasks.data.scale import fit_scaler  # noqa: E402
+from tasks.evaluation import loaders  # noqa: E402
 
 SCALINGS = ("none", "standard", "robust", "minmax")
 ASD_NAMES = tuple(f"omi-{k}" for k in range(1, 7))
