@@ -96,10 +96,11 @@ def evaluate_version(
     """Score-split metrics of one registered version at its calibrated threshold, plus speed."""
     loaded = load_model(store_for(cfg), ref, compute_device(cfg))
     scaled = apply_scaler(frame, loaded.scaler)
-    score_rows(loaded.model, scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
+    score_rows(loaded.model, scaled.head(256), loaded.features, loaded.window,
+               rule=loaded.row_rule)  # warm-up, untimed
     started = time.perf_counter()
     scores, contrib = score_rows(loaded.model, scaled, loaded.features, loaded.window,
-                                 loaded.feature_scale)
+                                 loaded.feature_scale, rule=loaded.row_rule)
     seconds = time.perf_counter() - started
     keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)
     labels = frame["label"].to_numpy().astype(np.int8)[keep]

@@ -295,7 +295,7 @@ def score_shard(cfg: DatasetConfig, day: date, shard: Shard) -> ScoredShard:
     frame = apply_scaler(with_context(today, before, loaded.window), loaded.scaler)
     started = time.perf_counter()
     scores, contrib = score_rows(champion.scorer, frame, loaded.features, loaded.window,
-                                 loaded.feature_scale)
+                                 loaded.feature_scale, rule=loaded.row_rule)
     model_seconds = time.perf_counter() - started
     out = scores_frame(frame, scores, contrib, loaded).filter(pl.col("timestamp") >= start)
     key = part_key(cfg, day, shard.part)
