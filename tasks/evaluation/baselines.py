@@ -264,8 +264,9 @@ def chapter_input(series: BaselineSeries) -> np.ndarray:
 
 
 def chapter_scores(series: BaselineSeries, settings: ChapterSettings) -> tuple[np.ndarray, float]:
-    """(scores of every row, fit seconds): trained on train windows of each entity (stride 10),
-    scored entity by entity with stride-1 windows (each row: the window ending on it)."""
+    """(scores of the judged rows, fit seconds): trained on train windows of each entity (stride
+    10), scored entity by entity with stride-1 windows (each row: the window ending on it),
+    starting one window before the first validation / score row."""
     x = chapter_input(series).astype(np.float32)
     train = series.mask("train")
     starts: list[np.ndarray] = []
@@ -280,9 +281,12 @@ def chapter_scores(series: BaselineSeries, settings: ChapterSettings) -> tuple[n
         raise ValueError(f"no entity has {settings.window} train rows for the chapter's windows")
     detector = ChapterDetector(settings).fit(x, np.concatenate(starts))
     scores = np.full(len(x), np.nan)
-    for lo, hi in bounds:
-        if hi - lo >= settings.window:
-            scores[lo:hi] = detector.score(x[lo:hi])
+    judged = series.mask("validation") | series.mask("score")
+    for lo, hi in bounds:  # from one window before the block's first judged row (its context)
+        first = np.flatnonzero(judged[lo:hi])
+        start = lo if not len(first) else max(lo, lo + int(first[0]) - settings.window + 1)
+        if hi - start >= settings.window:
+            scores[start:hi] = detector.score(x[start:hi])
     return scores, detector.fit_info["fit_s"]
 
 
@@ -309,6 +313,7 @@ def run_baselines(
     train = series.scaled[series.train_rows].astype(np.float64)
     keep = train.std(axis=0) > 1e-12  # constant in train: PyOD's PCA divides by its variance
     makers = pyod_detectors(train[:, keep], seed) if pyod else {}
+    judged = series.mask("validation") | series.mask("score")
     for name in pyod:
         started = time.perf_counter()
         try:
@@ -316,7 +321,8 @@ def run_baselines(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model.fit(train[:, keep])
-                scores = model.decision_function(series.scaled[:, keep].astype(np.float64))
+                scores = np.full(len(series.labels), np.nan)  # only judged rows are scored
+                scores[judged] = model.decision_function(series.scaled[judged][:, keep])
         except Exception as err:  # noqa: BLE001 - one detector's failure must not end the run
             rows.append({"family": f"pyod {name}", "role": "baseline", "note": f"failed: {err}"})
             continue
