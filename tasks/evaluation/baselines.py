@@ -29,6 +29,7 @@ the config's target FPR, as calibration does.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,8 @@ from torch import nn
 
 from tasks.evaluation.metrics import evaluate, pr_auc
 from tasks.evaluation.thresholds import conformal_fpr_threshold
+
+log = logging.getLogger(__name__)
 
 PYOD_RUNNER = ("KNN", "LOF", "PCA", "IForest", "AutoEncoder")
 """The PyOD detectors `--baselines` runs (issue 10); `pyod_detectors` knows a few more."""
@@ -329,12 +332,16 @@ def run_baselines(
         scored[f"pyod {name}"] = scores
         rows.append({"family": f"pyod {name}", "role": "baseline", "note": "",
                      "fit_s": time.perf_counter() - started, **_metrics(series, scores)})
+        log.info("baseline pyod %s: fit + score %.1f s, score PR-AUC %.3f", name,
+                 rows[-1]["fit_s"], rows[-1]["pr_auc"])
     if chapter is not None and series.window > 1:
         try:
             scores, fit_s = chapter_scores(series, chapter)
             scored[CHAPTER] = scores
             rows.append({"family": CHAPTER, "role": "baseline", "note": "", "fit_s": fit_s,
                          **_metrics(series, scores)})
+            log.info("baseline %s: fit %.1f s (%d epochs), score PR-AUC %.3f", CHAPTER, fit_s,
+                     chapter.epochs, rows[-1]["pr_auc"])
         except Exception as err:  # noqa: BLE001
             rows.append({"family": CHAPTER, "role": "baseline", "note": f"failed: {err}"})
     return rows + summaries(series, rows, scored)
