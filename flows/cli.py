@@ -38,6 +38,13 @@ def train(config: Path | None = ConfigArg,
           run_id: str | None = typer.Option(None, help="resume this run's checkpoints")) -> None:
     """Train every configured family and choose the champion."""
     _quiet_defaults()
+    from tasks.store import UnsafeKeyError, safe_component
+
+    try:  # before any flow starts: a bad id must not reach a store key
+        run_id = safe_component(run_id, "--run-id") if run_id else None
+    except UnsafeKeyError as err:
+        typer.echo(f"invalid: {err}", err=True)
+        raise typer.Exit(2) from None
     from flows.train import train_flow
 
     result = train_flow(str(config) if config else None, run_id)

@@ -16,7 +16,8 @@ from tasks.data.ingest import ingest_source
 from tasks.data.prepare import plan_scopes
 from tasks.data.report import publish_ingestion
 from tasks.data.synthetic import materialize
-from tasks.training.register import choose_champion
+from tasks.store import safe_component
+from tasks.training.register import champion_generations, choose_champion
 from tasks.training.report import publish_fleet_artifacts, publish_training_artifacts
 
 FALLBACK = "*"  # how results and artifacts name the dataset-level model of a fleet
@@ -48,19 +49,24 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     make the best one champion of its scope.
 
     `run_id` names the scratch area of this run; passing the id of a killed run
-    resumes each family from its last checkpoint.
+    resumes each family from its last checkpoint. The champion is replaced only if it is
+    still the one this run saw at its start (see `choose_champion`).
     """
+    run_id = safe_component(run_id, "run id") if run_id else new_run_id()
     cfg = resolve_config(config)
-    run_id = run_id or new_run_id()
     materialize_source(cfg)
     ingestion = ingest_source(cfg)
     publish_ingestion(cfg, ingestion)
     plan = plan_scopes(cfg)
+    # Each scope's champion generation before training: a promotion that lands meanwhile
+    # (retraining) is kept, and this run reports that it lost the race.
+    generations = champion_generations(cfg, plan.groups)
     runs = train_candidates(cfg, run_id, plan.groups)
     scopes: dict[str, dict[str, Any]] = {}
     for run in runs:
         scoped = cfg.for_group(run.group)
-        champion = choose_champion(scoped, run.candidates) if run.candidates else None
+        champion = (choose_champion(scoped, run.candidates, generations[run.group])
+                    if run.candidates else None)
         scopes[FALLBACK if run.group is None else run.group] = scope_summary(run, champion)
     result: dict[str, Any] = {"dataset": cfg.name, "run_id": run_id, "scope": cfg.model.scope,
                               "ingestion": ingestion.to_json()}

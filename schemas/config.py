@@ -47,7 +47,10 @@ class SourceConfig(_Strict):
 
     path: str = Field(..., description="path, glob or fsspec URL; each file is one batch")
     format: Literal["auto", "csv", "parquet"] = "auto"
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold keys
+    workers: int = Field(
+        2, ge=1, le=64, description="new batches validated at once (threads of the ingest task)"
+    )
     synthetic: SyntheticSource | None = Field(
         None, description="when set, `path` is filled by the synthetic generator first"
     )
@@ -85,6 +88,22 @@ class ValidationRules(_Strict):
     )
     min_rows: int = Field(1, ge=1)
     labels: list[int] = Field(default_factory=lambda: [0, 1])
+    not_before: datetime | None = Field(
+        None, description="timestamps before this (naive UTC) are refused: the dataset's start"
+    )
+    future_tolerance_hours: float = Field(
+        24.0, ge=0, description="timestamps later than now + this are refused (clock errors)"
+    )
+    max_entity_length: int = Field(200, ge=1, description="longer entity names are refused")
+    on_conflict: Literal["quarantine", "replace"] = Field(
+        "quarantine",
+        description="a key another source already filed with different values: refuse the "
+        "batch (quarantine) or let the later delivery win (replace, recorded)",
+    )
+    volume_factor: float = Field(
+        10.0, gt=1, description="report an entity whose rows in a night reach this x its usual"
+    )
+    volume_days: int = Field(7, ge=1, description="trailing validated days that define 'usual'")
 
 
 class ScalingConfig(_Strict):
@@ -289,7 +308,7 @@ class RunnerConfig(_Strict):
 
 class StoreConfig(_Strict):
     root: str = Field("file://./.nightowl", description="file:// or s3://bucket/prefix")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold keys
     credentials_block: str | None = Field(
         None, description="name of a prefect-aws AwsCredentials block: S3 credentials (and its "
         "endpoint and region) from Prefect instead of the environment"

@@ -140,6 +140,13 @@ def build_suite(cfg: DatasetConfig) -> gx.ExpectationSuite:
         )
     )
     add(E.ExpectColumnValuesToNotBeNull(column=ts, meta=meta("not null", ts)))
+    if rules.not_before is not None:
+        add(
+            E.ExpectColumnValuesToBeBetween(
+                column=ts, min_value=rules.not_before, max_value=None,
+                meta=meta(f"not before {rules.not_before.isoformat(sep=' ')}", ts),
+            )
+        )
     if cols.entity:
         add(E.ExpectColumnValuesToNotBeNull(column=cols.entity, meta=meta("not null", cols.entity)))
 
@@ -207,8 +214,11 @@ def suite_to_json(cfg: DatasetConfig) -> dict[str, Any]:
 _STEP_DOC = "seconds since the previous row of the same entity (null on its first row)"
 
 
-def _cache_key(cfg: DatasetConfig) -> str:
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+def config_key(cfg: DatasetConfig) -> str:
+    """A short hash of what the suite is built from (name, columns, validation rules): the
+    suite and its GX objects are cached by it, across configs that differ elsewhere."""
+    parts = (cfg.name, cfg.columns.model_dump_json(), cfg.validation.model_dump_json())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 _VALIDATIONS: dict[str, Any] = {}
@@ -219,7 +229,7 @@ def validation_definition(cfg: DatasetConfig) -> Any:
 
     Run it with `.run(batch_parameters={"dataframe": pandas_df})` while holding `gx_lock()`.
     """
-    key = _cache_key(cfg)
+    key = config_key(cfg)
     with _GX_LOCK:
         if key in _VALIDATIONS:
             return _VALIDATIONS[key]

@@ -20,6 +20,25 @@ if TYPE_CHECKING:
 # Retries for stages that touch the store or the source: transient I/O, not bad data.
 IO_RETRIES: dict[str, object] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
 
+# The longest reason or log line a stage writes; the full detail stays in the stored report.
+MAX_LINE = 500
+
+
+def clip(text: str, limit: int = MAX_LINE) -> str:
+    """One bounded line: a 5 MB field in a bad file must not become a 5 MB log line."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 30]}... [{len(text) - limit + 30} chars cut]"
+
+
+def redact(text: str, secrets: list[str | None]) -> str:
+    """`text` with every secret value replaced, for messages built from third-party errors."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
 
 def store_for(cfg: DatasetConfig) -> Store:
     """The dataset's store; S3 credentials from `[store] credentials_block` when it names one."""

@@ -14,8 +14,11 @@ import json
 import logging
 import math
 import os
+import random
+import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -28,6 +31,33 @@ log = logging.getLogger(__name__)
 
 class StoreError(RuntimeError):
     """A store operation failed; the message names the key."""
+
+
+class UnsafeKeyError(ValueError):
+    """A key or key component that could leave the store root or collide with another key."""
+
+
+class ContendedError(StoreError):
+    """A compare-and-swap update kept losing to other writers."""
+
+
+# One user-supplied key component (a run id, a day, a name): no separators, no dot-dot, short.
+SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def safe_component(value: str, what: str) -> str:
+    """`value` if it is safe as one segment of a store key, else UnsafeKeyError naming `what`.
+
+    Applied to everything a user can type that ends up in a key (run ids, deployment
+    parameters), so `../..` or an absolute path can never address outside the store.
+    """
+    if not isinstance(value, str) or not SAFE_COMPONENT.match(value) or ".." in value:
+        shown = repr(value)[:80]
+        raise UnsafeKeyError(
+            f"{what} {shown} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return value
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -72,7 +102,7 @@ class Store:
 
     # -- paths -------------------------------------------------------------------------
     def path(self, key: str) -> str:
-        return f"{self.root}/{key.lstrip('/')}"
+        return f"{self.root}/{_checked_key(key)}"
 
     def uri(self, key: str) -> str:
         """A URL for a key that other tools (DuckDB, polars, Spark) can open."""
@@ -100,6 +130,14 @@ class Store:
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """The bytes of several keys in one call (concurrent on S3); absent keys are left out."""
+        if not keys:
+            return {}
+        paths = {self.path(k): k for k in keys}
+        found = self.fs.cat(list(paths), on_error="omit")
+        return {paths[p]: data for p, data in found.items() if p in paths}
 
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(io.BytesIO(self.read_bytes(key)), columns=columns)
@@ -146,6 +184,11 @@ class Store:
         pq.write_table(table, buf, compression="zstd")
         return self.write_bytes(key, buf.getvalue())
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove keys; ones already gone are fine (deletes are retried after crashes)."""
+        for key in keys:
+            self.delete(key)
+
     # -- compare-and-swap ---------------------------------------------------------------
     def read_tagged(self, key: str) -> tuple[bytes | None, str | None]:
         """(data, tag) of a key, (None, None) when absent; the tag feeds `write_if`.
@@ -185,9 +228,31 @@ class Store:
             self.fs.pipe_file(self.path(key), data, **condition)
         except OSError as err:  # FileExistsError for If-None-Match, EINVAL for If-Match
             if isinstance(err, FileExistsError) or "pre-condition" in str(err).lower():
-                return False
+                # A retried PUT whose first attempt did land (the reply was lost) fails its
+                # own precondition: the object then holds exactly our bytes, which is success.
+                return self.read_tagged(key)[0] == data
             raise
         return True
+
+    def update_json(
+        self, key: str, change: Callable[[Any], Any], max_attempts: int = 50
+    ) -> tuple[Any, bool]:
+        """Read-modify-write of one JSON key by compare-and-swap, retried on conflict.
+
+        `change(current)` gets the parsed value (None when absent) and returns the new
+        value, or `current` itself (the same object) to write nothing. It may run more
+        than once, so it must not have side effects. Returns (value now stored, written?).
+        """
+        for attempt in range(max_attempts):
+            data, tag = self.read_tagged(key)
+            current = json.loads(data) if data is not None else None
+            new = change(current)
+            if new is current:
+                return current, False
+            if self.write_if(key, json_bytes(new), tag):
+                return new, True
+            time.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # back off, de-synchronise
+        raise ContendedError(f"{self.uri(key)}: still contended after {max_attempts} attempts")
 
     def delete(self, key: str) -> None:
         """Remove one object; a key that is already gone is fine (idempotent reruns)."""
@@ -210,6 +275,14 @@ class Store:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _checked_key(key: str) -> str:
+    """A relative key without '.'/'..' segments: nothing can address outside the root."""
+    key = key.lstrip("/")
+    if any(part in (".", "..") for part in key.split("/")) or "\\" in key or "\x00" in key:
+        raise UnsafeKeyError(f"store key {key[:200]!r} is not allowed ('.', '..', '\\' or NUL)")
+    return key
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,9 @@ WEIGHTS, CONFIG, SCALER, THRESHOLD, METRICS, ONNX, DRIFT_REFERENCE, REPORT = (
 
 class IntegrityError(RuntimeError):
     """A stored artifact does not match its manifest."""
+
+
+RECENT_WRITES = 16  # write ids a champion pointer remembers (a lost reply is recognised)
 
 
 class ChampionConflict(RuntimeError):
@@ -141,12 +145,19 @@ def set_champion(
     """Replace the pointer by compare-and-swap (S3: conditional PUT; local: file lock).
 
     With `expected_generation`, refuse if it moved; without it, re-read and retry
-    when another writer won the race, so no registration is ever lost.
+    when another writer won the race, so no registration is ever lost. Each call has
+    a write id that the pointer remembers (with the last few before it): a PUT that
+    landed although its reply was lost (a reset connection) is recognised on the retry
+    even if another promotion followed it, so it is never applied twice.
     """
     key = champion_key(ref.dataset)
+    write_id = uuid.uuid4().hex
+    pointer: dict[str, Any] = {}
     for _ in range(max_attempts):
         data, tag = store.read_tagged(key)
         current = json.loads(data) if data is not None else None
+        if current is not None and write_id in current.get("writes", []):
+            return pointer  # our earlier attempt is in place (or was, before a later one)
         generation = current["generation"] if current else 0
         if expected_generation is not None and generation != expected_generation:
             raise ChampionConflict(
@@ -160,6 +171,7 @@ def set_champion(
             "previous": {k: current[k] for k in ("family", "version")} if current else None,
             "updated_at": datetime.now(UTC).isoformat(),
             **(details or {}),
+            "writes": [write_id, *(current or {}).get("writes", [])][:RECENT_WRITES],
         }
         if store.write_if(key, json_bytes(pointer), tag):
             return pointer

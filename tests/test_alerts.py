@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from datetime import date, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import polars as pl
 import pytest
 
 from schemas.config import parse_config
-from tasks.nightly.alert import find_segments, send_alerts
+from tasks.nightly.alert import AlertDeliveryError, find_segments, send_alerts, slack_message
 from tasks.store import Store
 from tests.tiny import tiny_config
 
@@ -19,23 +21,36 @@ NIGHT = date(2026, 1, 9)
 
 
 class Receiver:
-    """A local HTTP endpoint on 127.0.0.1 recording every JSON body it receives."""
+    """A local HTTP endpoint on 127.0.0.1 recording every JSON body it accepts.
 
-    def __init__(self) -> None:
+    Its path is a secret, as a Slack webhook's is; the first `fail_first` POSTs are
+    answered 503 (a webhook that fails, then recovers).
+    """
+
+    def __init__(self, fail_first: int = 0) -> None:
         bodies = self.bodies = []
+        self.failures = fail_first
+        receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    failing = receiver.failures > 0
+                    receiver.failures -= failing
+                    if not failing:
+                        bodies.append(body)
+                self.send_response(503 if failing else 200)
                 self.end_headers()
-                self.wfile.write(b"ok")
+                self.wfile.write(b"busy" if failing else b"ok")
 
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        lock = threading.Lock()
+        self.secret = f"T0SECRET/B0SECRET/{uuid.uuid4().hex}"
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/{self.secret}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -104,8 +119,80 @@ def test_failed_delivery_is_retried_next_run(tmp_path, receiver):
     cfg = parse_config(tiny_config(tmp_path))
     store = Store(cfg.store.root)
     frame = scores({"m1": [1, 1, 0]})
-    import httpx
 
-    with pytest.raises(httpx.HTTPError):
+    with pytest.raises(AlertDeliveryError, match=r"http://127.0.0.1:9/… could not be reached"):
         send_alerts(store, cfg, NIGHT, frame, "http://127.0.0.1:9/unreachable")
+    assert store.read_json("alerts/tiny/ledger.json") in (None, {})  # the claim was released
     assert send_alerts(store, cfg, NIGHT, frame, receiver.url).sent == 1
+
+
+def test_a_failing_webhook_never_leaks_its_url_and_recovers(tmp_path, caplog):
+    cfg = parse_config(tiny_config(tmp_path))
+    store = Store(cfg.store.root)
+    frame = scores({"m1": [1, 1, 0, 1], "m2": [0, 1, 1, 0]})
+    hook = Receiver(fail_first=1)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(AlertDeliveryError) as failed:
+            send_alerts(store, cfg, NIGHT, frame, hook.url)
+        assert "answered HTTP 503" in str(failed.value)
+        assert failed.value.__cause__ is None and failed.value.__context__ is None  # no httpx error
+        recovered = send_alerts(store, cfg, NIGHT, frame, hook.url)  # the next run (or retry)
+        assert recovered.sent == 3 and len(hook.bodies) == 3  # each segment exactly once
+        assert send_alerts(store, cfg, NIGHT, frame, hook.url).sent == 0
+    finally:
+        hook.close()
+    written = b"".join(store.read_bytes(k) for k in store.list("")).decode()
+    for text in (str(failed.value), repr(failed.value), caplog.text, written):
+        assert hook.secret not in text and "SECRET" not in text
+    assert "HTTP Request: POST" in caplog.text  # httpx did log, with the URL redacted
+
+
+def test_concurrent_runs_of_a_night_send_each_segment_once(tmp_path, receiver):
+    cfg = parse_config(tiny_config(tmp_path))
+    root = cfg.store.root
+    frame = scores({f"m{i}": [0, 1, 1, 0, 1] for i in range(6)})  # 12 segments
+    barrier = threading.Barrier(3)
+    results = []
+
+    def night() -> None:
+        barrier.wait()
+        results.append(send_alerts(Store(root), cfg, NIGHT, frame, receiver.url).sent)
+
+    threads = [threading.Thread(target=night) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(results) == 12 and len(receiver.bodies) == 12
+    ids = [b["blocks"][1]["elements"][0]["text"].split("`")[1] for b in receiver.bodies]
+    assert len(set(ids)) == 12
+    ledger = Store(root).read_json("alerts/tiny/ledger.json")
+    assert {e["status"] for e in ledger.values()} == {"sent"}
+
+
+def test_a_dead_runs_claim_expires_and_a_live_one_is_respected(tmp_path, receiver):
+    cfg = parse_config(tiny_config(tmp_path))
+    store = Store(cfg.store.root)
+    frame = scores({"m1": [1, 0, 1]})
+    old = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    now = datetime.now(UTC).isoformat()
+    ids = ["m1@2026-01-09T00:00:00", "m1@2026-01-09T01:00:00"]
+    store.write_json("alerts/tiny/ledger.json", {
+        ids[0]: {"status": "claimed", "claimed_at": old, "night": "2026-01-09", "claim": "dead"},
+        ids[1]: {"status": "claimed", "claimed_at": now, "night": "2026-01-09", "claim": "alive"}})
+    result = send_alerts(store, cfg, NIGHT, frame, receiver.url)
+    assert result.sent == 1 and len(receiver.bodies) == 1
+    assert ids[0] in receiver.bodies[0]["text"] or "00:00:00" in receiver.bodies[0]["text"]
+    assert [r["alert"] for r in sorted(result.top, key=lambda r: r["start"])] == ["sent", "duplicate"]
+
+
+def test_slack_text_is_escaped():
+    seg = {"entity": "<!channel> & <http://evil|click>", "start": datetime(2026, 1, 9),
+           "end": datetime(2026, 1, 9, 1), "rows": 2, "peak_score": 3.0, "threshold": 1.0,
+           "top_features": ["a<b", "c&d"], "model_version": "v1", "id": "x>y"}
+    body = slack_message("ds", seg)
+    texts = [body["text"], body["blocks"][0]["text"]["text"], body["blocks"][1]["elements"][0]["text"]]
+    assert all("<" not in t and ">" not in t for t in texts)
+    assert "&lt;!channel&gt; &amp; &lt;http://evil|click&gt;" in body["text"]
+    assert "a&lt;b, c&amp;d" in body["text"] and "x&gt;y" in texts[2]

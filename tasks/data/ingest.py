@@ -1,41 +1,57 @@
-"""Ingest raw batches: read, validate with the config's GX suite, then either
-write date partitions of the validated layer or quarantine the batch untouched.
+"""Ingest raw batches: list the source once, skip what was filed, validate the rest,
+then commit their rows to the validated layer exactly once or quarantine them untouched.
 
 Why this shape:
-- one source file is one batch, identified by the sha256 of its bytes, so
-  re-ingesting the same file rewrites the same keys instead of duplicating rows;
-- a bad batch never raises out of the pipeline and never touches validated data
-  or models: it is copied byte for byte to quarantine with a report whose every
-  line names the file, the column and the rule;
+- one source file is one batch; its ledger entry (`ingested/<source-id>.json`) records
+  the listing metadata (size, mtime, ETag) and the sha256 of the bytes it was filed
+  with, so a rerun skips a filed source before downloading a byte, and a corrected
+  re-delivery (metadata changed) is fetched and validated again;
+- rows are exactly-once across the whole layer (tasks.data.layer): a re-delivery of a
+  source replaces its rows (stale days included), rows another source already filed are
+  dropped when identical and refuse the batch when different (or win, if configured);
+- a bad batch never raises out of the pipeline and never touches validated data or
+  models: it is copied byte for byte to quarantine with a report whose every line names
+  the file, the column and the rule (at most 500 characters; the detail is in the report);
+- new batches are validated concurrently (threads: polars releases the GIL);
 - only I/O is retried (a validation failure is deterministic: retrying it is waste);
-- a night ingests only its own files (and the day before, the window context):
-  re-validating the whole history every night would grow without bound.
+- a night ingests only its own files (and the day before, the window context), and
+  reports entities whose row count is far from their usual volume.
 """
 
 from __future__ import annotations
 
+import contextvars
 import io
+import json
 import posixpath
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from statistics import median
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas import arrow as arrow_schemas
-from schemas import suites
 from schemas.config import DatasetConfig
-from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.store import Store, finite, sha256_bytes
+from tasks.common import IO_RETRIES, clip, run_logger, store_for
+from tasks.data import layer
+from tasks.data.layer import (  # noqa: F401 - the public names
+    dataset_prefix,
+    entity_rows,
+    load_validated,
+)
+from tasks.data.rules import ValidationOutcome, validate_frame, with_step_column  # noqa: F401
+from tasks.store import Store, sha256_bytes
 
 RAW_EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
-MAX_EXAMPLES = 3
+_partition_key = layer.partition_key  # the key helper other modules know by this name
 
 
 class BatchReadError(ValueError):
@@ -43,17 +59,13 @@ class BatchReadError(ValueError):
 
 
 @dataclass
-class ValidationOutcome:
-    """What validation found: `reasons` are one-line, human-readable failures."""
-
-    success: bool
-    reasons: list[str]
-    result: dict[str, Any]
-
-
-@dataclass
 class BatchOutcome:
-    """The fate of one batch, JSON-able via `to_dict()` for flow summaries and artifacts."""
+    """The fate of one batch, JSON-able via `to_dict()` for flow summaries and artifacts.
+
+    `rows` are the batch's rows; `duplicates` of them were already filed by another
+    source with identical values (dropped); `replaced` keys of other sources were
+    overwritten by this batch (only with `on_conflict = "replace"`).
+    """
 
     source: str
     status: str  # "validated" | "quarantined"
@@ -62,20 +74,51 @@ class BatchOutcome:
     keys: list[str] = field(default_factory=list)
     batch_id: str = ""
     reasons: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    replaced: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> BatchOutcome:
+        return cls(**{k: v for k, v in record.items() if k in cls.__dataclass_fields__})
 
 
 def batch_id_of(data: bytes) -> str:
     return sha256_bytes(data)[:16]
 
 
-def dataset_prefix(cfg: DatasetConfig) -> str:
-    return f"datasets/{cfg.name}"
+def source_id_of(url: str) -> str:
+    """A source's identity is its URL: a re-delivery under the same name replaces it."""
+    return batch_id_of(url.encode())
+
+
+def shown_url(url: str) -> str:
+    """A source URL fit for reports and logs: no user:password@, no query (signed URLs)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # -- listing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of the source and the listing metadata that identifies its version."""
+
+    url: str
+    fingerprint: dict[str, Any] | None = None
+
+
+FINGERPRINT_FIELDS = ("size", "mtime", "ETag", "LastModified", "etag", "md5Hash", "generation")
+
+
+def fingerprint(info: dict[str, Any]) -> dict[str, Any]:
+    """What a listing says about a file's version (local: size + mtime; S3: size + ETag)."""
+    return {k: (v if isinstance(v, int | float) else str(v))
+            for k, v in info.items() if k in FINGERPRINT_FIELDS and v is not None}
 
 
 def _has_magic(path: str) -> bool:
@@ -89,8 +132,9 @@ def _wanted_extensions(cfg: DatasetConfig) -> tuple[str, ...]:
     return RAW_EXTENSIONS[cfg.source.format]
 
 
-def list_batches(cfg: DatasetConfig) -> list[str]:
-    """Expand `source.path` (file, directory, glob, or any fsspec URL) into sorted file URLs.
+def list_sources(cfg: DatasetConfig) -> list[SourceFile]:
+    """Expand `source.path` (file, directory, glob, or any fsspec URL) in ONE listing, with
+    each file's metadata, sorted by URL.
 
     A glob that matches nothing is a quiet night (empty list, warning); a plain
     path that does not exist is a configuration mistake and raises.
@@ -98,19 +142,26 @@ def list_batches(cfg: DatasetConfig) -> list[str]:
     fs, path = fsspec.core.url_to_fs(cfg.source.path, **cfg.source.storage_options)
     if _has_magic(path):
         found = fs.glob(path, detail=True)
-        files = [p for p, info in found.items() if info.get("type") == "file"]
     elif fs.isdir(path):
         wanted = _wanted_extensions(cfg)
-        files = [p for p in fs.find(path) if p.lower().endswith(wanted)]
+        found = {p: i for p, i in fs.find(path, detail=True).items() if p.lower().endswith(wanted)}
     elif fs.isfile(path):
-        files = [path]
+        found = {path: fs.info(path)}
     else:
         raise FileNotFoundError(
-            f"dataset '{cfg.name}': source.path {cfg.source.path!r} does not exist"
+            f"dataset '{cfg.name}': source.path {shown_url(cfg.source.path)!r} does not exist"
         )
+    files = {p: i for p, i in found.items() if i.get("type") == "file"}
     if not files:
-        run_logger(__name__).warning("dataset '%s': no batches found at %s", cfg.name, cfg.source.path)
-    return sorted(fs.unstrip_protocol(p) for p in files)
+        run_logger(__name__).warning("dataset '%s': no batches found at %s", cfg.name,
+                                     shown_url(cfg.source.path))
+    return sorted((SourceFile(fs.unstrip_protocol(p), fingerprint(i)) for p, i in files.items()),
+                  key=lambda s: s.url)
+
+
+def list_batches(cfg: DatasetConfig) -> list[str]:
+    """The URLs of `list_sources`."""
+    return [s.url for s in list_sources(cfg)]
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -154,21 +205,46 @@ def _normalize_timestamp(frame: pl.DataFrame, column: str) -> pl.DataFrame:
     return frame.with_columns(s.alias(column))
 
 
+def _typed_csv(cfg: DatasetConfig, data: bytes) -> pl.DataFrame:
+    """The fast read: the config says what each column is, so nothing is inferred.
+
+    Raises on any value that does not fit; the caller then reads with full inference,
+    so the suite can name the column, rule and offending values.
+    """
+    cols = cfg.columns
+    types: dict[str, pl.DataType] = {f: pl.Float64() for f in cols.features}
+    types[cols.timestamp] = pl.String()  # parsed below: offsets become UTC
+    if cols.entity:
+        types[cols.entity] = pl.String()
+    if cols.label:
+        types[cols.label] = pl.Int64()
+    return pl.read_csv(data, schema_overrides=types, infer_schema_length=0)
+
+
 def parse_batch(cfg: DatasetConfig, data: bytes, name: str) -> pl.DataFrame:
     """Parse raw bytes into a polars frame; BatchReadError for anything that is not a table."""
     fmt = "parquet" if _format_of(cfg, name) == "parquet" else "csv"
     if not data:
         raise BatchReadError(f"{name}: empty file (0 bytes)")
+    errors = (pl.exceptions.PolarsError, OSError, pa.ArrowException, UnicodeDecodeError)
     try:
         if fmt == "parquet":
             frame = pl.read_parquet(io.BytesIO(data))
         else:
-            # Full-file schema inference: with the default 100-row sample, a bad
-            # value late in the file is a parse crash instead of a named rule failure.
-            frame = pl.read_csv(io.BytesIO(data), try_parse_dates=True, infer_schema_length=None)
-    except (pl.exceptions.PolarsError, OSError, pa.ArrowException, UnicodeDecodeError) as err:
+            try:
+                frame = _typed_csv(cfg, data)
+            except errors:
+                # Full-file schema inference: with the default 100-row sample, a bad
+                # value late in the file is a parse crash instead of a named rule failure.
+                frame = pl.read_csv(data, try_parse_dates=True, infer_schema_length=None)
+    except errors as err:
         problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BatchReadError(f"{name}: unreadable {fmt.upper()} ({problem})") from None
+        raise BatchReadError(clip(f"{name}: unreadable {fmt.upper()} ({clip(problem, 200)})")) \
+            from None
+    twice = sorted({c.rsplit("_duplicated_", 1)[0] for c in frame.columns if "_duplicated_" in c})
+    if twice:  # polars renamed the copies; which one is meant cannot be known
+        raise BatchReadError(clip(f"{name}: header failed rule 'unique column names' "
+                                  f"({[clip(c, 60) for c in twice][:12]} appear more than once)"))
     if frame.height == 0:
         # A header-only file: give its columns their intended types (no values to
         # lose), so the only failure reported is the row-count rule.
@@ -179,169 +255,9 @@ def parse_batch(cfg: DatasetConfig, data: bytes, name: str) -> pl.DataFrame:
     return _normalize_timestamp(frame, cfg.columns.timestamp)
 
 
-# -- validation ------------------------------------------------------------------------
-
-
-def with_step_column(cfg: DatasetConfig, frame: pl.DataFrame) -> pl.DataFrame:
-    """Add `__ts_step_seconds` (diff to the previous row of the same entity, first row null).
-
-    All-null when the timestamp is not a datetime or the entity column is missing:
-    those are reported by their own rules, and a second failure would be noise.
-    """
-    ts, entity = cfg.columns.timestamp, cfg.columns.entity
-    usable = ts in frame.columns and isinstance(frame.schema[ts], pl.Datetime)
-    usable = usable and (entity is None or entity in frame.columns)
-    if not usable:
-        return frame.with_columns(pl.lit(None, dtype=pl.Float64).alias(suites.STEP_COLUMN))
-    step = pl.col(ts).diff().dt.total_microseconds().cast(pl.Float64) / 1e6
-    if entity is not None:
-        step = step.over(entity)
-    return frame.with_columns(step.alias(suites.STEP_COLUMN))
-
-
-def _raised(res: Any) -> bool:
-    info = res.exception_info or {}
-    if info.get("raised_exception"):
-        return True
-    return any(isinstance(v, dict) and v.get("raised_exception") for v in info.values())
-
-
-def _short(value: Any) -> str:
-    """A compact example: a key row as (m1, 2026-01-06 13:30:00), anything else as its repr."""
-    if isinstance(value, dict):
-        text = "(" + ", ".join(str(v) for v in value.values()) + ")"
-    elif isinstance(value, _Preformatted):
-        text = str(value)
-    else:
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-class _Preformatted(str):
-    """An example already written for humans (no quotes added)."""
-
-
-def _examples(values: list[Any]) -> str:
-    shown: list[str] = []
-    for v in values:
-        text = _short(v)
-        if text not in shown:
-            shown.append(text)
-        if len(shown) == MAX_EXAMPLES:
-            break
-    return "[" + ", ".join(shown) + "]"
-
-
-def _type_examples(frame: pl.DataFrame, column: str, want_datetime: bool) -> list[Any]:
-    """Values that do not convert to the wanted type (the type rule itself only sees a dtype)."""
-    s = frame.get_column(column)
-    if s.dtype != pl.String:
-        return s.drop_nulls().head(MAX_EXAMPLES).to_list()
-    if want_datetime:
-        converted = s.str.to_datetime(time_unit="us", strict=False)
-    else:
-        converted = s.cast(pl.Float64, strict=False)
-    return s.filter(converted.is_null() & s.is_not_null()).head(MAX_EXAMPLES).to_list()
-
-
-def _step_examples(cfg: DatasetConfig, frame: pl.DataFrame) -> list[_Preformatted]:
-    """The offending rows of the 'strictly increasing' rule, as entity@timestamp (after prev)."""
-    ts, entity = cfg.columns.timestamp, cfg.columns.entity
-    prev = pl.col(ts).shift(1)
-    if entity is not None:
-        prev = prev.over(entity)
-    bad = frame.with_columns(prev.alias("__prev")).filter(pl.col(suites.STEP_COLUMN) <= 0)
-    out = []
-    for row in bad.head(MAX_EXAMPLES).iter_rows(named=True):  # at most 3 rows
-        who = f"{row[entity]}@" if entity is not None else ""
-        out.append(_Preformatted(f"{who}{row[ts]} after {row['__prev']}"))
-    return out
-
-
-def _reason(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str, res: Any) -> str:
-    """One line: file, column(s), rule, counts and a few unexpected values."""
-    conf = res.expectation_config
-    meta = conf.meta or {}
-    rule = meta.get("rule", conf.type)
-    kwargs = conf.kwargs
-    if "column_list" in kwargs:
-        where = f"columns {list(kwargs['column_list'])}"
-    elif meta.get("column") or kwargs.get("column"):
-        where = f"column '{meta.get('column') or kwargs.get('column')}'"
-    else:
-        where = "table"
-    r = res.result or {}
-    column = kwargs.get("column")
-    if _raised(res):
-        detail = "could not be evaluated"
-    elif conf.type == "expect_column_to_exist":
-        found = [c for c in frame.columns if c != suites.STEP_COLUMN]
-        detail = f"missing; found columns {found[:12]}"
-    elif conf.type == "expect_table_row_count_to_be_between":
-        detail = f"{r.get('observed_value')} rows"
-    elif conf.type == "expect_column_values_to_be_in_type_list":
-        examples = _type_examples(frame, column, want_datetime=column == cfg.columns.timestamp)
-        detail = f"dtype {r.get('observed_value')}, e.g. {_examples(examples)}"
-    else:
-        count, total = r.get("unexpected_count"), r.get("element_count")
-        examples = r.get("partial_unexpected_list") or []
-        if column == suites.STEP_COLUMN:
-            examples = _step_examples(cfg, frame)
-        detail = f"{count} of {total} rows, e.g. {_examples(examples)}"
-    return f"{source_name}: {where} failed rule '{rule}' ({detail})"
-
-
-def validate_frame(cfg: DatasetConfig, frame: pl.DataFrame, source_name: str) -> ValidationOutcome:
-    """Run the config's GX suite on a polars frame; one reason line per failed rule.
-
-    Failures that are only a consequence of a missing column (GX raises on
-    them) are dropped: the 'column exists' reason already says it all.
-    """
-    frame = with_step_column(cfg, frame)
-    wanted = [
-        c
-        for c in (
-            cfg.columns.timestamp,
-            cfg.columns.entity,
-            *cfg.columns.features,
-            cfg.columns.label,
-        )
-        if c
-    ]
-    present = [c for c in wanted if c in frame.columns] + [suites.STEP_COLUMN]
-    pdf = frame.select(present).to_pandas()
-    vd = suites.validation_definition(cfg)
-    with suites.gx_lock():
-        result = vd.run(batch_parameters={"dataframe": pdf})
-    order = suites.expectation_order(vd)
-    missing = set(wanted) - set(frame.columns)
-    failed = sorted(
-        (res for res in result.results if not res.success),
-        key=lambda res: order.get(res.expectation_config.id, 10**6),
-    )
-    # A failed type rule makes the value rules on that column meaningless (GX may raise on them).
-    wrong_type = {
-        res.expectation_config.kwargs.get("column")
-        for res in failed
-        if res.expectation_config.type == "expect_column_values_to_be_in_type_list"
-    }
-    reasons = []
-    for res in failed:
-        kw = res.expectation_config.kwargs
-        cols = set(kw.get("column_list") or [kw.get("column")])
-        if _raised(res) and cols & (missing | wrong_type):
-            continue
-        reasons.append(_reason(cfg, frame, source_name, res))
-    return ValidationOutcome(
-        success=bool(result.success), reasons=reasons, result=finite(result.to_json_dict())
-    )
-
-
-# -- writing ---------------------------------------------------------------------------
-
-
 def to_validated(cfg: DatasetConfig, frame: pl.DataFrame) -> pa.Table:
-    """Map a validated raw frame onto the validated layer's canonical Arrow schema."""
+    """Map a validated raw frame onto the validated layer's canonical Arrow schema, sorted by
+    (entity, timestamp); a feed that already delivers in that order is not sorted again."""
     cols = cfg.columns
     entity = (
         pl.col(cols.entity).cast(pl.String) if cols.entity else pl.lit(arrow_schemas.DEFAULT_ENTITY)
@@ -352,28 +268,20 @@ def to_validated(cfg: DatasetConfig, frame: pl.DataFrame) -> pa.Table:
         entity.alias(arrow_schemas.ENTITY),
         *(pl.col(f).cast(pl.Float64) for f in cols.features),
         label.alias(arrow_schemas.LABEL),
-    ).sort([arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP])
+    )
+    if not _in_key_order(out):
+        out = out.sort([arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP])
     return out.to_arrow().cast(arrow_schemas.validated_schema(cfg))
 
 
-def _partition_key(cfg: DatasetConfig, day: date, batch_id: str) -> str:
-    return f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}/part-{batch_id}.parquet"
+def _in_key_order(frame: pl.DataFrame) -> bool:
+    """Rows already ordered by (entity, timestamp)? One vectorised pass, cheaper than a sort."""
+    e, t = pl.col(arrow_schemas.ENTITY), pl.col(arrow_schemas.TIMESTAMP)
+    ordered = (e > e.shift(1)) | ((e == e.shift(1)) & (t > t.shift(1)))
+    return bool(frame.select(ordered.slice(1).all()).item()) if frame.height > 1 else True
 
 
-def write_validated(
-    store: Store, cfg: DatasetConfig, frame: pl.DataFrame, batch_id: str
-) -> list[str]:
-    """Write one Parquet file per calendar day of the batch; same part id -> same keys."""
-    table = pl.from_arrow(to_validated(cfg, frame))
-    assert isinstance(table, pl.DataFrame)
-    days = table.get_column(arrow_schemas.TIMESTAMP).dt.date().alias("__day")
-    keys = []
-    schema = arrow_schemas.validated_schema(cfg)
-    for (day,), part in table.with_columns(days).group_by("__day", maintain_order=True):
-        key = _partition_key(cfg, day, batch_id)
-        store.write_parquet(key, part.drop("__day").to_arrow().cast(schema))
-        keys.append(key)
-    return sorted(keys)
+# -- filing ----------------------------------------------------------------------------
 
 
 def quarantine(
@@ -385,19 +293,21 @@ def quarantine(
     reasons: list[str],
     result: dict[str, Any] | None = None,
     error: str | None = None,
+    **detail: Any,
 ) -> list[str]:
     """Keep the untouched source bytes and a report under quarantine/<batch-id>/."""
     base = f"{dataset_prefix(cfg)}/quarantine/{batch_id}"
-    name = posixpath.basename(url) or "source"
-    if name == "validation.json":
-        name = "source-validation.json"
+    name = posixpath.basename(urlsplit(url).path) or "source"
+    if name == "validation.json" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name):
+        name = f"source{posixpath.splitext(name)[1][:12] if '.' in name else ''}"
     report = {
-        "source": url,
+        "source": shown_url(url),
         "batch_id": batch_id,
         "quarantined_at": datetime.now(UTC).isoformat(),
         "reasons": reasons,
         "error": error,
         "result": result,
+        **detail,
     }
     keys = [f"{base}/{name}", f"{base}/validation.json"]
     store.write_bytes(keys[0], data)
@@ -406,144 +316,134 @@ def quarantine(
 
 
 def _ledger_key(cfg: DatasetConfig, url: str) -> str:
-    return f"{dataset_prefix(cfg)}/ingested/{batch_id_of(url.encode())}.json"
+    return f"{dataset_prefix(cfg)}/ingested/{source_id_of(url)}.json"
 
 
-def _already_filed(store: Store, cfg: DatasetConfig, url: str, batch_id: str) -> BatchOutcome | None:
-    """The recorded outcome when these exact bytes from this source were filed before."""
+@dataclass
+class LedgerEntry:
+    """What the ledger knows about one source: its last outcome, and the days it holds."""
+
+    outcome: BatchOutcome
+    listing: dict[str, Any] | None
+    days: list[str]
+    pending_days: list[str]
+
+    @classmethod
+    def parse(cls, record: dict[str, Any]) -> LedgerEntry:
+        if "outcome" not in record:  # written before listings and manifests were recorded
+            outcome = BatchOutcome.from_dict(record)
+            days = sorted({m for k in outcome.keys for m in re.findall(r"date=([\d-]+)", k)})
+            return cls(outcome, None, days if outcome.status == "validated" else [], [])
+        return cls(BatchOutcome.from_dict(record["outcome"]), record.get("listing"),
+                   record.get("days", []), record.get("pending_days", []))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outcome": self.outcome.to_dict(), "listing": self.listing, "days": self.days,
+                "pending_days": self.pending_days, "filed_at": datetime.now(UTC).isoformat()}
+
+    @property
+    def settled(self) -> bool:
+        """No commit of this source was left half-done (by a killed run)."""
+        return not self.pending_days
+
+    def touched_days(self) -> list[date]:
+        return sorted({date.fromisoformat(d) for d in self.days + self.pending_days})
+
+
+def read_ledger(store: Store, cfg: DatasetConfig, url: str) -> LedgerEntry | None:
     key = _ledger_key(cfg, url)
-    if not store.exists(key):
-        return None
-    record = store.read_json(key)
-    if record.get("batch_id") != batch_id or not all(store.exists(k) for k in record["keys"]):
-        return None
-    return BatchOutcome(**record)
+    return LedgerEntry.parse(store.read_json(key)) if store.exists(key) else None
 
 
-def ingest_batch(store: Store, cfg: DatasetConfig, url: str) -> BatchOutcome:
+_UNREAD: Any = object()
+
+
+def ingest_batch(store: Store, cfg: DatasetConfig, url: str,
+                 listing: dict[str, Any] | None = None, known: Any = _UNREAD) -> BatchOutcome:
     """Read, validate and file one batch. Raises only on I/O errors (which are retryable).
 
-    A source whose bytes were already filed (validated or quarantined) is not validated
-    again: its recorded outcome is returned, so nightly reruns and backfills stay cheap.
+    A source whose listing metadata (or, without one, whose bytes) match its ledger
+    entry is not fetched or validated again: its recorded outcome is returned, so
+    nightly reruns and backfills stay cheap. `known` is the ledger entry when the
+    caller already read it (None: there is none).
     """
+    entry = read_ledger(store, cfg, url) if known is _UNREAD else known
+    if entry is not None and entry.settled and listing and entry.listing == listing:
+        return entry.outcome
     data = fetch_bytes(cfg, url)
     batch_id = batch_id_of(data)
-    known = _already_filed(store, cfg, url, batch_id)
-    if known is not None:
-        return known
-    outcome = _file_batch(store, cfg, url, data, batch_id)
-    store.write_json(_ledger_key(cfg, url), outcome.to_dict())  # written last: the commit
-    return outcome
+    if entry is not None and entry.settled and entry.outcome.batch_id == batch_id:
+        if listing and entry.listing != listing:  # touched, not changed: remember the new listing
+            entry.listing = listing
+            store.write_json(_ledger_key(cfg, url), entry.to_json())
+        return entry.outcome
+    return _file_batch(store, cfg, url, data, batch_id, entry, listing)
 
 
-def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_id: str) -> BatchOutcome:
-    """Parse and validate the bytes; write validated partitions or the quarantine entry."""
-    name = posixpath.basename(url)
+def _quarantined(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_id: str,
+                 rows: int, reasons: list[str], **detail: Any) -> BatchOutcome:
+    keys = quarantine(store, cfg, url, data, batch_id, reasons, **detail)
+    reason = clip("; ".join(reasons))
+    run_logger(__name__).warning(clip(f"quarantined {posixpath.basename(url)} (batch {batch_id}): "
+                                      f"{reason}"))
+    return BatchOutcome(shown_url(url), "quarantined", rows, reason, keys, batch_id, reasons)
+
+
+def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_id: str,
+                entry: LedgerEntry | None, listing: dict[str, Any] | None) -> BatchOutcome:
+    """Parse and validate the bytes; commit the rows or quarantine the bytes; record it."""
+    name = posixpath.basename(urlsplit(url).path)
+    before = entry.touched_days() if entry else []
+    held = [d.isoformat() for d in before]  # a quarantined re-delivery keeps the old rows
+    detail: dict[str, Any] = {}
     try:
         frame = parse_batch(cfg, data, name)
     except BatchReadError as err:
-        reasons = [str(err)]
-        keys = quarantine(store, cfg, url, data, batch_id, reasons, error=str(err))
-        run_logger(__name__).warning("quarantined %s (batch %s): %s", name, batch_id, reasons[0])
-        return BatchOutcome(url, "quarantined", 0, reasons[0], keys, batch_id, reasons)
+        outcome = _quarantined(store, cfg, url, data, batch_id, 0, [str(err)], error=str(err))
+        return _record(store, cfg, url, outcome, listing, held)
 
-    outcome = validate_frame(cfg, frame, name)
-    if not outcome.success:
-        reasons = outcome.reasons or [f"{name}: failed validation (see validation.json)"]
-        keys = quarantine(store, cfg, url, data, batch_id, reasons, result=outcome.result)
-        reason = "; ".join(reasons)
-        run_logger(__name__).warning("quarantined %s (batch %s): %s", name, batch_id, reason)
-        return BatchOutcome(url, "quarantined", frame.height, reason, keys, batch_id, reasons)
+    checked = validate_frame(cfg, frame, name)
+    if not checked.success:
+        reasons = checked.reasons or [f"{name}: failed validation (see validation.json)"]
+        outcome = _quarantined(store, cfg, url, data, batch_id, frame.height, reasons,
+                               result=checked.result)
+        return _record(store, cfg, url, outcome, listing, held)
 
-    # Parts are named after the source, not its content: a corrected re-delivery of
-    # the same file replaces its rows instead of adding a second copy beside them.
-    keys = write_validated(store, cfg, frame, batch_id_of(url.encode()))
-    run_logger(__name__).info(
-        "validated %s (batch %s): %d rows -> %d partitions", name, batch_id, frame.height, len(keys)
-    )
-    return BatchOutcome(url, "validated", frame.height, None, keys, batch_id, [])
-
-
-# -- reading the validated layer -------------------------------------------------------
-
-
-def _as_naive_utc(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def _validated_scan(
-    store: Store, cfg: DatasetConfig, start: datetime | None, end: datetime | None,
-    entities: list[str] | None,
-) -> tuple[pads.Dataset | None, pads.Expression | None]:
-    """The validated layer's Parquet dataset over the partitions that overlap [start, end),
-    and the row filter (time range, scope's entities) to push down into its scan."""
-    start, end = _as_naive_utc(start), _as_naive_utc(end)
-    prefix = f"{dataset_prefix(cfg)}/validated"
-    paths = []
-    for folder in store.list_dirs(prefix):
-        if not folder.startswith("date="):
-            continue
-        try:
-            day = date.fromisoformat(folder[len("date=") :])
-        except ValueError:
-            continue
-        day_start = datetime.combine(day, datetime.min.time())
-        if (start is not None and day_start + timedelta(days=1) <= start) or (
-            end is not None and day_start >= end
-        ):
-            continue
-        paths += [store.path(k) for k in store.list(f"{prefix}/{folder}") if k.endswith(".parquet")]
-    if not paths:
-        return None, None
-    ts = pads.field(arrow_schemas.TIMESTAMP)
-    conditions = []
-    if start is not None:
-        conditions.append(ts >= pa.scalar(start, pa.timestamp("us")))
-    if end is not None:
-        conditions.append(ts < pa.scalar(end, pa.timestamp("us")))
-    scope = cfg.group_entities()
-    wanted = scope if entities is None else (
-        entities if scope is None else [e for e in entities if e in set(scope)])
-    if wanted is not None:
-        conditions.append(pads.field(arrow_schemas.ENTITY).isin(wanted))
-    condition = None
-    for c in conditions:
-        condition = c if condition is None else condition & c
-    schema = arrow_schemas.validated_schema(cfg)
-    return pads.dataset(paths, schema=schema, format="parquet", filesystem=store.fs), condition
+    rows_by_day = layer.split_days(to_validated(cfg, frame))
+    pending = sorted({d.isoformat() for d in [*before, *rows_by_day]})
+    last = entry.outcome if entry else BatchOutcome(shown_url(url), "pending", 0, None)
+    # Written before the commit: a run killed mid-commit leaves this, and the next run
+    # re-files the source and clears every day it may have touched.
+    store.write_json(_ledger_key(cfg, url), LedgerEntry(last, None, held, pending).to_json())
+    try:
+        committed = layer.commit_source(store, cfg, source_id_of(url), shown_url(url),
+                                        rows_by_day, before)
+    except layer.ConflictError as err:
+        collisions = layer.Collisions(conflicts=err.collisions)
+        key = f"({cfg.columns.entity or 'entity'}, {cfg.columns.timestamp})"
+        reason = clip(f"{name}: columns {cfg.columns.key} failed rule 'unique key {key} across "
+                      f"sources' ({len(err.collisions)} of {frame.height} rows already filed "
+                      f"with different values, e.g. {collisions.sample()})")
+        outcome = _quarantined(store, cfg, url, data, batch_id, frame.height, [reason],
+                               collisions=err.collisions)
+        return _record(store, cfg, url, outcome, listing, held)
+    if committed.replaced:
+        detail["replaced_keys"] = committed.replaced
+    outcome = BatchOutcome(shown_url(url), "validated", frame.height, None, committed.keys,
+                           batch_id, [], committed.duplicates, len(committed.replaced))
+    run_logger(__name__).info(clip(
+        f"validated {name} (batch {batch_id}): {frame.height} rows -> {len(committed.keys)} "
+        f"partitions, {committed.duplicates} duplicates dropped, {len(committed.replaced)} replaced"))
+    return _record(store, cfg, url, outcome, listing, committed.days, **detail)
 
 
-def load_validated(
-    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None,
-    entities: list[str] | None = None,
-) -> pl.DataFrame:
-    """Rows of the validated layer with start <= timestamp < end, sorted by entity, timestamp.
+def _record(store: Store, cfg: DatasetConfig, url: str, outcome: BatchOutcome,
+            listing: dict[str, Any] | None, days: list[str], **detail: Any) -> BatchOutcome:
+    """The ledger entry, written last: the commit of the whole batch."""
+    store.write_json(_ledger_key(cfg, url),
+                     {**LedgerEntry(outcome, listing, days, []).to_json(), **detail})
+    return outcome
 
-    Only the entities of the config's scope (`cfg.group_entities()`, narrowed further
-    by `entities`) are read. Only the date partitions overlapping the range are
-    opened, and the filters are pushed down into the Parquet scan.
-    """
-    dataset, condition = _validated_scan(store, cfg, start, end, entities)
-    if dataset is None:
-        return pl.from_arrow(arrow_schemas.validated_schema(cfg).empty_table())  # type: ignore[return-value]
-    frame = pl.from_arrow(dataset.to_table(filter=condition))
-    assert isinstance(frame, pl.DataFrame)
-    return frame.sort([arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP])
-
-
-def entity_rows(
-    store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None,
-) -> dict[str, int]:
-    """Rows per entity in [start, end) within the config's scope; reads the entity and
-    timestamp columns only (cheap enough to plan a fleet's shards from)."""
-    dataset, condition = _validated_scan(store, cfg, start, end, None)
-    if dataset is None:
-        return {}
-    table = dataset.to_table(columns=[arrow_schemas.ENTITY], filter=condition)
-    counts = pl.from_arrow(table).group_by(arrow_schemas.ENTITY).len().sort(arrow_schemas.ENTITY)
-    return dict(counts.iter_rows())
 
 
 # -- whole source, or one night -------------------------------------------------------
@@ -551,10 +451,12 @@ def entity_rows(
 
 @dataclass(frozen=True)
 class IngestReport:
-    """What an ingestion run filed: one outcome per batch, and the totals derived from them."""
+    """What an ingestion run filed: one outcome per batch, the totals derived from them, and
+    for a night the entities whose volume is far from usual."""
 
     dataset: str
     batches: list[BatchOutcome]
+    volume: dict[str, Any] | None = None
 
     def _rows(self, status: str) -> int:
         return sum(b.rows for b in self.batches if b.status == status)
@@ -572,6 +474,10 @@ class IngestReport:
         return self.rows_validated + self.rows_quarantined
 
     @property
+    def rows_duplicate(self) -> int:
+        return sum(b.duplicates for b in self.batches if b.status == "validated")
+
+    @property
     def quarantined(self) -> list[BatchOutcome]:
         return [b for b in self.batches if b.status == "quarantined"]
 
@@ -579,17 +485,41 @@ class IngestReport:
         """The flow-result / artifact form (totals included)."""
         return {"dataset": self.dataset, "rows_in": self.rows_in,
                 "rows_validated": self.rows_validated, "rows_quarantined": self.rows_quarantined,
+                "rows_duplicate": self.rows_duplicate,
                 "batches_validated": len(self.batches) - len(self.quarantined),
                 "batches_quarantined": len(self.quarantined),
-                "batches": [b.to_dict() for b in self.batches]}
+                "batches": [b.to_dict() for b in self.batches], "volume": self.volume}
 
 
-def ingest_urls(store: Store, cfg: DatasetConfig, urls: list[str]) -> IngestReport:
-    """File each batch; a bad batch is quarantined, never fatal."""
-    report = IngestReport(cfg.name, [ingest_batch(store, cfg, url) for url in urls])
+def _ledgers(store: Store, cfg: DatasetConfig, urls: list[str]) -> dict[str, LedgerEntry | None]:
+    """Every source's ledger entry in one bulk read (concurrent on S3)."""
+    keys = {_ledger_key(cfg, u): u for u in urls}
+    found = store.read_many(list(keys))
+    return {u: LedgerEntry.parse(json.loads(found[k])) if k in found else None
+            for k, u in keys.items()}
+
+
+def ingest_urls(store: Store, cfg: DatasetConfig,
+                sources: list[str] | list[SourceFile]) -> IngestReport:
+    """File each batch, new ones `source.workers` at a time; a bad batch is quarantined, never fatal."""
+    files = [s if isinstance(s, SourceFile) else SourceFile(s) for s in sources]
+    ledgers = _ledgers(store, cfg, [f.url for f in files])
+
+    def one(f: SourceFile) -> BatchOutcome:
+        return ingest_batch(store, cfg, f.url, f.fingerprint, ledgers[f.url])
+
+    workers = min(cfg.source.workers, len(files))
+    if workers <= 1:
+        outcomes = [one(f) for f in files]
+    else:  # each thread runs in a copy of this context, so Prefect's run logger still works
+        with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+            futures = [pool.submit(contextvars.copy_context().run, one, f) for f in files]
+            outcomes = [f.result() for f in futures]
+    report = IngestReport(cfg.name, outcomes)
     run_logger(__name__).info(
-        "dataset '%s': %d batches, %d rows validated, %d rows quarantined",
-        cfg.name, len(report.batches), report.rows_validated, report.rows_quarantined,
+        "dataset '%s': %d batches, %d rows validated (%d duplicates dropped), %d rows quarantined",
+        cfg.name, len(report.batches), report.rows_validated, report.rows_duplicate,
+        report.rows_quarantined,
     )  # fmt: skip
     return report
 
@@ -607,6 +537,48 @@ def batches_for_night(urls: list[str], day: date) -> list[str] | None:
     return [u for u, days in dated.items() if wanted & set(days)]
 
 
+def volume_report(store: Store, cfg: DatasetConfig, day: date) -> dict[str, Any]:
+    """Entities whose rows in the night are far from their usual volume.
+
+    "Usual" is the median of an entity's rows over the trailing `volume_days` validated
+    days (a day it sent nothing counts as 0), read from the day manifests alone.
+    Reported: `missing` (usually sends, sent nothing), `low` / `high` (at most 1/factor
+    or at least factor x usual), `new` (no history).
+    """
+    rules = cfg.validation
+    history_days = [day - timedelta(days=i) for i in range(1, rules.volume_days + 1)]
+    counts = layer.day_entity_rows(store, cfg, [day, *history_days])
+    tonight = counts.pop(day.isoformat(), {})
+    entities = sorted({e for c in counts.values() for e in c})
+    usual = {e: median(c.get(e, 0) for c in counts.values()) for e in entities}
+    factor = rules.volume_factor
+    report: dict[str, Any] = {"night": day.isoformat(), "history_days": len(counts),
+                              "missing": [], "low": [], "high": [], "new": []}
+    if not counts:
+        return report
+    for e in entities:
+        n, u = tonight.get(e, 0), usual[e]
+        if u > 0 and n == 0:
+            report["missing"].append({"entity": e, "rows": 0, "usual": u})
+        elif u > 0 and n * factor <= u:
+            report["low"].append({"entity": e, "rows": n, "usual": u})
+        elif u > 0 and n >= factor * u:
+            report["high"].append({"entity": e, "rows": n, "usual": u})
+    report["new"] = [{"entity": e, "rows": n} for e, n in sorted(tonight.items()) if e not in usual]
+    return report
+
+
+def _log_volume(cfg: DatasetConfig, report: dict[str, Any]) -> None:
+    logger = run_logger(__name__)
+    for kind in ("missing", "low", "high", "new"):
+        if report[kind]:
+            names = ", ".join(clip(str(r["entity"]), 40) for r in report[kind][:10])
+            more = f" and {len(report[kind]) - 10} more" if len(report[kind]) > 10 else ""
+            logger.warning(clip(f"{cfg.name} {report['night']}: {len(report[kind])} entities "
+                                f"with {kind} volume vs the last {report['history_days']} days: "
+                                f"{names}{more}"))
+
+
 @task(name="ingest-source", cache_policy=NO_CACHE, **IO_RETRIES)
 def ingest_source(cfg: DatasetConfig) -> IngestReport:
     """Ingest every batch of a dataset's source into its store.
@@ -614,17 +586,22 @@ def ingest_source(cfg: DatasetConfig) -> IngestReport:
     Safe to retry as a whole: a batch already filed returns its recorded outcome,
     and a re-filed batch rewrites the same keys.
     """
-    return ingest_urls(store_for(cfg), cfg, list_batches(cfg))
+    return ingest_urls(store_for(cfg), cfg, list_sources(cfg))
 
 
 @task(name="ingest-night", cache_policy=NO_CACHE, **IO_RETRIES)
 def ingest_night(cfg: DatasetConfig, day: date) -> IngestReport:
-    """Validate the night's batches and its context day's (bad ones go to quarantine)."""
-    urls = list_batches(cfg)
-    chosen = batches_for_night(urls, day)
-    if chosen is None:
-        chosen = urls
-    else:
+    """Validate the night's batches and its context day's (bad ones go to quarantine), then
+    report entities whose volume tonight is far from usual."""
+    sources = list_sources(cfg)
+    chosen = batches_for_night([s.url for s in sources], day)
+    if chosen is not None:
         run_logger(__name__).info("%s %s: ingesting %d of %d batches", cfg.name, day,
-                                  len(chosen), len(urls))
-    return ingest_urls(store_for(cfg), cfg, chosen)
+                                  len(chosen), len(sources))
+        wanted = set(chosen)
+        sources = [s for s in sources if s.url in wanted]
+    store = store_for(cfg)
+    report = ingest_urls(store, cfg, sources)
+    volume = volume_report(store, cfg, day)
+    _log_volume(cfg, volume)
+    return IngestReport(report.dataset, report.batches, volume)

@@ -4,8 +4,15 @@ A segment is a run of consecutive rows of one entity whose verdict is anomalous
 and whose score is at or above `alerts.level` x threshold. Each is sent once:
 an alert ledger in the store (keyed by entity + segment start) makes reruns and
 backfills silent for segments already alerted. The webhook body is Slack
-compatible ({"text", "blocks"}); the URL comes from the environment or a Prefect
-Secret block and is never logged. Every alert also goes to a JSON-lines log.
+compatible ({"text", "blocks"}, every interpolated value escaped for mrkdwn); the URL
+comes from the environment or a Prefect Secret block and is a secret (a Slack webhook
+URL is its own credential): it never appears in a log line, an exception or a report.
+Every alert also goes to a JSON-lines log.
+
+Never twice, even when two runs of the same night overlap: a segment is first
+*claimed* in the ledger by compare-and-swap, then posted, then marked sent. A claim
+whose run died before delivering expires after CLAIM_LEASE and is claimed again; a
+failed delivery releases its claims so the next run retries them.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -24,7 +33,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import AlertConfig, DatasetConfig
-from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.common import IO_RETRIES, clip, redact, run_logger, store_for
 from tasks.nightly.score import ScoredNight
 from tasks.scoring import CONTRIB_PREFIX
 from tasks.store import Store
@@ -32,6 +41,11 @@ from tasks.store import Store
 log = logging.getLogger(__name__)
 TOP_FEATURES = 3
 TOP_SEGMENTS = 20  # segments a night's result (and its UI table) carries; the log has all
+CLAIM_LEASE = timedelta(minutes=15)  # a claim older than this belongs to a run that died
+
+
+class AlertDeliveryError(RuntimeError):
+    """A webhook POST failed. The message names the host and the status, never the URL."""
 
 
 @dataclass(frozen=True)
@@ -79,15 +93,22 @@ def segment_id(entity: str, start: datetime) -> str:
     return f"{entity}@{start.isoformat()}"
 
 
+def escape_mrkdwn(value: Any) -> str:
+    """Slack's escaping of &, < and > (an entity named `<!channel>` must not ping anyone)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_message(dataset: str, seg: dict[str, Any]) -> dict[str, Any]:
     """Slack-compatible JSON: a plain `text` fallback plus one section block."""
-    text = (f"nightowl: anomaly in {dataset} / {seg['entity']} from {seg['start']} to "
+    e = escape_mrkdwn
+    body = (f"anomaly in {e(dataset)} / {e(seg['entity'])} from {seg['start']} to "
             f"{seg['end']} ({seg['rows']} rows, peak {seg['peak_score']:.3g} vs threshold "
-            f"{seg['threshold']:.3g}); top features: {', '.join(seg['top_features'])}")
-    return {"text": text, "blocks": [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{dataset}* — {text[9:]}"}},
+            f"{seg['threshold']:.3g}); top features: "
+            f"{', '.join(e(f) for f in seg['top_features'])}")
+    return {"text": f"nightowl: {body}", "blocks": [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{e(dataset)}* — {body}"}},
         {"type": "context", "elements": [
-            {"type": "mrkdwn", "text": f"model {seg['model_version']} · id `{seg['id']}`"}]},
+            {"type": "mrkdwn", "text": f"model {e(seg['model_version'])} · id `{e(seg['id'])}`"}]},
     ]}
 
 
@@ -108,30 +129,129 @@ def log_key(cfg: DatasetConfig, day: date) -> str:
     return f"alerts/{cfg.scope_name}/date={day.isoformat()}/alerts.jsonl"
 
 
+def webhook_host(url: str) -> str:
+    """What may be said about a webhook URL: scheme and host (the path is the secret)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"
+
+
+class _RedactUrl(logging.Filter):
+    """Keeps the webhook URL out of httpx's own 'HTTP Request: POST <url>' log line."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = redact(record.getMessage(), [self.url])
+            record.args = ()
+        return True
+
+
 def post(url: str, body: dict[str, Any]) -> None:
-    """POST with retries on connection errors; raises on an HTTP error status."""
+    """POST with retries on connection errors; AlertDeliveryError on failure, without the URL
+    (httpx's own errors quote it, so they are replaced, not chained)."""
     transport = httpx.HTTPTransport(retries=3)
-    with httpx.Client(transport=transport, timeout=10.0) as client:
-        client.post(url, json=body).raise_for_status()
+    httpx_log = logging.getLogger("httpx")
+    redacting = _RedactUrl(url)
+    httpx_log.addFilter(redacting)
+    try:
+        with httpx.Client(transport=transport, timeout=10.0) as client:
+            client.post(url, json=body).raise_for_status()
+    except httpx.HTTPStatusError as err:
+        problem = f"answered HTTP {err.response.status_code}"
+    except httpx.HTTPError as err:
+        problem = f"could not be reached ({type(err).__name__})"
+    else:
+        return
+    finally:
+        httpx_log.removeFilter(redacting)
+    raise AlertDeliveryError(f"alert webhook {webhook_host(url)} {problem}")
+
+
+def _open(entry: dict[str, Any] | None, now: datetime) -> bool:
+    """Nobody has sent this segment, and nobody alive is sending it."""
+    if entry is None:
+        return True
+    return (entry.get("status") == "claimed"
+            and now - datetime.fromisoformat(entry["claimed_at"]) > CLAIM_LEASE)
+
+
+def _claim(store: Store, cfg: DatasetConfig, day: date, ids: list[str], token: str) -> list[str]:
+    """Claim the segments nobody has sent or is sending (compare-and-swap on the ledger)."""
+    now = datetime.now(UTC)
+    claimed: list[str] = []
+
+    def change(ledger: dict[str, Any] | None) -> dict[str, Any] | None:
+        claimed.clear()
+        new = dict(ledger or {})
+        for sid in ids:
+            entry = new.get(sid)
+            if entry is not None and entry.get("claim") == token:
+                claimed.append(sid)  # our earlier attempt landed (its reply was lost)
+            elif _open(entry, now):
+                new[sid] = {"status": "claimed", "claimed_at": now.isoformat(),
+                            "night": day.isoformat(), "claim": token}
+                claimed.append(sid)
+        return new if new != (ledger or {}) else ledger
+
+    store.update_json(ledger_key(cfg), change)
+    return claimed
+
+
+def _settle(store: Store, cfg: DatasetConfig, sids: list[str], token: str, sent: bool) -> None:
+    """Mark our claims sent, or release them (a failed delivery is retried by the next run)."""
+    def change(ledger: dict[str, Any] | None) -> dict[str, Any] | None:
+        new = dict(ledger or {})
+        for sid in sids:
+            entry = new.get(sid) or {}
+            if entry.get("claim") != token:
+                continue  # our claim expired and another run took it over
+            if sent:
+                new[sid] = {"status": "sent", "sent_at": datetime.now(UTC).isoformat(),
+                            "night": entry["night"]}
+            else:
+                del new[sid]
+        return new if new != (ledger or {}) else ledger
+
+    store.update_json(ledger_key(cfg), change)
 
 
 def send_alerts(store: Store, cfg: DatasetConfig, day: date, scores: pl.DataFrame,
                 url: str | None) -> AlertSummary:
-    """Alert each new segment once; record it in the ledger only after it was delivered."""
-    segments = find_segments(scores, cfg.alerts.level, cfg.alerts.min_rows)
+    """Alert each new segment once: claim it, post it, mark it sent (each by compare-and-swap)."""
+    segments = [{**seg, "id": segment_id(seg["entity"], seg["start"])}
+                for seg in find_segments(scores, cfg.alerts.level, cfg.alerts.min_rows)
+                .iter_rows(named=True)]
     ledger: dict[str, Any] = store.read_json(ledger_key(cfg)) if store.exists(ledger_key(cfg)) else {}
-    records, sent = [], 0
-    for seg in segments.iter_rows(named=True):
-        seg["id"] = segment_id(seg["entity"], seg["start"])
-        is_new = seg["id"] not in ledger
-        deliver = is_new and url is not None and sent < cfg.alerts.max_per_night
-        if deliver:
-            post(url, slack_message(cfg.name, seg))
-            sent += 1
-            ledger[seg["id"]] = {"sent_at": datetime.now(UTC).isoformat(), "night": day.isoformat()}
-            store.write_json(ledger_key(cfg), ledger)
-        records.append({**seg, "dataset": cfg.name, "night": day.isoformat(),
-                        "status": "sent" if deliver else ("duplicate" if not is_new else "unsent")})
+    now = datetime.now(UTC)
+    fresh = [seg["id"] for seg in segments if _open(ledger.get(seg["id"]), now)]
+    token = uuid.uuid4().hex
+    mine = _claim(store, cfg, day, fresh[: cfg.alerts.max_per_night], token) if url else []
+    delivered: set[str] = set()
+    for seg in segments:
+        if seg["id"] not in mine:
+            continue
+        try:
+            post(url, slack_message(cfg.name, seg))  # type: ignore[arg-type]
+        except AlertDeliveryError:
+            _settle(store, cfg, [s for s in mine if s not in delivered], token, sent=False)
+            raise
+        delivered.add(seg["id"])
+        _settle(store, cfg, [seg["id"]], token, sent=True)
+    allowed = set(fresh[: cfg.alerts.max_per_night]) if url else set()
+
+    def status(sid: str) -> str:
+        if sid in delivered:
+            return "sent"
+        # already in the ledger, or claimed by a concurrent run of this night
+        return "unsent" if sid in set(fresh) - allowed else "duplicate"
+
+    records = [{**seg, "dataset": cfg.name, "night": day.isoformat(), "status": status(seg["id"])}
+               for seg in segments]
+    sent = len(delivered)
     lines = "".join(json.dumps(r, default=str, sort_keys=True) + "\n" for r in records)
     store.write_bytes(log_key(cfg, day), lines.encode())
     return AlertSummary(cfg.group, len(records), sent, log_key(cfg, day), top_segments(records))
@@ -162,7 +282,7 @@ def alert_night(cfg: DatasetConfig, day: date, scored: ScoredNight) -> AlertSumm
     logger = run_logger(__name__)
     if url is None and result.segments:
         logger.warning("%s %s: %d anomaly segments but no webhook configured (%s)", cfg.label, day,
-                       result.segments, cfg.alerts.webhook_url_env)
+                       result.segments, clip(cfg.alerts.webhook_url_env, 100))
     logger.info("%s %s: %d segments, %d alerts sent, log %s", cfg.label, day, result.segments,
                 result.sent, result.log)
     return result

@@ -9,6 +9,7 @@ drift/<ds>/date=…/report.json and debounces the event with a cooldown.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
-from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.common import IO_RETRIES, clip, run_logger, store_for
 from tasks.data.ingest import load_validated
 from tasks.data.scale import ScalerParams, apply_scaler
 from tasks.evaluation.drift import drift_report
@@ -59,10 +60,49 @@ def last_event_key(cfg: DatasetConfig) -> str:
 def in_cooldown(store: Store, cfg: DatasetConfig, now: datetime) -> bool:
     """Debounce: a drift event was already emitted within the cooldown."""
     key = last_event_key(cfg)
-    if not store.exists(key):
+    return _cooling(cfg, store.read_json(key) if store.exists(key) else None, now)
+
+
+def _cooling(cfg: DatasetConfig, marker: dict[str, Any] | None, now: datetime) -> bool:
+    if marker is None:
         return False
-    last = datetime.fromisoformat(store.read_json(key)["emitted_at"])
+    last = datetime.fromisoformat(marker["emitted_at"])
     return now - last < timedelta(hours=cfg.drift.cooldown_hours)
+
+
+def claim_event(store: Store, cfg: DatasetConfig, day: date, now: datetime
+                ) -> tuple[str | None, dict[str, Any] | None]:
+    """Take the right to emit by compare-and-swap of LAST_EVENT: (claim token, marker before).
+
+    None when another emission is within the cooldown: two nights checked at the same
+    time emit one event, not two (a plain read-then-write would let both through).
+    """
+    token = uuid.uuid4().hex
+    before: list[dict[str, Any] | None] = [None]
+
+    def change(marker: dict[str, Any] | None) -> dict[str, Any] | None:
+        if marker is not None and marker.get("claim") == token:
+            return marker  # our earlier attempt landed (its reply was lost)
+        before[:] = [marker]
+        if _cooling(cfg, marker, now):
+            return marker
+        return {"emitted_at": now.isoformat(), "date": day.isoformat(), "event_id": None,
+                "claim": token}
+
+    stored, _ = store.update_json(last_event_key(cfg), change)
+    ours = stored is not None and stored.get("claim") == token
+    return (token if ours else None), before[0]
+
+
+def settle_event(store: Store, cfg: DatasetConfig, token: str, event_id: str | None,
+                 before: dict[str, Any] | None, emitted: bool) -> None:
+    """Record the emitted event's id on our claim, or put the old marker back if emitting failed."""
+    def change(marker: dict[str, Any] | None) -> dict[str, Any] | None:
+        if marker is None or marker.get("claim") != token:
+            return marker  # someone else's claim now: leave it
+        return {**marker, "event_id": event_id} if emitted else before
+
+    store.update_json(last_event_key(cfg), change)
 
 
 def emit_drift_event(cfg: DatasetConfig, day: date, reasons: list[str],
@@ -120,15 +160,19 @@ def check_drift(cfg: DatasetConfig, day: date, scored: ScoredNight,
     report.update(date=day.isoformat(), dataset=cfg.name, group=cfg.group, event=None)
     now = datetime.now(UTC)
     if report["drift"]:
-        if in_cooldown(store, cfg, now):
+        token, before = claim_event(store, cfg, day, now)
+        if token is None:
             report["event"] = "suppressed (cooldown)"
         else:
-            event_id = emit_drift_event(cfg, day, report["reasons"], config_path)
-            store.write_json(last_event_key(cfg), {"emitted_at": now.isoformat(),
-                                                   "date": day.isoformat(), "event_id": event_id})
+            try:
+                event_id = emit_drift_event(cfg, day, report["reasons"], config_path)
+            except Exception:
+                settle_event(store, cfg, token, None, before, emitted=False)
+                raise
+            settle_event(store, cfg, token, event_id, before, emitted=True)
             report["event"] = event_id
-        logger.warning("%s %s: drift (%s); event %s", cfg.label, day, "; ".join(report["reasons"]),
-                       report["event"])
+        logger.warning("%s %s: drift (%s); event %s", cfg.label, day,
+                       clip("; ".join(report["reasons"])), report["event"])
     key = drift_key(cfg, day)
     store.write_json(key, report)
     return DriftVerdict(day.isoformat(), cfg.group, report["status"], bool(report["drift"]), report["reasons"],

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import DatasetConfig, SplitsConfig, TimeRange
 from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.data.ingest import load_validated
+from tasks.data.layer import validated_days
 from tasks.data.scale import apply_scaler
 from tasks.evaluation.metrics import evaluate
 from tasks.scoring import score_rows
@@ -38,12 +39,11 @@ def rolling_splits(cfg: DatasetConfig, end: datetime) -> SplitsConfig:
 
 
 def latest_validated_day(cfg: DatasetConfig) -> datetime:
-    """Midnight after the newest validated partition: the default end of the rolling window."""
-    days = [d[len("date="):] for d in store_for(cfg).list_dirs(f"datasets/{cfg.name}/validated")
-            if d.startswith("date=")]
+    """Midnight after the newest day holding validated rows: the default end of the window."""
+    days = validated_days(store_for(cfg), cfg, with_rows=True)
     if not days:
         raise LookupError(f"dataset {cfg.name!r}: no validated data to retrain on")
-    return datetime.fromisoformat(max(days)) + timedelta(days=1)
+    return datetime.combine(max(days), datetime.min.time()) + timedelta(days=1)
 
 
 def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:

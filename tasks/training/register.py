@@ -30,7 +30,9 @@ from tasks.versions import (
     SCALER,
     THRESHOLD,
     WEIGHTS,
+    ChampionConflict,
     VersionRef,
+    read_champion,
     register_version,
     set_champion,
 )
@@ -89,19 +91,44 @@ def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: Trai
                      trained.fit_seconds)
 
 
+@task(name="read-champion-generations", cache_policy=NO_CACHE, **IO_RETRIES)
+def champion_generations(cfg: DatasetConfig, groups: list[str | None]) -> dict[str | None, int]:
+    """Each scope's champion pointer generation now (0: none yet): what a run may replace."""
+    store = store_for(cfg)
+    pointers = {g: read_champion(store, cfg.for_group(g).scope_name) for g in groups}
+    return {g: int(p["generation"]) if p else 0 for g, p in pointers.items()}
+
+
 @task(name="choose-champion", cache_policy=NO_CACHE, **IO_RETRIES)
-def choose_champion(cfg: DatasetConfig, candidates: list[Candidate]) -> dict[str, Any]:
-    """Best candidate by the configured metric becomes champion; NaN metrics never win."""
+def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
+                    expected_generation: int | None = None) -> dict[str, Any]:
+    """Best candidate by the configured metric becomes champion; NaN metrics never win.
+
+    With `expected_generation` (what the run read when it started) the pointer moves only
+    if nobody promoted meanwhile; a run that lost that race keeps the newer champion and
+    says so (`promoted: false` and why) instead of overwriting it. The returned dict is
+    the champion pointer as it now stands, plus `promoted` and `reason`.
+    """
     metric = cfg.selection.metric
     valid = [c for c in candidates if c.metric(metric) == c.metric(metric)]
     if not valid:
         raise ValueError(f"no candidate has a defined {metric}; cannot choose a champion")
     best = max(valid, key=lambda c: c.metric(metric))
-    pointer = set_champion(
-        store_for(cfg), best.ref, metric, best.metric(metric),
-        details={"candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
-                                           "metrics": dict(c.metrics)} for c in candidates}},
-    )
-    run_logger(__name__).info("champion of %s: %s/%s (%s=%.4f)", cfg.name, best.family,
-                              best.ref.version, metric, best.metric(metric))
-    return pointer
+    store = store_for(cfg)
+    logger = run_logger(__name__)
+    try:
+        pointer = set_champion(
+            store, best.ref, metric, best.metric(metric), expected_generation=expected_generation,
+            details={"candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
+                                               "metrics": dict(c.metrics)} for c in candidates}},
+        )
+    except ChampionConflict as err:
+        current = read_champion(store, cfg.scope_name) or {}
+        reason = (f"not promoted: the champion changed while this run trained ({err}); "
+                  f"kept {current.get('family')}/{current.get('version')}")
+        logger.warning("%s: %s/%s %s", cfg.label, best.family, best.ref.version, reason)
+        return {**current, "promoted": False, "reason": reason,
+                "candidate": {**best.ref.to_json(), metric: best.metric(metric)}}
+    logger.info("champion of %s: %s/%s (%s=%.4f)", cfg.label, best.family, best.ref.version,
+                metric, best.metric(metric))
+    return {**pointer, "promoted": True, "reason": f"best {metric} of this run"}

@@ -330,9 +330,10 @@ def family_markdown(cfg: DatasetConfig, store: Store, candidate: Candidate) -> s
     return f"{title}\n\n{header}\n{rest}"
 
 
-def _champion_of(candidates: list[Candidate], champion: dict[str, Any]) -> Candidate:
-    return next(c for c in candidates
-                if (c.family, c.ref.version) == (champion["family"], champion["version"]))
+def _champion_of(candidates: list[Candidate], champion: dict[str, Any]) -> Candidate | None:
+    """The candidate that is champion; None when the run lost the race to another promotion."""
+    return next((c for c in candidates
+                 if (c.family, c.ref.version) == (champion["family"], champion["version"])), None)
 
 
 def run_markdown(cfg: DatasetConfig, candidates: list[Candidate], champion: dict[str, Any]) -> str:
@@ -342,12 +343,19 @@ def run_markdown(cfg: DatasetConfig, candidates: list[Candidate], champion: dict
     metric = champion["metric"]
     keys = ["roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "f1", "fpr"]
     best = _champion_of(candidates, champion)
-    version = md_link(f"`{best.ref.version}`", folder_url(cfg, store, best.ref.key, MANIFEST))
+    if best is None:  # another promotion landed while this run trained: it kept that one
+        best = max(candidates, key=lambda c: c.metric(metric) if c.metric(metric) == c.metric(
+            metric) else float("-inf"))
+        headline = (f"Champion unchanged: **{champion['family']}** `{champion['version']}` "
+                    f"(this run's best, **{best.family}**, was not promoted: "
+                    f"{champion.get('reason', 'the champion changed meanwhile')}).")
+    else:
+        version = md_link(f"`{best.ref.version}`", folder_url(cfg, store, best.ref.key, MANIFEST))
+        headline = (f"Champion: **{best.family}** {version} ({METRIC_NAMES.get(metric, metric)} "
+                    f"{champion['value']:.4f} on the labelled validation slice).")
     timeline = image_src(cfg, store, f"{best.ref.key}/{PLOTS}/timeline.png")
     lines = [
-        f"# Training run — {cfg.name}", "",
-        (f"Champion: **{best.family}** {version} ({METRIC_NAMES.get(metric, metric)} "
-         f"{champion['value']:.4f} on the labelled validation slice)."), "",
+        f"# Training run — {cfg.name}", "", headline, "",
         "| family | version | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
@@ -386,8 +394,10 @@ def publish_training_artifacts(cfg: DatasetConfig, candidates: list[Candidate],
     for c in candidates:
         keys[c.family] = create_family_artifact(cfg, store, c)
     metric = METRIC_NAMES.get(champion["metric"], champion["metric"])
-    keys["champion"] = publish_champion_link(cfg, store, _champion_of(candidates, champion),
-                                             f"{metric} {champion['value']:.4f}")
+    best = _champion_of(candidates, champion)
+    if best is not None:  # a run that lost the champion race leaves the link as it was
+        keys["champion"] = publish_champion_link(cfg, store, best,
+                                                 f"{metric} {champion['value']:.4f}")
     return keys
 
 
