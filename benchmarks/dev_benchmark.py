@@ -73,12 +73,12 @@ def selected(spec: str) -> list[tuple[str, str]]:
 
 
 def run_series(kind: str, name: str, work_dir: Path, budget: dict[str, int],
-               families: tuple[str, ...], threads: int) -> dict[str, Any]:
+               families: tuple[str, ...], threads: int, baselines: bool = True) -> dict[str, Any]:
     """One series through the runner with baselines; its rows and its wall time."""
     runner_kind, root = ROOTS[kind]
     options = BenchmarkOptions(
         families=families, epochs=budget["epochs"], max_train_windows=budget["max_train_windows"],
-        window=NAB_WINDOW if kind == "nab" else None, threads=threads, baselines=True,
+        window=NAB_WINDOW if kind == "nab" else None, threads=threads, baselines=baselines,
         chapter_epochs=budget["chapter_epochs"])
     started = time.perf_counter()
     rows = benchmark_series(runner_kind, root, name, work_dir / kind, options)
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-train-windows", type=int, default=None)
     parser.add_argument("--chapter-epochs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores: 2)")
+    parser.add_argument("--no-baselines", action="store_true", help="families and champion only")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: results/dev_benchmark[-quick].json); .md beside it")
     args = parser.parse_args(argv)
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="dev-benchmark-") as tmp:
         for kind, name in selected(args.series):
-            result = run_series(kind, name, Path(tmp), budget, families, args.threads)
+            result = run_series(kind, name, Path(tmp), budget, families, args.threads,
+                                not args.no_baselines)
             result["regret"] = regret(result)
             results.append(result)
     report = {"settings": {**budget, "families": list(families), "threads": args.threads},
