@@ -182,7 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: results/dev_benchmark[-quick].json); .md beside it")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    handler = logging.StreamHandler()  # Prefect configures the root logger: ours get their own
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    for name in ("dev_benchmark", "tasks.evaluation.baselines"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).propagate = False
     budget = dict(QUICK if args.quick else FULL)
     for key in budget:
         if getattr(args, key) is not None:
