@@ -37,6 +37,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
                      ["--data", "synthetic", "--families", "dense_ae,anogan-search", "--rows",
                       "1500", "--repeats", "1", "--epochs", "1", "--max-windows", "500"]),
     "ingest_throughput": ([], ["--entities", "16", "--repeats", "1"]),
+    "fleet": (["all"], ["night", "--entities", "16"]),
     "gpu_families": (["--out", str(RESULTS / "gpu_families.json")], ["--epochs", "1"]),
 }
 NEEDS_CUDA = {"gpu_families"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -185,6 +186,34 @@ def test_a_dead_runs_claim_expires_and_a_live_one_is_respected(tmp_path, receive
     assert result.sent == 1 and len(receiver.bodies) == 1
     assert ids[0] in receiver.bodies[0]["text"] or "00:00:00" in receiver.bodies[0]["text"]
     assert [r["alert"] for r in sorted(result.top, key=lambda r: r["start"])] == ["sent", "duplicate"]
+
+
+def test_a_fresh_claim_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp_path, receiver):
+    """A rerun on the machine that was lost mid-alert must not wait out the lease; a claim
+    of a live process here, or of one on another host, is still respected."""
+    import socket
+    import subprocess
+    import sys
+
+    cfg = parse_config(tiny_config(tmp_path))
+    store = Store(cfg.store.root)
+    frame = scores({"m1": [1, 0, 1, 0, 1]})
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    now = datetime.now(UTC).isoformat()
+    here = socket.gethostname()
+    ids = [f"m1@2026-01-09T0{h}:00:00" for h in (0, 1, 2)]  # 30-minute rows
+    store.write_json("alerts/tiny/ledger.json", {
+        ids[0]: {"status": "claimed", "claimed_at": now, "night": "2026-01-09", "claim": "killed",
+                 "owner": {"host": here, "pid": int(gone.stdout)}},
+        ids[1]: {"status": "claimed", "claimed_at": now, "night": "2026-01-09", "claim": "alive",
+                 "owner": {"host": here, "pid": os.getpid()}},
+        ids[2]: {"status": "claimed", "claimed_at": now, "night": "2026-01-09", "claim": "remote",
+                 "owner": {"host": "another-host", "pid": int(gone.stdout)}}})
+    result = send_alerts(store, cfg, NIGHT, frame, receiver.url)
+    assert result.sent == 1 and len(receiver.bodies) == 1
+    assert "00:00" in receiver.bodies[0]["text"]
+    assert Store(cfg.store.root).read_json("alerts/tiny/ledger.json")[ids[0]]["status"] == "sent"
 
 
 def test_slack_text_is_escaped():

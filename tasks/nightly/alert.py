@@ -11,8 +11,10 @@ Every alert also goes to a JSON-lines log.
 
 Never twice, even when two runs of the same night overlap: a segment is first
 *claimed* in the ledger by compare-and-swap, then posted, then marked sent. A claim
-whose run died before delivering expires after CLAIM_LEASE and is claimed again; a
-failed delivery releases its claims so the next run retries them.
+whose run died before delivering is claimed again: at once when the claim names a process
+on this host that no longer exists (a rerun on the machine that was lost mid-alert), else
+after CLAIM_LEASE (the owner ran elsewhere: a pod, a Dask worker); a failed delivery
+releases its claims so the next run retries them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -171,12 +174,31 @@ def post(url: str, body: dict[str, Any]) -> None:
     raise AlertDeliveryError(f"alert webhook {webhook_host(url)} {problem}")
 
 
+def _owner() -> dict[str, Any]:
+    """Who holds a claim: enough to tell, on the same host, that the holder is gone."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _owner_gone(owner: dict[str, Any] | None) -> bool:
+    """The claim's process ran on this host and no longer exists (killed, crashed)."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return False  # another machine: only the lease can tell
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError, ValueError):
+        return False
+    return False
+
+
 def _open(entry: dict[str, Any] | None, now: datetime) -> bool:
     """Nobody has sent this segment, and nobody alive is sending it."""
     if entry is None:
         return True
-    return (entry.get("status") == "claimed"
-            and now - datetime.fromisoformat(entry["claimed_at"]) > CLAIM_LEASE)
+    return entry.get("status") == "claimed" and (
+        now - datetime.fromisoformat(entry["claimed_at"]) > CLAIM_LEASE
+        or _owner_gone(entry.get("owner")))
 
 
 def _claim(store: Store, cfg: DatasetConfig, day: date, ids: list[str], token: str) -> list[str]:
@@ -193,7 +215,7 @@ def _claim(store: Store, cfg: DatasetConfig, day: date, ids: list[str], token: s
                 claimed.append(sid)  # our earlier attempt landed (its reply was lost)
             elif _open(entry, now):
                 new[sid] = {"status": "claimed", "claimed_at": now.isoformat(),
-                            "night": day.isoformat(), "claim": token}
+                            "night": day.isoformat(), "claim": token, "owner": _owner()}
                 claimed.append(sid)
         return new if new != (ledger or {}) else ledger
 
