@@ -45,7 +45,7 @@ from benchmarks.common import BenchData, smd, synthetic, table  # noqa: E402
 from models.base import WindowModel  # noqa: E402
 from models.engine import EngineSettings, WindowSet, fit  # noqa: E402
 from models.registry import FAMILIES, build_model  # noqa: E402
-from tasks.scoring import OnnxScorer, raw_contributions  # noqa: E402
+from tasks.scoring import DEFAULT_ROW_RULE, OnnxScorer, raw_contributions  # noqa: E402
 from tasks.training.export import check_export, export_onnx  # noqa: E402
 from tasks.training.probe import Probe  # noqa: E402
 from tasks.versions import model_from_bytes, weights_bytes  # noqa: E402
@@ -84,7 +84,7 @@ def rows_per_s(scorer: object, frame: pl.DataFrame, repeats: int) -> list[float]
     out = []
     for _ in range(repeats):
         started = time.perf_counter()
-        raw_contributions(scorer, frame, features, WINDOW)
+        raw_contributions(scorer, frame, features, WINDOW, rule=DEFAULT_ROW_RULE)
         out.append(frame.height / (time.perf_counter() - started))
     return out
 
@@ -112,7 +112,8 @@ def measure(name: str, data: BenchData, args: argparse.Namespace) -> dict[str, o
     probe = Probe(rows[:4096], np.zeros(min(len(rows), 4096), np.int32), f"{data.name} test rows")
     torch.set_num_threads(2)
     scores = raw_contributions(model, frame_of(probe.series), [f"f{i}" for i in
-                                                               range(rows.shape[1])], WINDOW)
+                                                               range(rows.shape[1])], WINDOW,
+                               rule=DEFAULT_ROW_RULE)
     threshold = float(np.nanquantile(scores.sum(axis=1), 0.99))
     _, outcome = check_export(model, probe, threshold)
     out: dict[str, object] = {

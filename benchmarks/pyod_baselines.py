@@ -43,6 +43,7 @@ from schemas.config import DatasetConfig  # noqa: E402
 from tasks.data.prepare import assign_splits  # noqa: E402
 from tasks.data.scale import apply_scaler, fit_scaler  # noqa: E402
 from tasks.evaluation import loaders  # noqa: E402
+from tasks.evaluation.baselines import finite, pyod_detectors  # noqa: E402
 from tasks.evaluation.metrics import evaluate, pr_auc  # noqa: E402
 from tasks.evaluation.thresholds import conformal_fpr_threshold, rates  # noqa: E402
 
@@ -70,37 +71,7 @@ class SplitRows:
     window: int
 
 
-def detectors(train: np.ndarray, seed: int = 0) -> dict[str, Callable[[], Any]]:
-    """PyOD's detectors with their documented defaults (verbose off, seeded where they take a seed).
-
-    Why defaults: the reference is "good off-the-shelf detectors", not tuned ones.
-    KNN/LOF use PyOD's defaults too (k = 5 / 20 neighbours). One exception: PCA
-    keeps only as many components as the train matrix has rank, because PyOD
-    divides by each component's variance, and a collinear feature (ODDS cardio
-    has one: a singular value 1e-7 of the largest) makes that variance ~0 and
-    every score infinite.
-    """
-    singular = np.linalg.svd(train - train.mean(axis=0), compute_uv=False)
-    rank = int((singular > 1e-4 * singular[0]).sum())  # rows went through float32 scaling
-    from pyod.models.auto_encoder import AutoEncoder
-    from pyod.models.ecod import ECOD
-    from pyod.models.hbos import HBOS
-    from pyod.models.iforest import IForest
-    from pyod.models.knn import KNN
-    from pyod.models.lof import LOF
-    from pyod.models.pca import PCA
-    from pyod.models.vae import VAE
-
-    return {
-        "PCA": lambda: PCA(n_components=rank, random_state=seed),
-        "AutoEncoder": lambda: AutoEncoder(verbose=0, random_state=seed, device="cpu"),
-        "VAE": lambda: VAE(verbose=0, random_state=seed, device="cpu"),
-        "IForest": lambda: IForest(random_state=seed, n_jobs=1),
-        "KNN": lambda: KNN(n_jobs=1),
-        "LOF": lambda: LOF(n_jobs=1),
-        "ECOD": lambda: ECOD(),
-        "HBOS": lambda: HBOS(),
-    }
+detectors = pyod_detectors  # PyOD's defaults, shared with the runner's `--baselines`
 
 
 def split_rows(cfg: DatasetConfig, window: int, scaling: str | None = None) -> SplitRows:
@@ -130,16 +101,6 @@ def split_rows(cfg: DatasetConfig, window: int, scaling: str | None = None) -> S
         log.info("%s: dropped %d features constant in train: %s", cfg.name, int((~keep).sum()),
                  [f for f, k in zip(feats, keep) if not k])
     return SplitRows(x_train[:, keep], x_val[:, keep], y_val, x_score[:, keep], y_score, window)
-
-
-def finite(scores: np.ndarray) -> np.ndarray:
-    """float64 scores with +-inf clipped to the float64 range (ties at the top, counted as such)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        log.warning("%d non-finite scores clipped", int(bad.sum()))
-    return np.nan_to_num(scores, nan=np.finfo(np.float64).max, posinf=np.finfo(np.float64).max,
-                         neginf=np.finfo(np.float64).min)
 
 
 def run_detector(make: Callable[[], Any], rows: SplitRows) -> dict[str, float]:

@@ -32,6 +32,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
                       ["-m", "flows.cli", "benchmark", "smd", str(DATA / "smd"), "--epochs", "1",
                        "--max-train-windows", "500", "--families", "pca,dense_ae"]),
     "pyod_baselines": ([], ["--kinds", "odds"]),
+    "dev_benchmark": ([], ["--quick", "--series", "odds:cardio", "--families", "pca,knn"]),
     "onnx_scoring": (["--venvs", "--out", str(RESULTS / "onnx_scoring.json")],
                      ["--data", "synthetic", "--families", "dense_ae,anogan-search", "--rows",
                       "1500", "--repeats", "1", "--epochs", "1", "--max-windows", "500"]),

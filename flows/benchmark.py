@@ -36,6 +36,7 @@ from tasks.data.ingest import ingest_source, load_validated
 from tasks.data.prepare import assign_splits
 from tasks.data.scale import apply_scaler
 from tasks.evaluation import loaders
+from tasks.evaluation.baselines import BaselineSeries, ChapterSettings, run_baselines
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.evaluation.thresholds import fpr_by_entity
@@ -52,7 +53,8 @@ KINDS: dict[str, tuple[Callable[..., list[str]], Callable[..., Any]]] = {
     "table": (loaders.discover_table, loaders.load_table),  # any labelled CSV/Parquet table
 }
 TABLE_COLUMNS = {  # CSV column -> printed header
-    "dataset": "dataset", "series": "series", "family": "family", "roc_auc": "ROC-AUC",
+    "dataset": "dataset", "series": "series", "family": "family", "val_pr_auc": "val PR-AUC",
+    "roc_auc": "ROC-AUC",
     "pr_auc": "PR-AUC", "vus_pr": "VUS-PR", "best_f1": "best F1", "pa_f1": "PA-F1",
     "fit_s": "fit s", "score_rows_per_s": "score rows/s",
 }
@@ -70,6 +72,8 @@ class BenchmarkOptions:
     max_train_windows: int | None = None
     window: int | None = None
     threads: int = 1
+    baselines: bool = False  # also PyOD's detectors and the chapter's LSTM-AE on the same rows
+    chapter_epochs: int | None = None  # the chapter LSTM-AE's epochs (None: its own 20)
 
 
 def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetConfig:
@@ -99,10 +103,11 @@ def evaluate_version(
     """Score-split metrics of one registered version at its calibrated threshold, plus speed."""
     loaded = load_model(store_for(cfg), ref, compute_device(cfg))
     scaled = apply_scaler(frame, loaded.scaler)
-    score_rows(scorer_of(loaded), scaled.head(256), loaded.features, loaded.window)  # warm-up, untimed
+    score_rows(scorer_of(loaded), scaled.head(256), loaded.features, loaded.window,
+               rule=loaded.row_rule)  # warm-up, untimed
     started = time.perf_counter()
     scores, contrib = score_rows(scorer_of(loaded), scaled, loaded.features, loaded.window,
-                                 loaded.feature_scale)
+                                 loaded.feature_scale, rule=loaded.row_rule)
     seconds = time.perf_counter() - started
     keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)
     labels = frame["label"].to_numpy().astype(np.int8)[keep]
@@ -146,31 +151,58 @@ def benchmark_series(
     frame = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))
     rows: list[dict[str, Any]] = [
-        {"dataset": kind, "series": name, "family": family, "picked": "", "note": f"failed: {why}"}
+        {"dataset": kind, "series": name, "family": family, "role": "family", "picked": "",
+         "note": f"failed: {why}"}
         for family, why in run.failed.items()]
     for c in run.candidates:
         metrics = evaluate_version(cfg, c.ref, frame, truth)
-        rows.append({"dataset": kind, "series": name, "family": c.family, "picked": "", "note": "",
+        rows.append({"dataset": kind, "series": name, "family": c.family, "role": "family",
+                     "picked": "", "note": "",
                      "version": c.ref.version, "fit_s": c.fit_seconds,
                      f"val_{champion['metric']}": c.metric(champion["metric"]),
                      "target_fpr": cfg.threshold.target_fpr, **metrics})
     best = next(r for r in rows if r.get("version") == champion["version"])
     how = (f"by evidence: {run.selection['why']}" if run.selection
            else f"by validation {champion['metric']}")
-    rows.append({**best, "family": CHAMPION, "picked": best["family"], "note": how})
+    rows.append({**best, "family": CHAMPION, "role": CHAMPION, "picked": best["family"],
+                 "note": how})
     log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
              champion["metric"], champion["value"])
+    if options.baselines:
+        chapter = ChapterSettings(**({} if options.chapter_epochs is None
+                                     else {"epochs": options.chapter_epochs}))
+        ref = next(c.ref for c in run.candidates if c.ref.version == champion["version"])
+        for row in run_baselines(baseline_series(cfg, ref), chapter=chapter):
+            rows.append({"dataset": kind, "series": name, "picked": "", **row})
     return rows
+
+
+def baseline_series(cfg: DatasetConfig, ref: VersionRef) -> BaselineSeries:
+    """Every validated row of the series (train included), split like the runner and scaled by
+    the champion's scaler (fitted on train rows): the rows the families were measured on."""
+    store = store_for(cfg)
+    loaded = load_model(store, ref, None)  # its scaler and features; no torch model
+    frame = assign_splits(load_validated(store, cfg), cfg.splits)
+    feats = loaded.features
+    return BaselineSeries(
+        scaled=apply_scaler(frame, loaded.scaler).select(feats).to_numpy().astype(np.float64),
+        shipped=frame.select(feats).to_numpy().astype(np.float64),
+        entity=frame["entity"].rle_id().to_numpy(), split=frame["split"].to_numpy().astype(str),
+        labels=frame["label"].to_numpy().astype(np.int8), window=cfg.window.length,
+        target_fpr=cfg.threshold.target_fpr, train_on_normal_only=cfg.splits.train_on_normal_only)
 
 
 def with_means(table: pl.DataFrame) -> pl.DataFrame:
     """Append one mean row per family (series = "mean"), families in first-seen order."""
     numeric = [c for c, t in table.schema.items() if t.is_numeric()]
+    named = {"dataset", "family", "series", "picked", "version", "note", "fpr_by_entity", *numeric}
     means = table.group_by("dataset", "family", maintain_order=True).agg(
         pl.lit("mean").alias("series"), pl.lit("").alias("picked"), pl.lit("").alias("version"),
         pl.format("mean of {} series", pl.col("pr_auc").fill_nan(None).is_not_null().sum())
-        .alias("note"), pl.lit("").alias("fpr_by_entity"),
-        *(pl.col(c).fill_nan(None).mean() for c in numeric))
+        .alias("note"),
+        *([pl.lit("").alias("fpr_by_entity")] if "fpr_by_entity" in table.columns else []),
+        *(pl.col(c).fill_nan(None).mean() for c in numeric),
+        *(pl.col(c).first() for c in table.columns if c not in named))
     return pl.concat([table, means.select(table.columns)], how="vertical_relaxed")
 
 
@@ -212,7 +244,7 @@ def format_table(table: pl.DataFrame) -> str:
         for c in columns:
             value = row.get(c)
             if c == "family" and row.get("picked"):
-                value = f"{CHAMPION} ({row['picked']})"
+                value = f"{value} ({row['picked']})"
             elif c == "family" and (row.get("note") or "").startswith("failed"):
                 value = f"{value} (failed)"
             cells.append(_cell(c, value))

@@ -118,6 +118,9 @@ def benchmark(
     window: int | None = typer.Option(None, help="override the loader's window length"),
     work_dir: Path = typer.Option(Path(".nightowl/benchmark"), help="raw files, store, reports"),
     threads: int = typer.Option(1, help="torch CPU threads (1 is fastest on a shared, loaded box)"),
+    baselines: bool = typer.Option(False, help="also run PyOD KNN/LOF/PCA/IForest/AutoEncoder and "
+                                   "the chapter's LSTM-AE on the same rows (needs the bench extra)"),
+    series: str | None = typer.Option(None, help="comma-separated series names (default: all)"),
 ) -> None:
     """Run families through the real pipeline on every series under PATH; metrics on unseen rows."""
     _quiet_defaults()
@@ -125,8 +128,10 @@ def benchmark(
 
     options = BenchmarkOptions(
         families=tuple(f.strip() for f in families.split(",") if f.strip()) if families else (),
-        epochs=epochs, max_train_windows=max_train_windows, window=window, threads=threads)
-    table = run_benchmark(kind, path, work_dir / kind, options)
+        epochs=epochs, max_train_windows=max_train_windows, window=window, threads=threads,
+        baselines=baselines)
+    names = [s.strip() for s in series.split(",") if s.strip()] if series else None
+    table = run_benchmark(kind, path, work_dir / kind, options, names)
     typer.echo(format_table(table))
     if out:
         table.write_csv(out)

@@ -10,6 +10,7 @@ from models.anogan import AnoGAN
 from models.base import WindowModel
 from models.classical import IsolationForestModel, PCAReconstruction
 from models.dense_ae import DenseAE
+from models.knn import WindowKNN
 from models.lstm_ae import LSTMAE
 from models.transformer_ae import TransformerAE
 from models.usad import USAD
@@ -18,7 +19,7 @@ from models.vae import VAE
 FAMILIES: dict[str, type[WindowModel]] = {
     cls.name: cls for cls in (DenseAE, VAE, LSTMAE, TransformerAE, USAD)
 }
-FAMILIES |= {cls.name: cls for cls in (AnoGAN, PCAReconstruction, IsolationForestModel)}
+FAMILIES |= {cls.name: cls for cls in (AnoGAN, PCAReconstruction, IsolationForestModel, WindowKNN)}
 
 
 class UnknownFamilyError(KeyError):

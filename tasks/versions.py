@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from schemas.config import LEGACY_ROW_RULE, RowRule
 from tasks.data.scale import ScalerParams
 from tasks.store import Store, json_bytes, sha256_bytes
 
@@ -234,6 +235,17 @@ class LoadedModel:
     @property
     def feature_scale(self) -> list[float] | None:
         return self.threshold.get("feature_scale")
+
+    @property
+    def row_rule(self) -> RowRule:
+        """The row rule the version was trained and calibrated under (config.json `window`);
+        versions registered before the rule was recorded used "mean_elem"."""
+        return row_rule_of(self.config)
+
+
+def row_rule_of(config: dict[str, Any]) -> RowRule:
+    """The row rule in a version's config.json; "mean_elem" for versions that predate the field."""
+    return config.get("window", {}).get("row_rule", LEGACY_ROW_RULE)
 
 
 def load_model(store: Store, ref: VersionRef, device: torch.device | None) -> LoadedModel:

@@ -18,18 +18,30 @@ from flows.benchmark import (
     run_benchmark,
     with_means,
 )
+from tasks.evaluation.baselines import PYOD_PICK, PYOD_RUNNER, RANK_MEAN
 from tasks.evaluation.loaders import LoadReport
 from tasks.evaluation.metrics import InterpretationSegment
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+BASELINE_ROWS = [f"pyod {d}" for d in PYOD_RUNNER] + [PYOD_PICK, RANK_MEAN]
+
+
 def test_odds_cardio_through_the_real_pipeline(tmp_path, prefect_harness):
+    """With --baselines: a row per PyOD detector, PyOD's validation pick and the rank-mean, on
+    the runner's rows (a table: no chapter LSTM-AE row, it needs time order)."""
     table = run_benchmark("odds", DATA / "tabular", tmp_path,
-                          BenchmarkOptions(families=("dense_ae",), epochs=2))
-    assert set(TABLE_COLUMNS) | {"fpr", "picked", "version"} <= set(table.columns)
-    assert table["family"].to_list() == ["dense_ae", CHAMPION, "dense_ae", CHAMPION]
-    assert table["series"].to_list() == ["cardio", "cardio", "mean", "mean"]
+                          BenchmarkOptions(families=("dense_ae",), epochs=2, baselines=True))
+    assert set(TABLE_COLUMNS) | {"fpr", "picked", "version", "role"} <= set(table.columns)
+    per_series = ["dense_ae", CHAMPION, *BASELINE_ROWS]
+    assert table["family"].to_list() == per_series * 2
+    assert table["series"].to_list() == ["cardio"] * len(per_series) + ["mean"] * len(per_series)
+    baselines = table.filter(pl.col("family").str.starts_with("pyod ") & (pl.col("series") == "cardio"))
+    assert (baselines["note"] == "").all() and (baselines["roc_auc"] > 0.7).all()
+    pick = table.row(per_series.index(PYOD_PICK), named=True)
+    assert pick["val_pr_auc"] == baselines["val_pr_auc"].max() and pick["picked"] in PYOD_RUNNER
+    assert 0.0 < table.row(per_series.index(RANK_MEAN), named=True)["pr_auc"] <= 1.0
     first = table.row(0, named=True)
     for column in ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "fit_s", "score_rows_per_s"):
         assert np.isfinite(first[column]), column
@@ -38,8 +50,9 @@ def test_odds_cardio_through_the_real_pipeline(tmp_path, prefect_harness):
     assert 0.0 <= first["fpr"] <= 0.15  # target 0.05 on unseen normal rows
 
     text = format_table(table)
-    assert text.splitlines()[0].startswith("| dataset | series | family | ROC-AUC | PR-AUC | VUS-PR")
-    assert "champion (dense_ae)" in text
+    assert text.splitlines()[0].startswith(
+        "| dataset | series | family | val PR-AUC | ROC-AUC | PR-AUC | VUS-PR")
+    assert "champion (dense_ae)" in text and f"{PYOD_PICK} ({pick['picked']})" in text
 
     version = tmp_path / "store" / "models" / "odds-cardio" / "dense_ae" / first["version"]
     manifest = json.loads((version / "MANIFEST.json").read_text())["files"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import polars as pl
+import pytest
 import torch
 
 from models.dense_ae import DenseAE
@@ -89,18 +90,20 @@ def test_a_family_that_cannot_export_says_why(monkeypatch) -> None:
 # -- the row rule without torch, and the parity check on real rows --------------------------
 
 
-def test_numpy_row_mapping_gives_torchs_numbers_to_the_bit() -> None:
+@pytest.mark.parametrize("rule", ["mean_elem", "mean_window"])
+def test_numpy_row_mapping_gives_torchs_numbers_to_the_bit(rule: str) -> None:
     """Two entities, windows over batch boundaries: the numpy rule (the ONNX path) and
-    models.scoring.row_contributions agree exactly on the same element scores."""
+    models.scoring.row_contributions agree exactly on the same element scores, under
+    either row rule."""
     model = small_lstm()
     series = torch.randn(500, 4, generator=torch.Generator().manual_seed(5))
     entity = np.repeat([0, 1], [230, 270])
     starts = window_starts(entity, 10, 1)
     starts = starts[(starts < 150) | (starts >= 230)]  # rows 159..229: no window
     expected, cover = row_contributions(model, WindowSet(series, torch.from_numpy(starts), 10),
-                                        batch_size=97)
+                                        batch_size=97, rule=rule)
     got, got_cover = numpy_row_contributions(lambda w: torch_elements(model, w), series.numpy(),
-                                             starts, 10, batch_size=97)
+                                             starts, 10, batch_size=97, rule=rule)
     np.testing.assert_array_equal(got_cover, cover.numpy())
     np.testing.assert_array_equal(got, expected.numpy())  # NaN where no window covers a row
     assert np.isnan(got[159:230]).all() and np.isfinite(got[:159]).all()

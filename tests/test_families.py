@@ -79,13 +79,14 @@ def test_scores_shape_finite_nonnegative(name: str) -> None:
     assert (scores >= 0).all()
 
 
+@pytest.mark.parametrize("rule", ["mean_elem", "mean_window"])
 @pytest.mark.parametrize("name", TORCH_FAMILIES)
-def test_contributions_add_up_to_window_scores(name: str) -> None:
+def test_contributions_add_up_to_window_scores(name: str, rule: str) -> None:
     model, windows, _, _ = trained(name)
     series = windows.series
     # Non-overlapping windows: each row is covered once, so a window's rows carry its score.
     tiles = all_windows(series, stride=WINDOW)
-    contrib, cover = row_contributions(model, tiles)
+    contrib, cover = row_contributions(model, tiles, rule=rule)
     with torch.no_grad():
         window_scores = model.element_scores(tiles.batch(torch.arange(len(tiles)))).sum(dim=(1, 2))
     covered = len(tiles) * WINDOW
@@ -93,7 +94,7 @@ def test_contributions_add_up_to_window_scores(name: str) -> None:
     per_window = contrib[:covered].sum(dim=1).reshape(len(tiles), WINDOW).sum(dim=1)
     torch.testing.assert_close(per_window, window_scores, rtol=1e-5, atol=1e-5)
     # Overlapping windows: coverage-weighted row scores add up to all window scores.
-    contrib, cover = row_contributions(model, windows, batch_size=128)
+    contrib, cover = row_contributions(model, windows, batch_size=128, rule=rule)
     with torch.no_grad():
         total = model.element_scores(windows.batch(torch.arange(len(windows)))).sum()
     torch.testing.assert_close((contrib.sum(dim=1) * cover).sum(), total, rtol=1e-4, atol=1e-4)

@@ -47,11 +47,15 @@ NAB_TRAIN_FRACTION = 0.15  # NAB's probationary period
 NAB_VALIDATION_TARGET = 0.50  # validation ends near the middle of the series
 SMD_VALIDATION_FRACTION = 0.50  # of the test file: 4 labelled events for selection, 9 held out
 SMD_WINDOW = 32
-SMD_SCALING = "robust"
-"""SMD defaults chosen on validation PR-AUC only (benchmarks/validation_sweep.py, RESULTS.md):
-machine-2-1 is pre-scaled to [0, 1] and 12 of its 38 metrics have a zero train IQR: robust scaling
-leaves those on SMD's own scale instead of dividing small test moves by a tiny standard deviation
-(z up to ~700), which let a few near-constant metrics dominate the reconstruction error."""
+SMD_SCALING = "standard"
+"""SMD/ASD scaling, chosen on validation PR-AUC across the 7 SMD-format dev series (machine-2-1,
+ASD omi-1..6; issue 10, benchmarks/results/ablation.md): these files are min-max scaled to [0, 1]
+by their authors, so many metrics are near-constant in train. Robust scaling divides them by a
+tiny (nonzero) IQR: machine-2-1's test values reach |x| = 3,730 against 733 under standard
+scaling, and a few near-constant metrics dominate the error. Standard won validation PR-AUC for
+dense_ae, usad and pca on SMD+ASD (e.g. dense_ae 0.587 vs 0.490 under the mean_window rule). The
+former robust default was chosen on machine-2-1's four validation events alone; robust stays
+available (`[scaling] method`)."""
 Format = Literal["parquet", "csv"]
 
 

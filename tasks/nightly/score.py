@@ -196,7 +196,8 @@ def ensemble_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> Champi
     member; the backend is "onnx" only when every member runs on its graph."""
     loaded = load_model(store, ref, None)  # verifies the members' manifests, builds no model
     parts = [(champion_scorer(cfg, store, member.ref), weight) for member, weight in loaded.members]
-    scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w) for p, w in parts])
+    scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w, p.loaded.row_rule)
+                               for p, w in parts])
     backends = {p.backend for p, _ in parts}
     notes = [f"{p.loaded.ref.family}: {p.note}" for p, _ in parts if p.note]
     return ChampionScorer(loaded, scorer, "onnx" if backends == {"onnx"} else "torch",
@@ -312,7 +313,7 @@ def score_shard(cfg: DatasetConfig, day: date, shard: Shard) -> ScoredShard:
     frame = apply_scaler(with_context(today, before, loaded.window), loaded.scaler)
     started = time.perf_counter()
     scores, contrib = score_rows(champion.scorer, frame, loaded.features, loaded.window,
-                                 loaded.feature_scale)
+                                 loaded.feature_scale, rule=loaded.row_rule)
     model_seconds = time.perf_counter() - started
     out = scores_frame(frame, scores, contrib, loaded).filter(pl.col("timestamp") >= start)
     key = part_key(cfg, day, shard.part)

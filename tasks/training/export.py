@@ -30,10 +30,10 @@ from prefect.cache_policies import NO_CACHE
 
 from models.base import WindowModel
 from models.registry import build_model
-from schemas.config import DatasetConfig
+from schemas.config import LEGACY_ROW_RULE, DatasetConfig, RowRule
 from tasks.common import compute_device, process_lock, run_logger, store_for
 from tasks.data.window import window_starts
-from tasks.scoring import OnnxScorer, normalised, numpy_row_contributions
+from tasks.scoring import DEFAULT_ROW_RULE, OnnxScorer, normalised, numpy_row_contributions
 from tasks.training.probe import PROBE, Probe
 from tasks.training.train import FIT, TrainedCandidate
 from tasks.versions import ONNX, THRESHOLD, WEIGHTS, model_from_bytes
@@ -125,7 +125,7 @@ def torch_elements(model: WindowModel, windows: np.ndarray) -> np.ndarray:
 
 
 def parity(model: WindowModel, scorer: OnnxScorer, probe: Probe, threshold: float | None,
-           feature_scale: list[float] | None) -> dict[str, Any]:
+           feature_scale: list[float] | None, rule: RowRule = DEFAULT_ROW_RULE) -> dict[str, Any]:
     """Torch on the CPU vs ONNX Runtime on the probe: element, row and verdict differences.
 
     The reference is a CPU copy: on CUDA, cuDNN's TF32 RNN kernels alone move LSTM
@@ -136,8 +136,8 @@ def parity(model: WindowModel, scorer: OnnxScorer, probe: Probe, threshold: floa
     starts = window_starts(probe.block, length, 1)
     windows = probe.series[starts[:, None] + np.arange(length)]  # (N, L, F), a few thousand
     elements = np.abs(scorer.run(windows) - torch_elements(reference, windows))
-    rows = [normalised(numpy_row_contributions(score, probe.series, starts, length)[0],
-                       feature_scale)[0]
+    rows = [normalised(numpy_row_contributions(score, probe.series, starts, length,
+                                               rule=rule)[0], feature_scale)[0]
             for score in (lambda w: torch_elements(reference, w), scorer.run)]
     want, got = rows
     covered = np.isfinite(want)
@@ -170,12 +170,14 @@ def refusal(measured: dict[str, Any]) -> str | None:
 
 
 def check_export(model: WindowModel, probe: Probe | None = None, threshold: float | None = None,
-                 feature_scale: list[float] | None = None) -> tuple[bytes | None, OnnxExport]:
-    """(graph, outcome): the graph only when it passes `RULE` on the probe's rows."""
+                 feature_scale: list[float] | None = None, rule: RowRule = DEFAULT_ROW_RULE,
+                 ) -> tuple[bytes | None, OnnxExport]:
+    """(graph, outcome): the graph only when it passes `RULE` on the probe's rows, scored
+    under the candidate's row `rule`."""
     probe = random_probe(model) if probe is None else probe
     try:
         data = export_onnx(model)
-        measured = parity(model, OnnxScorer(data), probe, threshold, feature_scale)
+        measured = parity(model, OnnxScorer(data), probe, threshold, feature_scale, rule)
     except Exception as err:  # noqa: BLE001 - any exporter failure means "no ONNX file"
         return None, OnnxExport(model.name, False, reason=f"export failed: {err}")
     reason = refusal(measured)
@@ -188,14 +190,16 @@ def export_candidate(cfg: DatasetConfig, trained: TrainedCandidate) -> OnnxExpor
     """model.onnx beside the candidate's weights, checked against torch on its probe at its
     calibrated threshold; a refused graph leaves torch weights only (the outcome says why)."""
     store = store_for(cfg)
-    arguments = store.read_json(trained.file(FIT))["arguments"]
+    fitted = store.read_json(trained.file(FIT))
+    arguments = fitted["arguments"]
     model = model_from_bytes(arguments, store.read_bytes(trained.file(WEIGHTS)), compute_device(cfg))
     probe = (Probe.from_bytes(store.read_bytes(trained.file(PROBE)))
              if store.exists(trained.file(PROBE)) else None)
     calibrated = (store.read_json(trained.file(THRESHOLD))
                   if store.exists(trained.file(THRESHOLD)) else {})
     data, outcome = check_export(model, probe, calibrated.get("threshold"),
-                                 calibrated.get("feature_scale"))
+                                 calibrated.get("feature_scale"),
+                                 fitted.get("row_rule", LEGACY_ROW_RULE))
     log = run_logger(__name__)
     if data is None:
         log.warning("%s: no model.onnx (%s); the version keeps torch weights only",

@@ -54,7 +54,7 @@ def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, An
     for r in splits.validation:
         frame = load_validated(store, cfg, r.start - timedelta(days=1), r.end)
         s, _ = score_rows(scorer_of(loaded), apply_scaler(frame, loaded.scaler), loaded.features,
-                          loaded.window, loaded.feature_scale)
+                          loaded.window, loaded.feature_scale, rule=loaded.row_rule)
         keep = (frame["timestamp"] >= r.start).to_numpy() & np.isfinite(s)
         labels.append(frame["label"].to_numpy()[keep].astype(np.int8))
         scores.append(s[keep])

@@ -75,8 +75,9 @@ def selection_evidence(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
     for c in candidates:
         loaded = load_model(store, c.ref, device)
         scorer, fs = scorer_of(loaded), loaded.feature_scale
-        real_scores[c.family] = score_rows(scorer, val, features, window, fs)[0]
-        inj_scores[c.family] = score_rows(scorer, changed, features, window, fs)[0]
+        rule = loaded.row_rule
+        real_scores[c.family] = score_rows(scorer, val, features, window, fs, rule=rule)[0]
+        inj_scores[c.family] = score_rows(scorer, changed, features, window, fs, rule=rule)[0]
     ok = np.logical_and.reduce([np.isfinite(s) for s in (*real_scores.values(),
                                                           *inj_scores.values())])
     labels = val["label"].to_numpy().astype(np.int8)

@@ -38,7 +38,7 @@ from models.engine import (
     fit,
 )
 from models.registry import build_model
-from schemas.config import DatasetConfig, FamilyConfig
+from schemas.config import DatasetConfig, FamilyConfig, RowRule
 from tasks.common import compute_device, process_lock, run_logger, store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.scoring import feature_error_scale, normalised, raw_contributions, series_tensor
@@ -134,10 +134,11 @@ def _fit(store: Store, key: str, model: WindowModel, windows: WindowSet,
                progress=report)
 
 
-def row_scores(model: WindowModel, scaled: pl.DataFrame, features: list[str], length: int
-               ) -> tuple[pl.DataFrame, np.ndarray]:
-    """(every prepared row with its score, the per-feature scale fitted on normal train rows)."""
-    raw = raw_contributions(model, scaled, features, length)
+def row_scores(model: WindowModel, scaled: pl.DataFrame, features: list[str], length: int,
+               rule: RowRule) -> tuple[pl.DataFrame, np.ndarray]:
+    """(every prepared row with its score under the row `rule`, the per-feature scale fitted
+    on normal train rows under the same rule)."""
+    raw = raw_contributions(model, scaled, features, length, rule=rule)
     train = (scaled["split"] == "train").to_numpy() & (scaled["label"] == 0).to_numpy()
     scale = feature_error_scale(raw[train])
     scores, _ = normalised(raw, scale)
@@ -184,7 +185,7 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
             raise
         progress.done(result)
         model.eval()
-        scores, scale = row_scores(model, scaled, features, length)
+        scores, scale = row_scores(model, scaled, features, length, cfg.window.row_rule)
     store.write_bytes(f"{key}/{WEIGHTS}", weights_bytes(model))
     store.write_parquet(f"{key}/{ROW_SCORES}", scores.to_arrow())
     probe = select_probe(scaled, scores["score"].to_numpy(), features, length)
@@ -199,7 +200,7 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
         "train_windows": result.train_windows, "fit_seconds": result.seconds,
         "samples_per_s": result.samples_per_s, "device": result.device,
         "resumed_from_epoch": result.resumed_from_epoch, "wall_seconds": time.time() - started,
-        "feature_scale": scale.tolist(),
+        "feature_scale": scale.tolist(), "row_rule": cfg.window.row_rule,
     }))
     log.info("%s %s: %d epochs on %s, %.0f windows/s, best holdout %.5f (epoch %d)", cfg.label,
              family.name,
