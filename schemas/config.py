@@ -207,7 +207,11 @@ class SelectionConfig(_Strict):
     metric: Literal["pr_auc", "roc_auc", "best_f1", "vus_pr", "pa_k_auc", "event_recall", "f1"] = (
         "pr_auc"
     )
-    rule: Literal["metric", "evidence"] = "evidence"
+    rule: Literal["metric", "evidence"] = Field(
+        "metric", description="metric by default: on the full dev benchmark (11 series) the "
+        "evidence rule's champion averaged 0.233 / 0.573 / 0.868 score PR-AUC (SMD+ASD / NAB / "
+        "ODDS) against the metric rule's 0.297 / 0.599 / 0.868 on the same versions "
+        "(benchmarks/RESULTS.md)")
     injected_events: int = Field(20, ge=0, description="synthetic anomalies injected on normal "
                                  "validation stretches (the kinds in turn)")
     injected_weight: float = Field(0.25, ge=0, description="an injected event's weight "

@@ -41,7 +41,8 @@ def trained(prefect_harness, tmp_path_factory) -> tuple[str, Store, dict]:
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("ensemble")
-    data = tiny_config(root, families=FAMILIES, threshold={"min_entity_rows": 10})
+    data = tiny_config(root, families=FAMILIES, threshold={"min_entity_rows": 10},
+                       selection={"rule": "evidence"})
     data["source"]["synthetic"]["entities"] = 2  # per-entity thresholds: two machines
     materialize(parse_config(data).source.synthetic, data["source"]["path"])
     config = write_config(root, data)
