@@ -184,10 +184,10 @@ def _owner_gone(owner: dict[str, Any] | None) -> bool:
     if not owner or owner.get("host") != socket.gethostname():
         return False  # another machine: only the lease can tell
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(int(owner["pid"]), 0)  # signal 0: a liveness probe, nothing is sent
     except ProcessLookupError:
         return True
-    except (PermissionError, OSError, ValueError):
+    except (OSError, ValueError):  # alive under another user, or a malformed pid
         return False
     return False
 
