@@ -31,7 +31,7 @@ from prefect import flow
 from flows.candidates import new_run_id, train_candidates
 from models.registry import FAMILIES
 from schemas.config import DatasetConfig, parse_config
-from tasks.common import compute_device, store_for
+from tasks.common import store_for
 from tasks.data.ingest import ingest_source, load_validated
 from tasks.data.prepare import assign_splits
 from tasks.data.scale import apply_scaler
@@ -40,7 +40,7 @@ from tasks.evaluation.baselines import BaselineSeries, ChapterSettings, run_base
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.evaluation.thresholds import fpr_by_entity
-from tasks.scoring import score_rows, scorer_of
+from tasks.scoring import score_version, validated_context, version_scorer
 from tasks.training.register import choose_champion
 from tasks.versions import VersionRef, load_model
 
@@ -90,32 +90,35 @@ def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetCo
     return parse_config(data, origin=f"benchmark({cfg.name})")
 
 
-def score_split_rows(cfg: DatasetConfig) -> pl.DataFrame:
-    """Validated rows from the validation start on, tagged by split (validation = context)."""
-    start = min(r.start for r in cfg.splits.validation)
-    frame = load_validated(store_for(cfg), cfg, start, None)
-    return assign_splits(frame, cfg.splits)
+def score_split_rows(cfg: DatasetConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(validated rows from the score split's start on, tagged by split; their context: the
+    validated rows before it that tasks.scoring's context rule reads)."""
+    if cfg.splits.score is None:
+        raise ValueError(f"{cfg.name}: a benchmark series needs a score split")
+    store, start = store_for(cfg), cfg.splits.score.start
+    rows = assign_splits(load_validated(store, cfg, start, None), cfg.splits)
+    return rows, validated_context(store, cfg, start, None, cfg.window.length)
 
 
 def evaluate_version(
-    cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame, truth: np.ndarray | None
+    cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame, context: pl.DataFrame,
+    truth: np.ndarray | None,
 ) -> dict[str, float]:
-    """Score-split metrics of one registered version at its calibrated threshold, plus speed."""
-    loaded = load_model(store_for(cfg), ref, compute_device(cfg))
-    scaled = apply_scaler(frame, loaded.scaler)
-    score_rows(scorer_of(loaded), scaled.head(256), loaded.features, loaded.window,
-               rule=loaded.row_rule)  # warm-up, untimed
+    """Score-split metrics of one registered version at its calibrated threshold, plus speed;
+    scored by tasks.scoring's one path (the scores a night would give these rows)."""
+    version = version_scorer(cfg, ref)
+    score_version(version, frame.head(256), context)  # warm-up, untimed
     started = time.perf_counter()
-    scores, contrib = score_rows(scorer_of(loaded), scaled, loaded.features, loaded.window,
-                                 loaded.feature_scale, rule=loaded.row_rule)
+    scored = score_version(version, frame, context)
     seconds = time.perf_counter() - started
-    keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)
-    labels = frame["label"].to_numpy().astype(np.int8)[keep]
+    rows, scores, contrib, loaded = scored.rows, scored.scores, scored.contributions, version.loaded
+    keep = (rows["split"] == "score").to_numpy() & np.isfinite(scores)
+    labels = rows["label"].to_numpy().astype(np.int8)[keep]
     threshold = float(loaded.threshold["threshold"])
     out = evaluate(labels, scores[keep], threshold, cfg.window.length)
-    out["score_rows_per_s"] = frame.height / seconds if seconds > 0 else float("nan")
-    limits, _ = thresholds_by_entity(scores, frame["entity"].to_numpy(), loaded.threshold)
-    per_entity = fpr_by_entity(frame["entity"].to_numpy()[keep], labels, scores[keep],
+    out["score_rows_per_s"] = rows.height / seconds if seconds > 0 else float("nan")
+    limits, _ = thresholds_by_entity(scores, rows["entity"].to_numpy(), loaded.threshold)
+    per_entity = fpr_by_entity(rows["entity"].to_numpy()[keep], labels, scores[keep],
                                limits[keep], cfg.threshold.target_fpr)
     out["fpr_entities_within_3sd"] = (sum(e["within_3sd"] for e in per_entity) / len(per_entity)
                                       if per_entity else float("nan"))
@@ -148,14 +151,14 @@ def benchmark_series(
     if not run.candidates:
         raise ValueError(f"{cfg.name}: every family failed: {run.failed}")
     champion = choose_champion(cfg, run.candidates, selection=run.selection)
-    frame = score_split_rows(cfg)
+    frame, context = score_split_rows(cfg)
     truth = interpretation_truth(report, frame, len(cfg.columns.features))
     rows: list[dict[str, Any]] = [
         {"dataset": kind, "series": name, "family": family, "role": "family", "picked": "",
          "note": f"failed: {why}"}
         for family, why in run.failed.items()]
     for c in run.candidates:
-        metrics = evaluate_version(cfg, c.ref, frame, truth)
+        metrics = evaluate_version(cfg, c.ref, frame, context, truth)
         rows.append({"dataset": kind, "series": name, "family": c.family, "role": "family",
                      "picked": "", "note": "",
                      "version": c.ref.version, "fit_s": c.fit_seconds,

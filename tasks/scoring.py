@@ -1,5 +1,18 @@
 """Rows in, scores out: the one scoring path shared by training, evaluation and nightly runs.
 
+A stored version is scored in one way only, whoever asks (nightly, drift, promotion,
+selection, the benchmark): `version_scorer` loads it once (an ensemble with each member
+once) with the backend the config names, and `score_version(version, rows, context)`
+scores `rows` under the CONTEXT RULE: each entity's rows are preceded by the last
+`window - 1` rows of that entity strictly before its first row in `rows`, taken from
+`context` (the validated layer, or the prepared scaled rows that are the same rows
+scaled); a row with fewer than `window - 1` rows before it there has no full history and
+is reported as NaN (not scored), never a score from fewer windows. So the same version
+gives the same score to the same row whatever stretch a caller cut around it (a row's
+score still uses the windows that end by the last row given: the end of a night is the
+end of what the night knows). Training's own row scores (row_scores.parquet) are the
+same function on the prepared rows, so selection reuses them.
+
 Row rule (models/scoring.py): windows of stride 1 over each entity; a row's
 contribution from a feature follows the version's row rule (models/scoring.py:
 "mean_window", the default, is the mean over every window containing the row of that
@@ -21,22 +34,37 @@ float32 summation order in numpy, so a scoring worker needs no torch at all (the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 import polars as pl
 
-from schemas.config import ROW_RULES, RowRule, WindowConfig
+from schemas.config import ROW_RULES, DatasetConfig, RowRule, WindowConfig
+from tasks.common import compute_device, run_logger, store_for
+from tasks.data.ingest import load_validated
+from tasks.data.scale import apply_scaler
 from tasks.data.window import window_starts
 from tasks.evaluation.ensemble import combine_rows
+from tasks.store import Store
+from tasks.versions import (
+    ONNX,
+    WEIGHTS,
+    LoadedModel,
+    VersionRef,
+    export_outcome,
+    has_file,
+    load_model,
+    load_version_files,
+    model_from_bytes,
+)
 
 if TYPE_CHECKING:  # the torch path imports these when it runs; the ONNX path never does
     import torch
 
     from models.base import WindowModel
-    from tasks.versions import LoadedModel
 
 CONTRIB_PREFIX = "contrib__"
 """Column prefix of per-feature contributions in the scores layer (`contrib__<feature>`)."""
@@ -90,14 +118,6 @@ class EnsembleScorer:
     combine in numpy (tasks.evaluation.ensemble), so either path gives the same rule."""
 
     members: list[EnsembleMember]
-
-
-def scorer_of(loaded: LoadedModel) -> WindowModel | EnsembleScorer | None:
-    """What `score_rows` takes for a version loaded with torch: its model, or its members'."""
-    if not loaded.is_ensemble:
-        return loaded.model
-    return EnsembleScorer([EnsembleMember(m.model, m.feature_scale, w, m.row_rule)
-                           for m, w in loaded.members])
 
 
 def step_means(elements: np.ndarray) -> np.ndarray:
@@ -240,3 +260,166 @@ def feature_error_scale(contributions: np.ndarray) -> np.ndarray:
     scale = np.nanmean(contributions, axis=0).astype(np.float64)
     floor = max(float(np.nanmean(scale)) * 1e-3, 1e-12)
     return np.maximum(np.nan_to_num(scale, nan=floor), floor)
+
+
+# -- a stored version: loaded once, scored under one context rule --------------------------
+
+CONTEXT_FLAG = "__context"
+"""Marks the context rows `with_context` puts before the scored rows (dropped after scoring)."""
+CONTEXT_LOOKBACK_DAYS = (1, 8, 64)
+"""How far back `validated_context` reads, widening only while an entity still lacks rows."""
+
+
+class ScoringBackendError(RuntimeError):
+    """A version cannot be scored here: no graph for "onnx" and no torch to fall back on,
+    or backend "torch" on an install without torch."""
+
+
+@dataclass(frozen=True)
+class VersionScorer:
+    """A verified version and what runs it: its torch model, its ONNX graph, or (an ensemble)
+    its members' scorers. `backend` is what runs; `note` says why that is not the config's."""
+
+    loaded: LoadedModel
+    scorer: WindowModel | OnnxScorer | EnsembleScorer
+    backend: str
+    note: str | None = None
+
+    @property
+    def ref(self) -> VersionRef:
+        return self.loaded.ref
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """`score_version`'s answer: the scored rows (scaled by the version's scaler, sorted by
+    entity and timestamp, context dropped), their scores and per-feature contributions."""
+
+    rows: pl.DataFrame
+    scores: np.ndarray  # (T,) float64; NaN where a row has no full history
+    contributions: np.ndarray  # (T, F) float32; each row sums to its score
+
+
+def version_scorer(cfg: DatasetConfig, ref: VersionRef, store: Store | None = None) -> VersionScorer:
+    """Load a version once (an ensemble with each member once, every file sha256-checked) with
+    the config's `[scoring] backend`: its verified ONNX graph on ONNX Runtime, or torch.
+
+    Without a graph, "onnx" falls back to torch when torch is installed (said aloud in
+    `note`); without torch that is a ScoringBackendError naming the version and why its
+    export was refused. An ensemble runs "onnx" only when every member does.
+    """
+    store = store or store_for(cfg)
+    return _scorer_for(cfg, store, load_model(store, ref, None))
+
+
+def _scorer_for(cfg: DatasetConfig, store: Store, loaded: LoadedModel) -> VersionScorer:
+    if loaded.is_ensemble:  # members were loaded (and verified) with the ensemble: reuse them
+        parts = [(_scorer_for(cfg, store, member), weight) for member, weight in loaded.members]
+        scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w,
+                                                p.loaded.row_rule) for p, w in parts])
+        backends = {p.backend for p, _ in parts}
+        notes = [f"{p.ref.family}: {p.note}" for p, _ in parts if p.note]
+        return VersionScorer(loaded, scorer, "onnx" if backends == {"onnx"} else "torch",
+                             "; ".join(notes) or None)
+    ref, note = loaded.ref, None
+    if cfg.scoring.backend == "onnx":
+        if has_file(store, ref, ONNX):
+            graph = load_version_files(store, ref, [ONNX])[ONNX]  # sha256-checked
+            return VersionScorer(loaded, OnnxScorer(graph, cfg.scoring.threads), "onnx")
+        why = refused_export_reason(store, ref)
+        if not torch_installed():
+            raise ScoringBackendError(
+                f"{cfg.name}: [scoring] backend is 'onnx' but champion {ref.family}/{ref.version} "
+                f"has no model.onnx ({why}), and torch is not installed to score it otherwise; "
+                f"install the training set (pip install 'nightowl[train]') or promote a version "
+                f"with a verified graph")
+        note = (f"backend 'onnx' configured, but {ref.family}/{ref.version} has no model.onnx "
+                f"({why}): scored with torch")
+        run_logger(__name__).warning("%s: %s", cfg.name, note)
+    elif not torch_installed():
+        raise ScoringBackendError(
+            f"{cfg.name}: [scoring] backend is 'torch' but torch is not installed (a scoring "
+            f"install); set [scoring] backend = 'onnx' to score {ref.family}/{ref.version} "
+            f"through its model.onnx")
+    weights = load_version_files(store, ref, [WEIGHTS])[WEIGHTS]
+    model = model_from_bytes(loaded.config["model"], weights, compute_device(cfg))
+    return VersionScorer(replace(loaded, model=model), model, "torch", note)
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here (a `scoring` install has none)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def refused_export_reason(store: Store, ref: VersionRef) -> str:
+    """Why a version has no graph, from its metrics.json `export` section."""
+    outcome = export_outcome(store, ref)
+    if outcome is None:
+        return "no export was recorded for this version"
+    return f"export refused: {outcome.get('reason') or 'no reason recorded'}"
+
+
+def with_context(rows: pl.DataFrame, context: pl.DataFrame | None, window: int) -> pl.DataFrame:
+    """`rows` after the last `window - 1` rows of each entity in `context` that lie before
+    that entity's first row in `rows`; sorted by entity, timestamp, context rows flagged."""
+    rows = rows.with_columns(pl.lit(False).alias(CONTEXT_FLAG))
+    if context is None or window <= 1 or context.height == 0:
+        return rows.sort("entity", "timestamp")
+    first = rows.group_by("entity").agg(pl.col("timestamp").min().alias("__first"))
+    tail = (context.join(first, on="entity", how="inner")
+            .filter(pl.col("timestamp") < pl.col("__first"))
+            .sort("entity", "timestamp")
+            .group_by("entity", maintain_order=True).tail(window - 1)
+            .with_columns(pl.lit(True).alias(CONTEXT_FLAG)))
+    return pl.concat([tail.select(rows.columns), rows]).sort("entity", "timestamp")
+
+
+def validated_context(store: Store, cfg: DatasetConfig, before: datetime,
+                      entities: list[str] | None, window: int) -> pl.DataFrame:
+    """Validated rows before `before` holding each entity's last `window - 1` rows: the day
+    before, read further back (CONTEXT_LOOKBACK_DAYS) only while some entity lacks rows. An
+    entity with fewer rows in reach gets its first rows reported as not scored."""
+    frame = load_validated(store, cfg, before, before, entities)  # the layer's empty frame
+    if window <= 1:
+        return frame
+    for days in CONTEXT_LOOKBACK_DAYS:
+        frame = load_validated(store, cfg, before - timedelta(days=days), before, entities)
+        counts = dict(frame.group_by("entity").len().iter_rows())
+        wanted = entities if entities is not None else list(counts)
+        if all(counts.get(e, 0) >= window - 1 for e in wanted):
+            break
+    return frame
+
+
+def full_history(frame: pl.DataFrame, window: int) -> np.ndarray:
+    """(T,) bool: rows with at least `window - 1` rows of their entity before them in `frame`."""
+    position = frame.select(pl.int_range(pl.len()).over("entity"))
+    return (position.to_series() >= window - 1).to_numpy()
+
+
+def score_version(version: VersionScorer, rows: pl.DataFrame,
+                  context: pl.DataFrame | None = None, *, scaled: bool = False,
+                  batch_size: int = 2048) -> ScoredRows:
+    """Score `rows` with a loaded version under the context rule (module docstring).
+
+    `rows` and `context` are validated rows (scaled here with the version's own scaler,
+    once) or, with `scaled`, rows already in the version's scaled space (the prepared
+    data, or validation rows with injected anomalies). Scores and contributions come
+    in the version's row rule and feature scale; an ensemble combines its members'.
+    """
+    loaded = version.loaded
+    frame = with_context(rows, context, loaded.window)
+    if not scaled:
+        frame = apply_scaler(frame, loaded.scaler)
+    scores, contrib = score_rows(version.scorer, frame, loaded.features, loaded.window,
+                                 loaded.feature_scale, batch_size, rule=loaded.row_rule)
+    short = ~full_history(frame, loaded.window)
+    scores[short] = np.nan
+    contrib[short] = np.nan
+    keep = ~frame[CONTEXT_FLAG].to_numpy()
+    return ScoredRows(frame.filter(pl.Series(keep)).drop(CONTEXT_FLAG), scores[keep],
+                      contrib[keep])

@@ -2,7 +2,8 @@
 training reference; on drift, the `nightowl.drift.detected` event that triggers retraining.
 
 Statistics live in tasks.evaluation.drift (pure); this stage reads its inputs by
-key (the night's scores partition, the version's scaler and reference), writes
+key (the night's scores partition, the rows the shards scaled for scoring, the
+version's reference; nothing is scaled twice), writes
 drift/<ds>/date=…/report.json and debounces the event with a cooldown.
 """
 
@@ -20,12 +21,10 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, clip, run_logger, store_for
-from tasks.data.ingest import load_validated
-from tasks.data.scale import ScalerParams, apply_scaler
 from tasks.evaluation.drift import drift_report
-from tasks.nightly.score import ScoredNight, day_start
+from tasks.nightly.score import ScoredNight
 from tasks.store import Store
-from tasks.versions import DRIFT_REFERENCE, SCALER, VersionRef, has_file, load_version_files
+from tasks.versions import DRIFT_REFERENCE, VersionRef, has_file, load_version_files
 
 EVENT = "nightowl.drift.detected"
 
@@ -121,12 +120,11 @@ def emit_drift_event(cfg: DatasetConfig, day: date, reasons: list[str],
     return str(event.id) if event is not None else None
 
 
-def version_reference(store: Store, ref: VersionRef) -> tuple[ScalerParams, dict[str, Any] | None]:
-    """A version's scaler and drift reference (None for versions registered without one)."""
-    names = [SCALER] + ([DRIFT_REFERENCE] if has_file(store, ref, DRIFT_REFERENCE) else [])
-    files = load_version_files(store, ref, names)
-    reference = json.loads(files[DRIFT_REFERENCE]) if DRIFT_REFERENCE in files else None
-    return ScalerParams.from_json(json.loads(files[SCALER])), reference
+def version_reference(store: Store, ref: VersionRef) -> dict[str, Any] | None:
+    """A version's drift reference (None for versions registered without one)."""
+    if not has_file(store, ref, DRIFT_REFERENCE):
+        return None
+    return json.loads(load_version_files(store, ref, [DRIFT_REFERENCE])[DRIFT_REFERENCE])
 
 
 def read_parts(store: Store, keys: list[str], columns: list[str] | None = None) -> pl.DataFrame:
@@ -137,14 +135,14 @@ def read_parts(store: Store, keys: list[str], columns: list[str] | None = None) 
 def night_report(cfg: DatasetConfig, store: Store, day: date, scored: ScoredNight) -> dict[str, Any]:
     """Every statistic of the night against the reference of the version that scored it."""
     assert scored.keys and scored.model is not None
-    scaler, reference = version_reference(store, scored.model)
+    reference = version_reference(store, scored.model)
     if reference is None:
         return {"drift": False, "reasons": [], "status": "no-reference"}
+    if not scored.scaled_keys:
+        raise ValueError(f"{cfg.label} {day}: the scored night lists no scaled rows "
+                         f"(ScoredNight.scaled_keys); score it with tasks.nightly.score first")
     scores = read_parts(store, scored.keys, ["entity", "score", "is_anomaly"])
-    start = day_start(day)
-    entities = scores["entity"].unique().sort().to_list()
-    rows = apply_scaler(load_validated(store, cfg, start, start + timedelta(days=1), entities),
-                        scaler)
+    rows = read_parts(store, scored.scaled_keys)  # scaled once, by the shard that scored them
     report = drift_report(reference, rows, list(reference["features"]), cfg.drift,
                           scores["score"].to_numpy(), scores["is_anomaly"].to_numpy())
     return {**report, "status": "checked"}

@@ -5,15 +5,18 @@ A night is planned first (`plan_night`): which entities sent rows, which model s
 none: reported as not modelled, never silently dropped), cut into shards of bounded rows
 so memory stays flat however large the fleet. Each shard is one task that writes one
 Parquet part. Per row: score, per-feature contribution, p-value, threshold, verdict and
-the model version (schema in README). Windows need the rows before midnight: a shard
-reads the last `window - 1` rows of each entity's previous day as context. A rerun of the
-night replaces its parts (`commit_night` removes parts this run did not write).
+the model version (schema in README). Scoring is tasks.scoring's one path
+(`score_version`): windows need the rows before midnight, so each entity's last
+`window - 1` validated rows before the night are its context, and a row without that
+much history is reported, not scored. The scaled rows go beside the scores, by key, for
+the drift check. A rerun of the night replaces its parts (`commit_night` removes parts
+this run did not write).
 
-Backend (`[scoring] backend`): "torch" runs the champion's torch model; "onnx" runs
-its verified model.onnx on ONNX Runtime through the numpy row mapping, with no
-torch imported (a `scoring` install has none). A champion without a graph is then
-scored with torch if torch is installed, and the night says so (`ScoredNight.note`);
-without torch the night fails with the version and the reason its export was refused.
+Backend (`[scoring] backend`, tasks.scoring.version_scorer): "torch" runs the champion's
+torch model; "onnx" runs its verified model.onnx on ONNX Runtime, with no torch imported
+(a `scoring` install has none). A champion without a graph is then scored with torch if
+torch is installed, and the night says so (`ScoredNight.note`); without torch the night
+fails with the version and the reason its export was refused.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -29,32 +32,22 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, scope_slug
-from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
+from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.data.ingest import entity_rows, load_validated
-from tasks.data.scale import apply_scaler
 from tasks.evaluation.normalise import thresholds_by_entity
-from tasks.scoring import CONTRIB_PREFIX, EnsembleMember, EnsembleScorer, OnnxScorer, score_rows
-from tasks.store import Store
-from tasks.versions import (
-    ENSEMBLE,
-    ONNX,
-    LoadedModel,
-    VersionRef,
-    current_champion,
-    export_outcome,
-    has_file,
-    load_model,
-    load_version_files,
-    read_champion,
+from tasks.scoring import (
+    CONTRIB_PREFIX,
+    ScoredRows,
+    ScoringBackendError,
+    VersionScorer,
+    score_version,
+    validated_context,
+    version_scorer,
 )
+from tasks.store import Store
+from tasks.versions import LoadedModel, VersionRef, current_champion, read_champion
 
-if TYPE_CHECKING:
-    from models.base import WindowModel
-
-
-class ScoringBackendError(RuntimeError):
-    """The champion cannot be scored here: no graph for "onnx" and no torch to fall back on,
-    or backend "torch" on an install without torch."""
+__all__ = ["ScoringBackendError"]  # raised from here for a champion this install cannot run
 
 DATASET_PART = "_dataset"  # part-name stem of the dataset-level model (no group can be named so)
 
@@ -100,6 +93,7 @@ class ScoredShard:
     model_seconds: float  # time inside the model (the rest of a night is I/O and orchestration)
     backend: str = "torch"  # what scored the shard: "torch" | "onnx"
     note: str | None = None  # why that differs from the configured backend
+    scaled_key: str | None = None  # the rows it scored, scaled once (the drift check reads them)
 
 
 @dataclass(frozen=True)
@@ -119,6 +113,7 @@ class ScoredNight:
     model_seconds: float = 0.0
     backend: str | None = None  # what scored the night: "torch" | "onnx"
     note: str | None = None  # why that differs from the configured backend
+    scaled_keys: list[str] = field(default_factory=list)  # the scored rows, scaled by the model
 
     @property
     def model(self) -> VersionRef | None:
@@ -148,77 +143,6 @@ def scores_frame(
         *(pl.Series(f"{CONTRIB_PREFIX}{f}", contrib[:, i], dtype=pl.Float32)
           for i, f in enumerate(loaded.features)),
     )
-
-
-@dataclass
-class ChampionScorer:
-    """The loaded champion, what scores it, and a note when that is not the configured backend."""
-
-    loaded: LoadedModel
-    scorer: WindowModel | OnnxScorer | EnsembleScorer
-    backend: str
-    note: str | None = None
-
-
-def champion_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> ChampionScorer:
-    """The torch model, or its verified ONNX graph on ONNX Runtime when the config says so
-    (falling back to torch, said aloud, when the version has no graph). An ensemble gets
-    one scorer per verified member, each chosen by the same rule."""
-    if ref.family == ENSEMBLE:
-        return ensemble_scorer(cfg, store, ref)
-    note = None
-    if cfg.scoring.backend == "onnx":
-        if has_file(store, ref, ONNX):
-            graph = load_version_files(store, ref, [ONNX])[ONNX]  # sha256-checked
-            return ChampionScorer(load_model(store, ref, None),
-                                  OnnxScorer(graph, cfg.scoring.threads), "onnx")
-        why = refused_export_reason(store, ref)
-        if not torch_installed():
-            raise ScoringBackendError(
-                f"{cfg.name}: [scoring] backend is 'onnx' but champion {ref.family}/{ref.version} "
-                f"has no model.onnx ({why}), and torch is not installed to score it otherwise; "
-                f"install the training set (pip install 'nightowl[train]') or promote a version "
-                f"with a verified graph")
-        note = (f"backend 'onnx' configured, but {ref.family}/{ref.version} has no model.onnx "
-                f"({why}): scored with torch")
-        run_logger(__name__).warning("%s: %s", cfg.name, note)
-    elif not torch_installed():
-        raise ScoringBackendError(
-            f"{cfg.name}: [scoring] backend is 'torch' but torch is not installed (a scoring "
-            f"install); set [scoring] backend = 'onnx' to score {ref.family}/{ref.version} "
-            f"through its model.onnx")
-    loaded = load_model(store, ref, compute_device(cfg))
-    return ChampionScorer(loaded, loaded.model, "torch", note)
-
-
-def ensemble_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> ChampionScorer:
-    """The ensemble (members checked against its recorded manifest hashes) and a scorer per
-    member; the backend is "onnx" only when every member runs on its graph."""
-    loaded = load_model(store, ref, None)  # verifies the members' manifests, builds no model
-    parts = [(champion_scorer(cfg, store, member.ref), weight) for member, weight in loaded.members]
-    scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w, p.loaded.row_rule)
-                               for p, w in parts])
-    backends = {p.backend for p, _ in parts}
-    notes = [f"{p.loaded.ref.family}: {p.note}" for p, _ in parts if p.note]
-    return ChampionScorer(loaded, scorer, "onnx" if backends == {"onnx"} else "torch",
-                          "; ".join(notes) or None)
-
-
-def torch_installed() -> bool:
-    """Whether torch can be imported here (a `scoring` install has none)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def refused_export_reason(store: Store, ref: VersionRef) -> str:
-    """Why a version has no graph, from its metrics.json `export` section."""
-    outcome = export_outcome(store, ref)
-    if outcome is None:
-        return "no export was recorded for this version"
-    return f"export refused: {outcome.get('reason') or 'no reason recorded'}"
 
 
 def scores_prefix(cfg: DatasetConfig, day: date) -> str:
@@ -294,33 +218,40 @@ def plan_night(cfg: DatasetConfig, day: date) -> NightPlan:
     return NightPlan(day.isoformat(), sum(sizes.values()), shards, fallback, not_modelled)
 
 
-def with_context(today: pl.DataFrame, before: pl.DataFrame, window: int) -> pl.DataFrame:
-    """Tonight's rows after the last `window - 1` rows of each entity's previous day."""
-    tail = before.group_by("entity", maintain_order=True).tail(max(window - 1, 0))
-    return pl.concat([tail.select(today.columns), today]).sort("entity", "timestamp")
+def scaled_prefix(cfg: DatasetConfig, day: date) -> str:
+    """Where a night's scaled rows wait for the drift check (one part per shard, like scores)."""
+    return f"datasets/{cfg.name}/scaled/nightly/date={day.isoformat()}"
+
+
+def score_night(cfg: DatasetConfig, store: Store, day: date, shard: Shard
+                ) -> tuple[VersionScorer, ScoredRows, float]:
+    """(the champion that scored, the shard's rows of the night scored by it, seconds in the
+    model): tasks.scoring's one path, the context read from the validated layer."""
+    scoped = cfg.for_group(shard.group)
+    version = version_scorer(cfg, current_champion(store, scoped.scope_name), store)
+    start = day_start(day)
+    tonight = load_validated(store, scoped, start, start + timedelta(days=1), shard.entities)
+    context = validated_context(store, scoped, start, shard.entities, version.loaded.window)
+    started = time.perf_counter()
+    scored = score_version(version, tonight, context)
+    return version, scored, time.perf_counter() - started
 
 
 @task(name="score-shard", cache_policy=NO_CACHE, **IO_RETRIES)
 def score_shard(cfg: DatasetConfig, day: date, shard: Shard) -> ScoredShard:
-    """Score one shard's rows of a night with its scope's champion; writes one part."""
+    """Score one shard's rows of a night with its scope's champion; writes one scores part and
+    the scaled rows (so the drift check does not scale the night again)."""
     store = store_for(cfg)
-    scoped = cfg.for_group(shard.group)
-    champion = champion_scorer(cfg, store, current_champion(store, scoped.scope_name))
-    loaded = champion.loaded
-    start = day_start(day)
-    today = load_validated(store, scoped, start, start + timedelta(days=1), shard.entities)
-    before = load_validated(store, scoped, start - timedelta(days=1), start, shard.entities)
-    frame = apply_scaler(with_context(today, before, loaded.window), loaded.scaler)
-    started = time.perf_counter()
-    scores, contrib = score_rows(champion.scorer, frame, loaded.features, loaded.window,
-                                 loaded.feature_scale, rule=loaded.row_rule)
-    model_seconds = time.perf_counter() - started
-    out = scores_frame(frame, scores, contrib, loaded).filter(pl.col("timestamp") >= start)
+    version, scored, model_seconds = score_night(cfg, store, day, shard)
+    out = scores_frame(scored.rows, scored.scores, scored.contributions, version.loaded)
     key = part_key(cfg, day, shard.part)
     store.write_parquet(key, out.to_arrow())
+    scaled_key = f"{scaled_prefix(cfg, day)}/part-{shard.part}.parquet"
+    store.write_parquet(scaled_key, scored.rows.select(
+        "timestamp", "entity", *version.loaded.features).to_arrow())
     return ScoredShard(shard.group, key, out.height, int(out["is_anomaly"].sum()),
-                       loaded.ref.family, loaded.ref.version, model_seconds, champion.backend,
-                       champion.note)
+                       version.ref.family, version.ref.version, model_seconds, version.backend,
+                       version.note, scaled_key)
 
 
 @task(name="commit-night", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -328,8 +259,8 @@ def commit_night(cfg: DatasetConfig, day: date, shards: list[ScoredShard]) -> li
     """Remove parts an earlier run of this night left that this run did not write (a rerun
     replaces the partition), and sum the shards up per scope."""
     store = store_for(cfg)
-    written = {s.key for s in shards}
-    for key in store.list(scores_prefix(cfg, day)):
+    written = {s.key for s in shards} | {s.scaled_key for s in shards}
+    for key in [*store.list(scores_prefix(cfg, day)), *store.list(scaled_prefix(cfg, day))]:
         if key not in written:
             store.delete(key)
     nights = []
@@ -339,7 +270,7 @@ def commit_night(cfg: DatasetConfig, day: date, shards: list[ScoredShard]) -> li
                                   sum(s.anomalies for s in mine), [s.key for s in mine],
                                   mine[0].model_family, mine[0].model_version, group,
                                   sum(s.model_seconds for s in mine), mine[0].backend,
-                                  mine[0].note))
+                                  mine[0].note, [s.scaled_key for s in mine if s.scaled_key]))
         run_logger(__name__).info(
             "%s %s: scored %d rows with %s, %d anomalous, model %s/%s",
             cfg.for_group(group).label, day, nights[-1].rows, nights[-1].backend,

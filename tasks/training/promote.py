@@ -16,14 +16,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig, TimeRange
-from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
+from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.data.ingest import load_validated
 from tasks.data.layer import validated_days
-from tasks.data.scale import apply_scaler
 from tasks.evaluation.metrics import evaluate
-from tasks.scoring import score_rows, scorer_of
+from tasks.scoring import score_version, validated_context, version_scorer
 from tasks.training.register import Candidate
-from tasks.versions import ChampionConflict, load_champion, read_champion, set_champion
+from tasks.versions import ChampionConflict, current_champion, read_champion, set_champion
 
 
 def rolling_splits(cfg: DatasetConfig, end: datetime) -> SplitsConfig:
@@ -47,17 +46,18 @@ def latest_validated_day(cfg: DatasetConfig) -> datetime:
 
 
 def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:
-    """The current champion's metrics on the given validation slices (its own scaler/threshold)."""
+    """The current champion's metrics on the given validation slices (its own scaler/threshold),
+    scored by tasks.scoring's one path: the same scores the night gives those rows."""
     store = store_for(cfg)
-    loaded = load_champion(store, cfg.scope_name, compute_device(cfg))
+    version = version_scorer(cfg, current_champion(store, cfg.scope_name), store)
+    loaded = version.loaded
     labels, scores = [], []
     for r in splits.validation:
-        frame = load_validated(store, cfg, r.start - timedelta(days=1), r.end)
-        s, _ = score_rows(scorer_of(loaded), apply_scaler(frame, loaded.scaler), loaded.features,
-                          loaded.window, loaded.feature_scale, rule=loaded.row_rule)
-        keep = (frame["timestamp"] >= r.start).to_numpy() & np.isfinite(s)
-        labels.append(frame["label"].to_numpy()[keep].astype(np.int8))
-        scores.append(s[keep])
+        context = validated_context(store, cfg, r.start, None, loaded.window)
+        scored = score_version(version, load_validated(store, cfg, r.start, r.end), context)
+        keep = np.isfinite(scored.scores)
+        labels.append(scored.rows["label"].to_numpy()[keep].astype(np.int8))
+        scores.append(scored.scores[keep])
     y, s = np.concatenate(labels), np.concatenate(scores)
     # The challenger's window sets the VUS buffer, so both are measured with the same one.
     metrics = evaluate(y, s, float(loaded.threshold["threshold"]), cfg.window.length)

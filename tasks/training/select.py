@@ -12,6 +12,7 @@ two into a choice, with its fallback to the ensemble, is tasks.evaluation.select
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -20,14 +21,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
-from tasks.common import compute_device, run_logger, store_for
+from tasks.common import run_logger, store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.evaluation.injection import inject
 from tasks.evaluation.selection import LabelledSlice, SelectionSettings, event_ids, select
-from tasks.scoring import score_rows, scorer_of
+from tasks.scoring import VersionScorer, full_history, score_version, version_scorer
+from tasks.store import Store
 from tasks.training.register import Candidate
-from tasks.training.train import candidate_key
-from tasks.versions import ENSEMBLE, load_model
+from tasks.training.train import ROW_SCORES, candidate_key
+from tasks.versions import ENSEMBLE
 
 SELECTION = "selection.json"
 
@@ -42,6 +44,20 @@ def settings_of(cfg: DatasetConfig) -> SelectionSettings:
     return SelectionSettings(injected_weight=s.injected_weight, bootstrap=s.bootstrap,
                              confidence=s.confidence, seed=s.seed, fallback=ENSEMBLE,
                              min_events=s.min_events)
+
+
+def training_scores(store: Store, cfg: DatasetConfig, run_id: str, version: VersionScorer,
+                    start: datetime) -> np.ndarray | None:
+    """The version's scores of the rows from `start` on as training wrote them
+    (row_scores.parquet), under the context rule: what `score_version` gives those rows
+    with torch. None where that would not hold: another backend, or an ensemble (its
+    training scores combine member scores, not member contributions)."""
+    key = f"{candidate_key(cfg, run_id, version.ref.family)}/{ROW_SCORES}"
+    if version.backend != "torch" or version.loaded.is_ensemble or not store.exists(key):
+        return None
+    rows = pl.from_arrow(store.read_parquet(key, ["timestamp", "entity", "score"]))
+    scores = np.where(full_history(rows, version.loaded.window), rows["score"].to_numpy(), np.nan)
+    return scores[(rows["timestamp"] >= start).to_numpy()]
 
 
 def eligible_rows(frame: pl.DataFrame, window: int) -> np.ndarray:
@@ -59,7 +75,9 @@ def selection_evidence(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
     """Each candidate on the real and on the injected validation slice; the rule's decision."""
     store = store_for(cfg)
     scaled, _, _ = load_prepared(cfg, prepared)
-    val = scaled.filter(pl.col("split") == "validation")
+    start = min(r.start for r in cfg.splits.validation)  # scored from here, the rows before: context
+    val, context = (scaled.filter(pl.col("timestamp") >= start),
+                    scaled.filter(pl.col("timestamp") < start))
     features, window = cfg.columns.features, cfg.window.length
     eligible = eligible_rows(val, window)
     x = val.select(features).to_numpy().astype(np.float64)
@@ -70,16 +88,15 @@ def selection_evidence(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
                       else None)
     changed = val.with_columns(*(pl.Series(f, injected.x[:, i], dtype=val.schema[f])
                                  for i, f in enumerate(features)))
-    device = compute_device(cfg)
     real_scores, inj_scores = {}, {}
-    for c in candidates:
-        loaded = load_model(store, c.ref, device)
-        scorer, fs = scorer_of(loaded), loaded.feature_scale
-        rule = loaded.row_rule
-        real_scores[c.family] = score_rows(scorer, val, features, window, fs, rule=rule)[0]
-        inj_scores[c.family] = score_rows(scorer, changed, features, window, fs, rule=rule)[0]
-    ok = np.logical_and.reduce([np.isfinite(s) for s in (*real_scores.values(),
-                                                          *inj_scores.values())])
+    for c in candidates:  # tasks.scoring's one path: the scores a night gives these rows
+        version = version_scorer(cfg, c.ref, store)
+        written = training_scores(store, cfg, run_id, version, start)
+        real_scores[c.family] = (written if written is not None else
+                                 score_version(version, val, context, scaled=True).scores)
+        inj_scores[c.family] = score_version(version, changed, context, scaled=True).scores
+    ok = (val["split"] == "validation").to_numpy() & np.logical_and.reduce(
+        [np.isfinite(s) for s in (*real_scores.values(), *inj_scores.values())])
     labels = val["label"].to_numpy().astype(np.int8)
     groups = val["entity"].to_numpy()
     real = LabelledSlice("real", labels[ok], event_ids(labels[ok], groups[ok]),
