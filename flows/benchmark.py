@@ -40,7 +40,13 @@ from tasks.evaluation.baselines import BaselineSeries, ChapterSettings, run_base
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.evaluation.thresholds import fpr_by_entity
-from tasks.scoring import score_version, validated_context, version_scorer
+from tasks.scoring import (
+    ScoredRows,
+    VersionScorer,
+    score_version,
+    validated_context,
+    version_scorer,
+)
 from tasks.training.register import choose_champion
 from tasks.versions import VersionRef, load_model
 
@@ -91,13 +97,23 @@ def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetCo
 
 
 def score_split_rows(cfg: DatasetConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(validated rows from the score split's start on, tagged by split; their context: the
-    validated rows before it that tasks.scoring's context rule reads)."""
+    """(the score split's validated rows, tagged by split; their context: the validated rows
+    before them that tasks.scoring's context rule reads)."""
     if cfg.splits.score is None:
         raise ValueError(f"{cfg.name}: a benchmark series needs a score split")
     store, start = store_for(cfg), cfg.splits.score.start
-    rows = assign_splits(load_validated(store, cfg, start, None), cfg.splits)
+    rows = assign_splits(load_validated(store, cfg, start, cfg.splits.score.end), cfg.splits)
     return rows, validated_context(store, cfg, start, None, cfg.window.length)
+
+
+def timed_scores(cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame, context: pl.DataFrame
+                 ) -> tuple[VersionScorer, ScoredRows, float]:
+    """(the version, its scores of `frame` by tasks.scoring's one path, seconds they took)."""
+    version = version_scorer(cfg, ref)
+    score_version(version, frame.head(256), context)  # warm-up, untimed
+    started = time.perf_counter()
+    scored = score_version(version, frame, context)
+    return version, scored, time.perf_counter() - started
 
 
 def evaluate_version(
@@ -106,11 +122,7 @@ def evaluate_version(
 ) -> dict[str, float]:
     """Score-split metrics of one registered version at its calibrated threshold, plus speed;
     scored by tasks.scoring's one path (the scores a night would give these rows)."""
-    version = version_scorer(cfg, ref)
-    score_version(version, frame.head(256), context)  # warm-up, untimed
-    started = time.perf_counter()
-    scored = score_version(version, frame, context)
-    seconds = time.perf_counter() - started
+    version, scored, seconds = timed_scores(cfg, ref, frame, context)
     rows, scores, contrib, loaded = scored.rows, scored.scores, scored.contributions, version.loaded
     keep = (rows["split"] == "score").to_numpy() & np.isfinite(scores)
     labels = rows["label"].to_numpy().astype(np.int8)[keep]

@@ -375,7 +375,8 @@ def with_context(rows: pl.DataFrame, context: pl.DataFrame | None, window: int) 
             .sort("entity", "timestamp")
             .group_by("entity", maintain_order=True).tail(window - 1)
             .with_columns(pl.lit(True).alias(CONTEXT_FLAG)))
-    return pl.concat([tail.select(rows.columns), rows]).sort("entity", "timestamp")
+    shared = [c for c in rows.columns if c in tail.columns]  # e.g. no `split` tag: null there
+    return pl.concat([tail.select(shared), rows], how="diagonal").sort("entity", "timestamp")
 
 
 def validated_context(store: Store, cfg: DatasetConfig, before: datetime,

@@ -9,7 +9,8 @@ weights: its config.json lists every member version with the sha256 of that memb
 MANIFEST.json, so loading it (tasks.versions) refuses a member that changed.
 
     build_ensemble (row scores, fit.json in the scratch folder) -> calibrate (the
-    families' own stage) -> register_ensemble
+    families' own stage) -> register_ensemble (report and plots, then the families'
+    register_candidate)
 """
 
 from __future__ import annotations
@@ -28,20 +29,10 @@ from tasks.evaluation.ensemble import FORMULA, combine_scores, member_weights, r
 from tasks.store import json_bytes, sha256_bytes
 from tasks.training.calibrate import Calibration
 from tasks.training.export import EXPORT
-from tasks.training.register import Candidate
+from tasks.training.register import Candidate, register_candidate
 from tasks.training.report import PLOTTING, candidate_plots
 from tasks.training.train import FIT, ROW_SCORES, TrainedCandidate, candidate_key
-from tasks.versions import (
-    CONFIG,
-    DRIFT_REFERENCE,
-    ENSEMBLE,
-    MANIFEST,
-    METRICS,
-    REPORT,
-    SCALER,
-    THRESHOLD,
-    register_version,
-)
+from tasks.versions import ENSEMBLE, MANIFEST, REPORT
 
 
 def ensemble_members(cfg: DatasetConfig, trained: dict[str, TrainedCandidate],
@@ -109,25 +100,14 @@ def ensemble_report(label: str, fit: dict[str, Any], calibration: Calibration) -
 @task(name="register-ensemble", cache_policy=NO_CACHE, **IO_RETRIES)
 def register_ensemble(cfg: DatasetConfig, prepared: PreparedData, trained: TrainedCandidate,
                       calibration: Calibration) -> Candidate:
-    """The calibrated ensemble as an immutable version; MANIFEST.json written last."""
+    """The ensemble's report and plots into its scratch folder, then the families' own
+    registration (tasks.training.register): an immutable version, MANIFEST.json last."""
     store = store_for(cfg)
     fit = store.read_json(trained.file(FIT))
-    files = {name: store.read_bytes(trained.file(name)) for name in (THRESHOLD, DRIFT_REFERENCE)}
-    files[SCALER] = store.read_bytes(prepared.scaler_key)
-    files[CONFIG] = json_bytes({
-        "dataset": cfg.name, "group": cfg.group, "model": fit["arguments"],
-        "ensemble": {"combiner": fit["combiner"], "formula": fit["formula"],
-                     "members": fit["members"]},
-        "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
-        "scaling": cfg.scaling.model_dump()})
-    files[METRICS] = json_bytes({"validation": calibration.metrics, "export": None,
-                                 "fit": {"members": [m["family"] for m in fit["members"]]}})
-    files[REPORT] = ensemble_report(cfg.label, fit, calibration).encode()
     rows = pl.from_arrow(store.read_parquet(trained.file(ROW_SCORES)))
     with process_lock(PLOTTING):  # the same plots as a family's (no training curve to draw)
-        files |= candidate_plots(cfg.label, ENSEMBLE, rows, calibration.threshold, fit, None)
-    members = [{k: m[k] for k in ("dataset", "family", "version", "manifest_sha256")}
-               for m in fit["members"]]
-    ref = register_version(store, cfg.scope_name, ENSEMBLE, files, members)
-    run_logger(__name__).info("registered %s", store.uri(ref.key))
-    return Candidate(ref, calibration.metrics, calibration.threshold, calibration.method, 0.0)
+        plots = candidate_plots(cfg.label, ENSEMBLE, rows, calibration.threshold, fit, None)
+    for name, png in plots.items():
+        store.write_bytes(trained.file(name), png)
+    store.write_bytes(trained.file(REPORT), ensemble_report(cfg.label, fit, calibration).encode())
+    return register_candidate.fn(cfg, prepared, trained, calibration)

@@ -20,7 +20,13 @@ from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.data.ingest import load_validated
 from tasks.data.layer import validated_days
 from tasks.evaluation.metrics import evaluate
-from tasks.scoring import score_version, validated_context, version_scorer
+from tasks.scoring import (
+    ScoredRows,
+    VersionScorer,
+    score_version,
+    validated_context,
+    version_scorer,
+)
 from tasks.training.register import Candidate
 from tasks.versions import ChampionConflict, current_champion, read_champion, set_champion
 
@@ -45,22 +51,27 @@ def latest_validated_day(cfg: DatasetConfig) -> datetime:
     return datetime.combine(max(days), datetime.min.time()) + timedelta(days=1)
 
 
-def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:
-    """The current champion's metrics on the given validation slices (its own scaler/threshold),
-    scored by tasks.scoring's one path: the same scores the night gives those rows."""
+def champion_slice_scores(cfg: DatasetConfig, splits: SplitsConfig
+                          ) -> tuple[VersionScorer, list[ScoredRows]]:
+    """The current champion and its scores of each validation slice, by tasks.scoring's one
+    path: the same scores the night gives those rows."""
     store = store_for(cfg)
     version = version_scorer(cfg, current_champion(store, cfg.scope_name), store)
+    return version, [
+        score_version(version, load_validated(store, cfg, r.start, r.end),
+                      validated_context(store, cfg, r.start, None, version.loaded.window))
+        for r in splits.validation]
+
+
+def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:
+    """The current champion's metrics on the given validation slices (its own scaler/threshold)."""
+    version, slices = champion_slice_scores(cfg, splits)
     loaded = version.loaded
-    labels, scores = [], []
-    for r in splits.validation:
-        context = validated_context(store, cfg, r.start, None, loaded.window)
-        scored = score_version(version, load_validated(store, cfg, r.start, r.end), context)
-        keep = np.isfinite(scored.scores)
-        labels.append(scored.rows["label"].to_numpy()[keep].astype(np.int8))
-        scores.append(scored.scores[keep])
-    y, s = np.concatenate(labels), np.concatenate(scores)
+    keep = [np.isfinite(s.scores) for s in slices]
+    y = np.concatenate([s.rows["label"].to_numpy()[k] for s, k in zip(slices, keep, strict=True)])
+    s = np.concatenate([s.scores[k] for s, k in zip(slices, keep, strict=True)])
     # The challenger's window sets the VUS buffer, so both are measured with the same one.
-    metrics = evaluate(y, s, float(loaded.threshold["threshold"]), cfg.window.length)
+    metrics = evaluate(y.astype(np.int8), s, float(loaded.threshold["threshold"]), cfg.window.length)
     return {"family": loaded.ref.family, "version": loaded.ref.version, "metrics": metrics}
 
 

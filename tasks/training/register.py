@@ -37,8 +37,9 @@ from tasks.versions import (
     set_champion,
 )
 
-COPIED = (WEIGHTS, THRESHOLD, DRIFT_REFERENCE)
+COPIED = (THRESHOLD, DRIFT_REFERENCE)
 OPTIONAL = (ONNX, REPORT)
+MEMBER_FIELDS = ("dataset", "family", "version", "manifest_sha256")
 PLOTS = "plots"
 
 
@@ -62,30 +63,48 @@ class Candidate:
 
 
 def version_config(cfg: DatasetConfig, fit: dict[str, Any]) -> dict[str, Any]:
-    """config.json: everything needed to rebuild and score the model."""
-    return {"dataset": cfg.name, "group": cfg.group, "model": fit["arguments"], "training": fit["settings"],
+    """config.json: everything needed to rebuild and score the model (an ensemble: its
+    members, each with the sha256 of its MANIFEST.json, instead of training settings)."""
+    trained = ({"ensemble": {k: fit[k] for k in ("combiner", "formula", "members")}}
+               if is_ensemble_fit(fit) else {"training": fit["settings"]})
+    return {"dataset": cfg.name, "group": cfg.group, "model": fit["arguments"], **trained,
             "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
             "scaling": cfg.scaling.model_dump()}
+
+
+def is_ensemble_fit(fit: dict[str, Any]) -> bool:
+    """An ensemble's fit.json lists member versions; it has no weights of its own."""
+    return "members" in fit
+
+
+def fit_summary(fit: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's `fit` section: how the candidate was fitted (an ensemble: its members)."""
+    if is_ensemble_fit(fit):
+        return {"members": [m["family"] for m in fit["members"]]}
+    return {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}
 
 
 @task(name="register", cache_policy=NO_CACHE, **IO_RETRIES)
 def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: TrainedCandidate,
                        calibration: Calibration) -> Candidate:
-    """Turn a calibrated candidate into an immutable version (MANIFEST written last)."""
+    """Turn a calibrated candidate, a family or the ensemble, into an immutable version
+    (MANIFEST written last; an ensemble's lists its members too)."""
     store = store_for(cfg)
     fit = store.read_json(trained.file(FIT))
+    ensemble = is_ensemble_fit(fit)
     export = store.read_json(trained.file(EXPORT)) if store.exists(trained.file(EXPORT)) else None
-    files = {name: store.read_bytes(trained.file(name)) for name in COPIED}
+    files = {name: store.read_bytes(trained.file(name))
+             for name in COPIED + (() if ensemble else (WEIGHTS,))}
     files |= {name: store.read_bytes(trained.file(name)) for name in OPTIONAL
               if store.exists(trained.file(name))}
     files |= {key[len(trained.key) + 1:]: store.read_bytes(key)
               for key in store.list(trained.file(PLOTS))}
     files[SCALER] = store.read_bytes(prepared.scaler_key)
     files[CONFIG] = json_bytes(version_config(cfg, fit))
-    files[METRICS] = json_bytes({
-        "validation": calibration.metrics, "export": export,
-        "fit": {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}})
-    ref = register_version(store, cfg.scope_name, trained.family, files)
+    files[METRICS] = json_bytes({"validation": calibration.metrics, "export": export,
+                                 "fit": fit_summary(fit)})
+    members = ([{k: m[k] for k in MEMBER_FIELDS} for m in fit["members"]] if ensemble else None)
+    ref = register_version(store, cfg.scope_name, trained.family, files, members)
     run_logger(__name__).info("registered %s", store.uri(ref.key))
     return Candidate(ref, calibration.metrics, calibration.threshold, calibration.method,
                      trained.fit_seconds)

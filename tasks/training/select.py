@@ -46,6 +46,24 @@ def settings_of(cfg: DatasetConfig) -> SelectionSettings:
                              min_events=s.min_events)
 
 
+def validation_stretch(cfg: DatasetConfig, scaled: pl.DataFrame
+                       ) -> tuple[datetime, pl.DataFrame, pl.DataFrame]:
+    """(where the scored stretch starts, its prepared rows: every one from the first
+    validation row on, the prepared rows before them: their context)."""
+    start = min(r.start for r in cfg.splits.validation)
+    return (start, scaled.filter(pl.col("timestamp") >= start),
+            scaled.filter(pl.col("timestamp") < start))
+
+
+def real_scores_of(store: Store, cfg: DatasetConfig, run_id: str, version: VersionScorer,
+                   start: datetime, rows: pl.DataFrame, context: pl.DataFrame) -> np.ndarray:
+    """A candidate's scores of the stretch as they are: training's, where it wrote the same
+    ones, else scored again."""
+    written = training_scores(store, cfg, run_id, version, start)
+    return written if written is not None else score_version(version, rows, context,
+                                                             scaled=True).scores
+
+
 def training_scores(store: Store, cfg: DatasetConfig, run_id: str, version: VersionScorer,
                     start: datetime) -> np.ndarray | None:
     """The version's scores of the rows from `start` on as training wrote them
@@ -75,9 +93,7 @@ def selection_evidence(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
     """Each candidate on the real and on the injected validation slice; the rule's decision."""
     store = store_for(cfg)
     scaled, _, _ = load_prepared(cfg, prepared)
-    start = min(r.start for r in cfg.splits.validation)  # scored from here, the rows before: context
-    val, context = (scaled.filter(pl.col("timestamp") >= start),
-                    scaled.filter(pl.col("timestamp") < start))
+    start, val, context = validation_stretch(cfg, scaled)
     features, window = cfg.columns.features, cfg.window.length
     eligible = eligible_rows(val, window)
     x = val.select(features).to_numpy().astype(np.float64)
@@ -91,9 +107,7 @@ def selection_evidence(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
     real_scores, inj_scores = {}, {}
     for c in candidates:  # tasks.scoring's one path: the scores a night gives these rows
         version = version_scorer(cfg, c.ref, store)
-        written = training_scores(store, cfg, run_id, version, start)
-        real_scores[c.family] = (written if written is not None else
-                                 score_version(version, val, context, scaled=True).scores)
+        real_scores[c.family] = real_scores_of(store, cfg, run_id, version, start, val, context)
         inj_scores[c.family] = score_version(version, changed, context, scaled=True).scores
     ok = (val["split"] == "validation").to_numpy() & np.logical_and.reduce(
         [np.isfinite(s) for s in (*real_scores.values(), *inj_scores.values())])
