@@ -10,8 +10,9 @@ scaled); a row with fewer than `window - 1` rows before it there has no full his
 is reported as NaN (not scored), never a score from fewer windows. So the same version
 gives the same score to the same row whatever stretch a caller cut around it (a row's
 score still uses the windows that end by the last row given: the end of a night is the
-end of what the night knows). Training's own row scores (row_scores.parquet) are the
-same function on the prepared rows, so selection reuses them.
+end of what the night knows). Training's row scores (row_scores.parquet) come from the
+same primitives over the prepared rows: with the rule's NaN applied they are what
+`score_version` gives on torch, so selection reuses them instead of scoring again.
 
 Row rule (models/scoring.py): windows of stride 1 over each entity; a row's
 contribution from a feature follows the version's row rule (models/scoring.py:

@@ -38,7 +38,6 @@ from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.scoring import (
     CONTRIB_PREFIX,
     ScoredRows,
-    ScoringBackendError,
     VersionScorer,
     score_version,
     validated_context,
@@ -46,8 +45,6 @@ from tasks.scoring import (
 )
 from tasks.store import Store
 from tasks.versions import LoadedModel, VersionRef, current_champion, read_champion
-
-__all__ = ["ScoringBackendError"]  # raised from here for a champion this install cannot run
 
 DATASET_PART = "_dataset"  # part-name stem of the dataset-level model (no group can be named so)
 
