@@ -1,6 +1,6 @@
 """The dev series of issue 10 as plain arrays, split exactly as the pipeline splits them.
 
-Why a module of its own: the ablation and the chapter baseline must see the same
+Why a module of its own: the dev benchmark (benchmarks/dev_benchmark.py) must see the same
 rows, labels and train / validation / score cut as `nightowl benchmark` (the
 loaders in tasks/evaluation/loaders.py with `choose_boundary`), but they do not need the
 pipeline's store, Great Expectations or Parquet round trips for every arm. Each
