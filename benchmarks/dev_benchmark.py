@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     handler = logging.StreamHandler()  # Prefect configures the root logger: ours get their own
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-    for name in ("dev_benchmark", "tasks.evaluation.baselines"):
+    for name in ("dev_benchmark", "tasks.benchmark.baselines"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
         logging.getLogger(name).propagate = False

@@ -1,8 +1,8 @@
 """The dev series of issue 10 as plain arrays, split exactly as the pipeline splits them.
 
-Why a module of its own: the ablation and the chapter baseline must see the same
+Why a module of its own: the dev benchmark (benchmarks/dev_benchmark.py) must see the same
 rows, labels and train / validation / score cut as `nightowl benchmark` (the
-loaders in tasks/evaluation/loaders.py with `choose_boundary`), but they do not need the
+loaders in tasks/data/public_data.py with `choose_boundary`), but they do not need the
 pipeline's store, Great Expectations or Parquet round trips for every arm. Each
 series is written once by its loader into a temporary folder, read back sorted
 like the pipeline reads it, and tagged by `tasks.data.prepare.assign_splits`.
@@ -24,9 +24,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import SHARED_DATA  # noqa: E402
+from tasks.data import public_data as loaders  # noqa: E402
 from tasks.data.prepare import assign_splits  # noqa: E402
 from tasks.data.scale import fit_scaler  # noqa: E402
-from tasks.evaluation import loaders  # noqa: E402
 
 SCALINGS = ("none", "standard", "robust", "minmax")
 ASD_NAMES = tuple(f"omi-{k}" for k in range(1, 7))

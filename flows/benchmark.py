@@ -31,12 +31,13 @@ from prefect import flow
 from flows.candidates import new_run_id, train_candidates
 from models.registry import FAMILIES
 from schemas.config import DatasetConfig, parse_config
+from tasks.benchmark.baselines import BaselineSeries, ChapterSettings, run_baselines
 from tasks.common import store_for
-from tasks.data.ingest import ingest_source, load_validated
+from tasks.data import public_data as loaders
+from tasks.data.ingest import ingest_source
+from tasks.data.layer import load_validated
 from tasks.data.prepare import assign_splits
 from tasks.data.scale import apply_scaler
-from tasks.evaluation import loaders
-from tasks.evaluation.baselines import BaselineSeries, ChapterSettings, run_baselines
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.evaluation.thresholds import fpr_by_entity

@@ -23,10 +23,10 @@ from flows.runners import describe, task_runner
 from schemas.config import DatasetConfig
 from tasks.common import run_logger
 from tasks.data.ingest import IngestReport, ingest_night, ingest_source
-from tasks.data.report import publish_ingestion
+from tasks.data.ingest_report import publish_ingestion
 from tasks.nightly.alert import alert_night
 from tasks.nightly.drift import check_drift
-from tasks.nightly.report import BackfillProgress, NightResult, ScopeNight, publish_night
+from tasks.nightly.night_report import BackfillProgress, NightResult, ScopeNight, publish_night
 from tasks.nightly.score import NightPlan, commit_night, plan_night, score_shard
 
 

@@ -12,14 +12,14 @@ from prefect import flow
 from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
 from tasks.data.ingest import ingest_source
-from tasks.data.report import publish_ingestion
+from tasks.data.ingest_report import publish_ingestion
 from tasks.training.promote import (
     latest_validated_day,
     promote_if_better,
     rolling_splits,
     with_splits,
 )
-from tasks.training.report import publish_retrain_artifacts
+from tasks.training.training_report import publish_retrain_artifacts
 
 
 @flow(name="nightowl-retrain", log_prints=True)

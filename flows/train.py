@@ -13,12 +13,12 @@ from flows.candidates import TrainingRun, new_run_id, train_candidates
 from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.data.ingest import ingest_source
+from tasks.data.ingest_report import publish_ingestion
 from tasks.data.prepare import plan_scopes
-from tasks.data.report import publish_ingestion
 from tasks.data.synthetic import materialize
 from tasks.store import safe_component
 from tasks.training.register import champion_generations, choose_champion
-from tasks.training.report import publish_fleet_artifacts, publish_training_artifacts
+from tasks.training.training_report import publish_fleet_artifacts, publish_training_artifacts
 
 FALLBACK = "*"  # how results and artifacts name the dataset-level model of a fleet
 

@@ -1,7 +1,7 @@
 """Batched scoring: element scores of windows mapped back to rows.
 
 Row rules (chosen at training, recorded in the version, `[window] row_rule`); the
-names are those of issue 10's ablation (benchmarks/ablation.py):
+names are those of issue 10's ablation (benchmarks/results/ablation.md):
 
 - "mean_window" (the default): a row's contribution from feature f is the mean,
   over every scored window that contains the row, of that window's mean element

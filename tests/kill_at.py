@@ -24,7 +24,7 @@ STAGES = {
     "train": ("tasks.training.train", "train_family"),
     "calibrate": ("tasks.training.calibrate", "calibrate_candidate"),
     "export": ("tasks.training.export", "export_candidate"),
-    "report": ("tasks.training.report", "report_candidate"),
+    "report": ("tasks.training.training_report", "report_candidate"),
     "register": ("tasks.training.register", "register_candidate"),
     "choose-champion": ("tasks.training.register", "choose_champion"),
     "ingest-night": ("tasks.data.ingest", "ingest_night"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.evaluation.baselines import (
+from tasks.benchmark.baselines import (
     CHAPTER,
     PYOD_PICK,
     RANK_MEAN,

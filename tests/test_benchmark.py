@@ -18,8 +18,8 @@ from flows.benchmark import (
     run_benchmark,
     with_means,
 )
-from tasks.evaluation.baselines import PYOD_PICK, PYOD_RUNNER, RANK_MEAN
-from tasks.evaluation.loaders import LoadReport
+from tasks.benchmark.baselines import PYOD_PICK, PYOD_RUNNER, RANK_MEAN
+from tasks.data.public_data import LoadReport
 from tasks.evaluation.metrics import InterpretationSegment
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

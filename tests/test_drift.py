@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from schemas.config import DriftConfig
-from tasks.evaluation.drift import (
+from tasks.evaluation.drift_statistics import (
     data_reference,
     drift_report,
     feature_reference,

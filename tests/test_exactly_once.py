@@ -41,7 +41,7 @@ def together(*calls: Any) -> list[Any]:
 
 
 def unique_rows(store: Store, cfg: Any) -> pl.DataFrame:
-    rows = ingest.load_validated(store, cfg)
+    rows = layer.load_validated(store, cfg)
     assert rows.select("entity", "timestamp").is_duplicated().sum() == 0
     return rows
 

@@ -35,7 +35,7 @@ import pytest
 from schemas import suites
 from schemas.config import DatasetConfig, parse_config
 from tasks.common import MAX_LINE
-from tasks.data import ingest
+from tasks.data import ingest, layer
 from tasks.data.rules import suite_verdicts, with_step_column
 from tasks.store import Store, sha256_bytes
 from tests.test_ingest import FEATURES, START, csv_bytes, good_frame, parquet_bytes
@@ -304,11 +304,11 @@ def test_fault_matrix(kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixtur
         assert {k: v for k, v in stored(store).items() if "/validated/" in k} == earlier
     assert (last.duplicates, last.replaced) == (spec.duplicates, spec.replaced)
 
-    layer = ingest.load_validated(store, cfg)
-    assert layer.height == spec.rows  # no row lost, none added twice
-    assert layer.select("entity", "timestamp").is_duplicated().sum() == 0
+    rows = layer.load_validated(store, cfg)
+    assert rows.height == spec.rows  # no row lost, none added twice
+    assert rows.select("entity", "timestamp").is_duplicated().sum() == 0
     if spec.check:
-        spec.check(layer)
+        spec.check(rows)
 
     before = stored(store)  # a rerun (same files) changes no stored byte
     ingest.ingest_urls(store, cfg, ingest.list_sources(cfg))

@@ -15,7 +15,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tasks.data import ingest
+from tasks.data import ingest, layer
 from tasks.store import Store
 from tasks.versions import ChampionConflict, VersionRef, read_champion, set_champion
 from tests.fault_proxy import FAULTS, every, fault_proxy
@@ -70,8 +70,8 @@ def test_ingestion_through_s3_faults_files_exactly_what_a_clean_run_files(
     assert [(b.status, b.rows, b.duplicates) for b in got.batches] == \
         [(b.status, b.rows, b.duplicates) for b in expected.batches]
     assert rerun.batches == got.batches
-    rows = ingest.load_validated(s3_store(s3_url, "faulty"), cfg)
-    assert rows.equals(ingest.load_validated(clean, cfg))  # nothing lost, nothing twice
+    rows = layer.load_validated(s3_store(s3_url, "faulty"), cfg)
+    assert rows.equals(layer.load_validated(clean, cfg))  # nothing lost, nothing twice
     assert rows.height == 2 * 96 and rows.select("entity", "timestamp").is_duplicated().sum() == 0
     assert SECRET.encode() not in every_object(s3_url, "faulty") + caplog.text.encode()
 

@@ -19,7 +19,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from schemas.config import DatasetConfig, parse_config
-from tasks.data import ingest
+from tasks.data import ingest, layer
 from tasks.store import Store
 
 FIRST = date(1999, 1, 1)
@@ -132,7 +132,7 @@ def test_a_corrected_redelivery_is_fetched_and_a_touched_file_is_not_refiled(
         night_file.write_text(day_csv(NIGHT, value=7.0))  # corrected re-delivery
         run_night(cfg, NIGHT)
         assert CountingFileSystem.opened == [night_file.name]
-        rows = ingest.load_validated(store, cfg, datetime(2010, 6, 15), datetime(2010, 6, 16))
+        rows = layer.load_validated(store, cfg, datetime(2010, 6, 15), datetime(2010, 6, 16))
         assert rows["a"].to_list() == [7.0, 7.0]  # replaced, not added
     finally:
         night_file.write_text(original)
@@ -150,5 +150,5 @@ def test_a_whole_source_rerun_reads_no_file(source: Path, tmp_path: Path) -> Non
     report = ingest.ingest_source.fn(cfg)
     assert CountingFileSystem.opened == []
     assert report.rows_validated == 120
-    assert ingest.load_validated(Store(cfg.store.root), cfg).height == 120
+    assert layer.load_validated(Store(cfg.store.root), cfg).height == 120
     assert len(report.batches) == 60

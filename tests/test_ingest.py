@@ -19,7 +19,7 @@ import pytest
 from schemas import suites
 from schemas.arrow import validated_schema
 from schemas.config import DatasetConfig, default_config_path, load_config, parse_config
-from tasks.data import ingest
+from tasks.data import ingest, layer
 from tasks.store import Store, sha256_bytes
 
 FEATURES = ["a", "b", "c"]
@@ -179,7 +179,7 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
     table = store.read_parquet(out.keys[0])
     assert table.schema.equals(validated_schema(cfg))
 
-    loaded = ingest.load_validated(store, cfg, None, None)
+    loaded = layer.load_validated(store, cfg, None, None)
     expected = frame.with_columns(pl.col("label").cast(pl.Int8)).sort(["entity", "timestamp"])
     assert loaded.equals(expected.select(loaded.columns))
 
@@ -189,7 +189,7 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
     assert again == out  # the recorded outcome: the same bytes are not validated twice
     assert [Path(store.path(k)).stat().st_mtime_ns for k in out.keys] == written_at
     assert snapshot(store, cfg) == before  # same files, no duplicates
-    assert len(ingest.load_validated(store, cfg, None, None)) == frame.height
+    assert len(layer.load_validated(store, cfg, None, None)) == frame.height
 
     # a corrected re-delivery of the same file replaces its rows, never duplicates them
     corrected = frame.with_columns(pl.col("a") + 1.0)
@@ -197,19 +197,19 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
     replaced = ingest.ingest_batch(store, cfg, f"file://{src}")
     assert replaced.status == "validated" and replaced.keys != out.keys
     assert not any(store.exists(k) for k in out.keys)  # the superseded parts are gone
-    reloaded = ingest.load_validated(store, cfg, None, None)
+    reloaded = layer.load_validated(store, cfg, None, None)
     assert reloaded.height == frame.height
     assert reloaded["a"].sum() == pytest.approx(frame["a"].sum() + frame.height)
     src.write_bytes(csv_bytes(frame))
 
     # half-open range, crossing the partition boundary; tz-aware bounds are UTC
     lo, hi = datetime(2026, 1, 5, 23, 0), datetime(2026, 1, 6, 1, 0)
-    window = ingest.load_validated(store, cfg, lo, hi)
+    window = layer.load_validated(store, cfg, lo, hi)
     assert window.get_column("timestamp").min() == lo
     assert window.get_column("timestamp").max() == hi - STEP
     assert window.height == 2 * 4
     assert window.get_column("entity").is_sorted()
-    assert ingest.load_validated(store, cfg, datetime(2027, 1, 1), None).height == 0
+    assert layer.load_validated(store, cfg, datetime(2027, 1, 1), None).height == 0
 
 
 def test_parquet_without_entity_or_label(tmp_path: Path, store: Store) -> None:
@@ -219,7 +219,7 @@ def test_parquet_without_entity_or_label(tmp_path: Path, store: Store) -> None:
     cfg = make_cfg(src, entity=None, label=None)
     out = ingest.ingest_batch(store, cfg, f"file://{src}")
     assert out.status == "validated", out.reason
-    loaded = ingest.load_validated(store, cfg, None, None)
+    loaded = layer.load_validated(store, cfg, None, None)
     assert loaded.get_column("entity").unique().to_list() == ["default"]
     assert loaded.get_column("label").unique().to_list() == [0]
     assert loaded.schema["label"] == pl.Int8

@@ -27,7 +27,7 @@ import polars as pl
 import pytest
 
 from schemas.config import load_config, parse_config
-from tasks.data import ingest
+from tasks.data import ingest, layer
 from tasks.data.synthetic import materialize
 from tasks.nightly.drift import last_event_key
 from tasks.nightly.score import read_scores
@@ -91,7 +91,7 @@ class World:
         return self.finish(self.start(*args, kill_at=kill_at))
 
     def check_layer(self) -> pl.DataFrame:
-        rows = ingest.load_validated(self.store, self.cfg)
+        rows = layer.load_validated(self.store, self.cfg)
         assert rows.select("entity", "timestamp").is_duplicated().sum() == 0
         return rows
 

@@ -2,7 +2,10 @@
 
 Dependencies point one way: flows -> tasks -> (models, schemas). Inside tasks/,
 training and nightly never import each other; data and evaluation are the
-floor they both stand on; evaluation is pure (no Prefect, no store).
+floor they both stand on; evaluation is pure (no Prefect, no store, no I/O, no torch);
+benchmark (the reference detectors of `nightowl benchmark --baselines`) is a leaf that
+only flows/benchmark.py imports. A module's name says what it holds: no two rooms hold
+a module of the same name.
 """
 
 from __future__ import annotations
@@ -42,24 +45,53 @@ def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
     ("tasks", ("flows",)),
     ("tasks/training", ("tasks.nightly",)),
     ("tasks/nightly", ("tasks.training",)),
-    ("tasks/data", ("tasks.training", "tasks.nightly", "tasks.versions", "tasks.scoring")),
+    ("tasks/data", ("tasks.training", "tasks.nightly", "tasks.versions", "tasks.scoring",
+                    "tasks.benchmark")),
     ("tasks/evaluation", ("tasks.training", "tasks.nightly", "tasks.data", "tasks.versions",
-                          "tasks.scoring", "tasks.store", "tasks.common", "prefect")),
+                          "tasks.scoring", "tasks.store", "tasks.common", "tasks.benchmark",
+                          "prefect", "fsspec", "s3fs", "pathlib", "os", "shutil", "tempfile",
+                          "torch", "models")),
+    ("tasks/benchmark", ("tasks.training", "tasks.nightly", "tasks.versions", "tasks.store",
+                         "tasks.common", "prefect")),
+    ("flows", ("benchmarks",)),
 ])
 def test_dependencies_point_one_way(folder: str, forbidden: tuple[str, ...]) -> None:
     assert offenders(folder, forbidden) == []
 
 
+def test_only_the_benchmark_runner_imports_the_benchmark_room() -> None:
+    """The reference detectors need torch and the `bench` extra: no stage may load them."""
+    users = [f"{path.relative_to(REPO)}" for folder in ("tasks", "flows") for path in modules(folder)
+             if not path.is_relative_to(REPO / "tasks" / "benchmark")
+             and any(name.startswith("tasks.benchmark") for name in imports_of(path))]
+    assert users == ["flows/benchmark.py"]
+
+
+SAME_NAME_PENDING = {"ensemble.py"}
+"""tasks/evaluation/ensemble.py and tasks/training/ensemble.py: renamed by issue 17's scoring
+half (one scoring path); remove the exception when that lands."""
+
+
+def test_no_two_rooms_hold_a_module_of_the_same_name() -> None:
+    seen: dict[str, list[str]] = {}
+    for path in modules("tasks"):
+        if path.name != "__init__.py":
+            seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    twice = {name: paths for name, paths in seen.items()
+             if len(paths) > 1 and name not in SAME_NAME_PENDING}
+    assert twice == {}, "name each module for what it holds"
+
+
 def test_every_stage_module_lives_in_a_room() -> None:
     shared = {"__init__.py", "common.py", "store.py", "versions.py", "scoring.py", "ui.py"}
     top = {p.name for p in (REPO / "tasks").glob("*.py")}
-    assert top == shared, "a new stage belongs in tasks/data, training, nightly or evaluation"
+    assert top == shared, "a new stage belongs in tasks/data, training, nightly, evaluation or benchmark"
 
 
 NIGHTLY_PATH = ["flows/nightly.py", "flows/common.py", "flows/cli.py", "flows/runners.py",
                 "tasks/ui.py", "tasks/common.py",
                 "tasks/store.py", "tasks/versions.py", "tasks/scoring.py", "tasks/nightly",
-                "tasks/data", "tasks/evaluation/drift.py", "tasks/evaluation/normalise.py",
+                "tasks/data", "tasks/evaluation/drift_statistics.py", "tasks/evaluation/normalise.py",
                 "schemas"]
 TRAINING_ONLY = ("torch", "models", "safetensors", "sklearn", "scipy", "matplotlib", "onnx.",
                  "onnxscript")

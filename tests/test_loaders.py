@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 
 from schemas.config import DatasetConfig
-from tasks.evaluation import loaders as ld
+from tasks.data import public_data as ld
 from tasks.evaluation.metrics import interpretation_mask
 
 DATA = Path(__file__).parents[2] / "shared" / "data"

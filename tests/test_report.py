@@ -11,7 +11,7 @@ from tasks.evaluation.metrics import evaluate
 from tasks.evaluation.thresholds import calibrate
 from tasks.store import Store
 from tasks.training.register import Candidate, choose_champion
-from tasks.training.report import (
+from tasks.training.training_report import (
     candidates_table,
     histogram_png,
     latent_png,

@@ -1,1 +1,2 @@
-"""Data in: raw batches -> validated layer (ingest, synthetic feed) -> scaled rows and window index."""
+"""Data in: raw batches -> validated layer (ingest, synthetic feed, public labelled data sets)
+-> scaled rows and window index."""

@@ -42,16 +42,11 @@ from schemas import arrow as arrow_schemas
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, clip, run_logger, store_for
 from tasks.data import layer
-from tasks.data.layer import (  # noqa: F401 - the public names
-    dataset_prefix,
-    entity_rows,
-    load_validated,
-)
+from tasks.data.layer import dataset_prefix
 from tasks.data.rules import ValidationOutcome, validate_frame, with_step_column  # noqa: F401
 from tasks.store import Store, sha256_bytes
 
 RAW_EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
-_partition_key = layer.partition_key  # the key helper other modules know by this name
 
 
 class BatchReadError(ValueError):

@@ -18,10 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.data.ingest import entity_rows, load_validated
+from tasks.data.layer import entity_rows, load_validated
 from tasks.data.scale import ScalerParams, apply_scaler, fit_scaler
 from tasks.data.window import build_window_index
-from tasks.evaluation.drift import data_reference
+from tasks.evaluation.drift_statistics import data_reference
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,2 @@
-"""Pure evaluation code (no Prefect, no store): metrics, thresholds, score normalisation,
-drift statistics, and the loaders of public labelled data used by the benchmark runner."""
+"""Pure evaluation code (no Prefect, no store, no I/O): metrics, thresholds, score
+normalisation, drift statistics, injected anomalies and the selection rule."""

@@ -1,7 +1,7 @@
 """The nightly drift check: tonight's scaled rows and scores against the scoring version's
 training reference; on drift, the `nightowl.drift.detected` event that triggers retraining.
 
-Statistics live in tasks.evaluation.drift (pure); this stage reads its inputs by
+Statistics live in tasks.evaluation.drift_statistics (pure); this stage reads its inputs by
 key (the night's scores partition, the rows the shards scaled for scoring, the
 version's reference; nothing is scaled twice), writes
 drift/<ds>/date=…/report.json and debounces the event with a cooldown.
@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, clip, run_logger, store_for
-from tasks.evaluation.drift import drift_report
+from tasks.evaluation.drift_statistics import drift_report
 from tasks.nightly.score import ScoredNight
 from tasks.store import Store
 from tasks.versions import DRIFT_REFERENCE, VersionRef, has_file, load_version_files

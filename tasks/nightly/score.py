@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, scope_slug
 from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.data.ingest import entity_rows, load_validated
+from tasks.data.layer import entity_rows, load_validated
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.scoring import (
     CONTRIB_PREFIX,

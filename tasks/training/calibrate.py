@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import DatasetConfig, ThresholdConfig
 from tasks.common import run_logger, store_for
 from tasks.data.prepare import PreparedData
-from tasks.evaluation.drift import score_reference
+from tasks.evaluation.drift_statistics import score_reference
 from tasks.evaluation.metrics import evaluate
 from tasks.evaluation.thresholds import calibrate
 from tasks.training.train import FIT, ROW_SCORES, TrainedCandidate

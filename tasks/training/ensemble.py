@@ -30,8 +30,8 @@ from tasks.store import json_bytes, sha256_bytes
 from tasks.training.calibrate import Calibration
 from tasks.training.export import EXPORT
 from tasks.training.register import Candidate, register_candidate
-from tasks.training.report import PLOTTING, candidate_plots
 from tasks.training.train import FIT, ROW_SCORES, TrainedCandidate, candidate_key
+from tasks.training.training_report import PLOTTING, candidate_plots
 from tasks.versions import ENSEMBLE, MANIFEST, REPORT
 
 

@@ -17,8 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig, TimeRange
 from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.data.ingest import load_validated
-from tasks.data.layer import validated_days
+from tasks.data.layer import load_validated, validated_days
 from tasks.evaluation.metrics import evaluate
 from tasks.scoring import (
     ScoredRows,

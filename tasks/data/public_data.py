@@ -2,14 +2,17 @@
 
 Why: the pipeline only knows one raw layout (timestamp, entity, feature columns,
 0/1 label; one file per batch). Each public benchmark has its own layout and
-quirks, so each gets a loader that writes daily Parquet batches under
-``out_dir/raw/<dataset>/`` and returns a validated ``DatasetConfig`` (store under
-``out_dir/store``) with splits chosen so that validation AND the held-out
-score part both contain labelled anomalies.
+quirks, so each gets a parser that turns it into that layout and chooses the splits
+so that validation AND the held-out score part both contain labelled anomalies.
+Everything after the parse is one shared tail (``write_set``): the raw files are
+written in their own step (``write_raw``: daily batches under
+``out_dir/raw/<dataset>/``), then the validated ``DatasetConfig`` (store under
+``out_dir/store``) and the ``LoadReport`` are built from the parsed set.
 
-Every loader: ``discover_<kind>(root) -> list[str]`` and
-``load_<kind>(root, name, out_dir) -> (DatasetConfig, LoadReport)``. Malformed
-input raises ValueError naming the file and, for text formats, the line.
+Every kind: ``discover_<kind>(root) -> list[str]``, ``parse_<kind>(root, name) ->
+ParsedSet`` (reads, never writes) and ``load_<kind>(root, name, out_dir) ->
+(DatasetConfig, LoadReport)`` (parse, then the tail). Malformed input raises
+ValueError naming the file and, for text formats, the line.
 
 Split rule shared by the time-series loaders (``choose_boundary``): the
 train/validation cut is a fixed row fraction (NAB's 15% probation; SMD's train
@@ -74,6 +77,27 @@ class LoadReport:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class ParsedSet:
+    """A public data set in the raw layout with its split cuts; nothing written yet."""
+
+    name: str
+    frame: pl.DataFrame
+    """Rows in the raw layout (timestamp, entity, features..., label)."""
+    features: tuple[str, ...]
+    timeline: np.ndarray
+    """Sorted distinct timestamps (datetime64[us]) that the cuts index."""
+    train_end: int
+    val_end: int
+    window: int
+    origin: str
+    scaling: str = "standard"
+    dropped_duplicates: int = 0
+    interpretation: tuple[InterpretationSegment, ...] = ()
+    interpretation_offset: int = 0
+    notes: tuple[str, ...] = ()
+
+
 # -- shared helpers ---------------------------------------------------------------------
 
 
@@ -136,20 +160,21 @@ def _splits(ts: np.ndarray, train_end: int, val_end: int) -> dict[str, Any]:
     }
 
 
-def _count(
-    labels: np.ndarray, train_end: int, val_end: int
-) -> tuple[dict[str, int], dict[str, int]]:
-    parts = {
-        "train": slice(0, train_end),
-        "validation": slice(train_end, val_end),
-        "score": slice(val_end, None),
-    }
-    rows = {k: int(labels[v].size) for k, v in parts.items()}
-    pos = {k: int(labels[v].sum()) for k, v in parts.items()}
-    return rows, pos
+def _count(parsed: ParsedSet) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows and labelled rows per split (every entity's rows, cut at the timeline's cuts)."""
+    ts = pl.col("timestamp")
+    train_end, val_end = (parsed.timeline[i].astype("datetime64[us]").item()
+                          for i in (parsed.train_end, parsed.val_end))
+    parts = {"train": ts < train_end, "validation": (ts >= train_end) & (ts < val_end),
+             "score": ts >= val_end}
+    counted = parsed.frame.select(
+        *(c.sum().alias(f"rows_{k}") for k, c in parts.items()),
+        *(pl.col("label").filter(c).sum().alias(f"pos_{k}") for k, c in parts.items()))
+    row = counted.row(0, named=True)
+    return ({k: int(row[f"rows_{k}"]) for k in parts}, {k: int(row[f"pos_{k}"]) for k in parts})
 
 
-def _write_batches(frame: pl.DataFrame, directory: Path, fmt: Format) -> list[str]:
+def write_raw(frame: pl.DataFrame, directory: Path, fmt: Format) -> list[str]:
     """One file per calendar day (all entities), as a nightly feed delivers them."""
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob(f"*.{fmt}"):  # a rerun replaces, never mixes, batches
@@ -194,6 +219,21 @@ def _config(
         "store": {"root": f"file://{out_dir / 'store'}"},
     }
     return parse_config(data, origin=origin)
+
+
+def write_set(parsed: ParsedSet, out_dir: str | Path, fmt: Format = "parquet"
+              ) -> tuple[DatasetConfig, LoadReport]:
+    """The tail every loader shares: raw files, then the config and report that describe them."""
+    out_dir = Path(out_dir)
+    files = write_raw(parsed.frame, out_dir / "raw" / parsed.name, fmt)
+    splits = _splits(parsed.timeline, parsed.train_end, parsed.val_end)
+    cfg = _config(parsed.name, out_dir, fmt, list(parsed.features), splits, parsed.window,
+                  parsed.origin, parsed.scaling)
+    rows, pos = _count(parsed)
+    log.info("%s: %d rows, split rows %s, positives %s", parsed.origin, parsed.frame.height,
+             rows, pos)
+    return cfg, LoadReport(parsed.name, tuple(files), rows, pos, parsed.dropped_duplicates,
+                           parsed.interpretation, parsed.interpretation_offset, parsed.notes)
 
 
 def _frame(
@@ -318,7 +358,12 @@ def _read_nab_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_nab(
     root: str | Path, name: str, out_dir: str | Path, *, fmt: Format = "parquet"
 ) -> tuple[DatasetConfig, LoadReport]:
-    """One NAB series -> daily batches with window labels, entity = file stem, feature "value".
+    """One NAB series written as raw batches (``parse_nab``, then ``write_set``)."""
+    return write_set(parse_nab(root, name), out_dir, fmt)
+
+
+def parse_nab(root: str | Path, name: str) -> ParsedSet:
+    """One NAB series with window labels, entity = file stem, feature "value".
 
     Duplicate timestamps (machine_temperature's clock steps back one hour and
     repeats 12 stamps): the first occurrence is kept, later duplicates are
@@ -328,7 +373,7 @@ def load_nab(
     may hold labels: training drops positive windows); validation/score cut by
     ``choose_boundary`` targeting 50% of the rows.
     """
-    root, out_dir = Path(root), Path(out_dir)
+    root = Path(root)
     key = _resolve_nab(root, name)
     path = root / "data" / f"{key}.csv"
     ts, values = _read_nab_csv(path)
@@ -373,16 +418,10 @@ def load_nab(
     n = ts.size
     train_end = int(n * NAB_TRAIN_FRACTION)
     val_end = choose_boundary(labels, train_end, n, int(n * NAB_VALIDATION_TARGET))
-    ds = dataset_name("nab", key.split("/")[-1])
     entity = key.split("/")[-1]
-    frame = _frame(ts, entity, values[:, None], ["value"], labels)
-    files = _write_batches(frame, out_dir / "raw" / ds, fmt)
-    cfg = _config(
-        ds, out_dir, fmt, ["value"], _splits(ts, train_end, val_end), 16, f"load_nab({key})"
-    )
-    rows, pos = _count(labels, train_end, val_end)
-    log.info("NAB %s: %d rows, split rows %s, positives %s", key, n, rows, pos)
-    return cfg, LoadReport(ds, tuple(files), rows, pos, dropped, notes=tuple(notes))
+    return ParsedSet(dataset_name("nab", entity), _frame(ts, entity, values[:, None], ["value"], labels),
+                     ("value",), ts, train_end, val_end, 16, f"load_nab({key})",
+                     dropped_duplicates=dropped, notes=tuple(notes))
 
 
 # -- SMD --------------------------------------------------------------------------------
@@ -413,7 +452,12 @@ def load_smd_interpretation(
 def load_smd(
     root: str | Path, name: str, out_dir: str | Path, *, fmt: Format = "parquet"
 ) -> tuple[DatasetConfig, LoadReport]:
-    """One SMD machine -> daily batches, features m01..m38, entity = machine name.
+    """One SMD (or ASD) machine written as raw batches (``parse_smd``, then ``write_set``)."""
+    return write_set(parse_smd(root, name), out_dir, fmt)
+
+
+def parse_smd(root: str | Path, name: str) -> ParsedSet:
+    """One SMD machine, features m01..m38, entity = machine name.
 
     No timestamps in SMD: rows get 1-minute steps from ``SYNTHETIC_START``; the
     test file continues right after train. Train rows are label 0. Splits:
@@ -422,7 +466,7 @@ def load_smd(
     holds the interpretation_label segments (test-file rows, 0-based dims) and
     ``interpretation_offset`` = number of train rows.
     """
-    root, out_dir = Path(root), Path(out_dir)
+    root = Path(root)
     if name not in discover_smd(root):
         raise ValueError(
             f"SMD machine {name!r} needs train/, test/ and test_label/ files under {root}"
@@ -452,29 +496,10 @@ def load_smd(
     val_end = choose_boundary(
         labels, n_train, x.shape[0], n_train + int(test.shape[0] * SMD_VALIDATION_FRACTION)
     )
-    ds = dataset_name("smd", name)
-    files = _write_batches(_frame(ts, name, x, features, labels), out_dir / "raw" / ds, fmt)
-    cfg = _config(
-        ds, out_dir, fmt, features, _splits(ts, n_train, val_end), SMD_WINDOW, f"load_smd({name})",
-        SMD_SCALING,
-    )
-    rows, pos = _count(labels, n_train, val_end)
-    log.info(
-        "SMD %s: %d train + %d test rows, split rows %s, positives %s",
-        name,
-        n_train,
-        test.shape[0],
-        rows,
-        pos,
-    )
-    return cfg, LoadReport(
-        ds,
-        tuple(files),
-        rows,
-        pos,
-        interpretation=tuple(interpretation),
-        interpretation_offset=n_train,
-    )
+    return ParsedSet(dataset_name("smd", name), _frame(ts, name, x, features, labels),
+                     tuple(features), ts, n_train, val_end, SMD_WINDOW, f"load_smd({name})",
+                     SMD_SCALING, interpretation=tuple(interpretation),
+                     interpretation_offset=n_train)
 
 
 # -- ODDS .mat --------------------------------------------------------------------------
@@ -494,7 +519,13 @@ def load_odds(
     seed: int = 0,
     train_fraction: float = 0.6,
 ) -> tuple[DatasetConfig, LoadReport]:
-    """One ODDS table -> rows with synthetic 1-minute timestamps, entity "table", window 1.
+    """One ODDS table written as raw batches (``parse_odds``, then ``write_set``)."""
+    return write_set(parse_odds(root, name, seed=seed, train_fraction=train_fraction), out_dir, fmt)
+
+
+def parse_odds(root: str | Path, name: str, *, seed: int = 0, train_fraction: float = 0.6
+               ) -> ParsedSet:
+    """One ODDS table as rows with synthetic 1-minute timestamps, entity "table", window 1.
 
     Split (time ranges need contiguous blocks, so rows are laid out by split):
     after a seeded permutation, train = the first ``train_fraction`` of the
@@ -505,7 +536,7 @@ def load_odds(
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
-    root, out_dir = Path(root), Path(out_dir)
+    root = Path(root)
     paths = [p for p in root.rglob(f"{name}.mat")]
     if len(paths) != 1:
         raise ValueError(
@@ -544,15 +575,9 @@ def load_odds(
     x, y = x[order], y[order]
     ts = np.datetime64(SYNTHETIC_START, "us") + np.arange(y.size) * np.timedelta64(1, "m")
     features = [f"x{j + 1:02d}" for j in range(x.shape[1])]
-    train_end, val_end = n_train, n_train + validation.size
-    ds = dataset_name("odds", name)
-    files = _write_batches(_frame(ts, "table", x, features, y), out_dir / "raw" / ds, fmt)
-    cfg = _config(
-        ds, out_dir, fmt, features, _splits(ts, train_end, val_end), 1, f"load_odds({name})"
-    )
-    rows, pos = _count(y, train_end, val_end)
-    log.info("ODDS %s: %d rows, split rows %s, positives %s", name, y.size, rows, pos)
-    return cfg, LoadReport(ds, tuple(files), rows, pos)
+    return ParsedSet(dataset_name("odds", name), _frame(ts, "table", x, features, y),
+                     tuple(features), ts, n_train, n_train + validation.size, 1,
+                     f"load_odds({name})")
 
 
 # -- generic CSV / Parquet --------------------------------------------------------------
@@ -595,7 +620,25 @@ def load_table(
     validation_target: float = 0.7,
     window: int = 16,
 ) -> tuple[DatasetConfig, LoadReport]:
-    """A CSV/Parquet table with a 0/1 label column -> the pipeline's raw layout.
+    """A CSV/Parquet table written as raw batches (``parse_table``, then ``write_set``)."""
+    return write_set(parse_table(root, name, timestamp=timestamp, entity=entity, label=label,
+                                 features=features, train_fraction=train_fraction,
+                                 validation_target=validation_target, window=window), out_dir, fmt)
+
+
+def parse_table(
+    root: str | Path,
+    name: str,
+    *,
+    timestamp: str | None = "timestamp",
+    entity: str | None = "entity",
+    label: str = "label",
+    features: Sequence[str] | None = None,
+    train_fraction: float = 0.5,
+    validation_target: float = 0.7,
+    window: int = 16,
+) -> ParsedSet:
+    """A CSV/Parquet table with a 0/1 label column in the pipeline's raw layout.
 
     Missing timestamp column: rows get 1-minute steps from ``SYNTHETIC_START``.
     Missing entity column: entity = the file stem. Features default to every
@@ -604,8 +647,7 @@ def load_table(
     any entity is): train = first ``train_fraction``, validation/score cut by
     ``choose_boundary`` targeting ``validation_target``.
     """
-    root, out_dir = Path(root), Path(out_dir)
-    path = root / name
+    path = Path(root) / name
     raw, first_line = _read_table(path)
     if label not in raw.columns:
         raise ValueError(f"{path}: no label column {label!r} (columns: {raw.columns})")
@@ -690,12 +732,5 @@ def load_table(
     train_end = max(1, int(t.size * train_fraction))
     val_end = choose_boundary(tl, train_end, t.size, int(t.size * validation_target))
     ds = dataset_name("table", Path(name).with_suffix("").as_posix().replace("/", "-"))
-    files = _write_batches(frame, out_dir / "raw" / ds, fmt)
-    cfg = _config(
-        ds, out_dir, fmt, feats, _splits(t, train_end, val_end), window, f"load_table({name})"
-    )
-    row_ts = frame["timestamp"].to_numpy().astype("datetime64[us]")
-    cuts = np.searchsorted(row_ts[np.argsort(row_ts, kind="stable")], [t[train_end], t[val_end]])
-    sorted_labels = frame["label"].to_numpy()[np.argsort(row_ts, kind="stable")]
-    rows, pos = _count(sorted_labels, int(cuts[0]), int(cuts[1]))
-    return cfg, LoadReport(ds, tuple(files), rows, pos, dropped, notes=notes)
+    return ParsedSet(ds, frame, tuple(feats), t, train_end, val_end, window, f"load_table({name})",
+                     dropped_duplicates=dropped, notes=notes)

@@ -23,7 +23,7 @@ from schemas.config import DatasetConfig
 from tasks import ui
 from tasks.common import artifact_key, process_lock, run_logger, store_for
 from tasks.data.ingest import IngestReport
-from tasks.data.report import link_text, validation_key
+from tasks.data.ingest_report import link_text, validation_key
 from tasks.nightly.alert import TOP_SEGMENTS, AlertSummary
 from tasks.nightly.drift import DriftVerdict
 from tasks.nightly.score import NightPlan, ScoredNight, scores_prefix
