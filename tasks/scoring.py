@@ -45,7 +45,7 @@ import polars as pl
 
 from schemas.config import ROW_RULES, DatasetConfig, RowRule, WindowConfig
 from tasks.common import compute_device, run_logger, store_for
-from tasks.data.ingest import load_validated
+from tasks.data.layer import load_validated
 from tasks.data.scale import apply_scaler
 from tasks.data.window import window_starts
 from tasks.evaluation.ensemble import combine_rows

@@ -147,7 +147,7 @@ def test_the_context_rule_cuts_nowhere_else(trained) -> None:
     ref = VersionRef(cfg.name, "dense_ae", next(c["version"] for c in result["candidates"]
                                                if c["family"] == "dense_ae"))
     version = version_scorer(cfg, ref, store)
-    from tasks.data.ingest import load_validated
+    from tasks.data.layer import load_validated
 
     start = day_start(NIGHT)
     rows = load_validated(store, cfg, start, start + timedelta(days=1))
@@ -169,7 +169,7 @@ def test_an_ensemble_scores_through_the_same_function(trained) -> None:
     assert version.loaded.is_ensemble and len(version.scorer.members) == 2
 
     start = day_start(NIGHT)
-    from tasks.data.ingest import load_validated
+    from tasks.data.layer import load_validated
 
     rows = load_validated(store, cfg, start, start + timedelta(days=1))
     context = validated_context(store, cfg, start, None, version.loaded.window)
