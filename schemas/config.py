@@ -280,13 +280,19 @@ class RetrainConfig(_Strict):
 
 
 ModelScope = Literal["dataset", "entity", "group"]
-SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: "$" accepts "x\n"
+HASHED_KEY = re.compile(r"h-[0-9a-f]{16}")
 
 
 def scope_slug(name: str) -> str:
     """A group or entity name as a store-key component: itself when safe, else a stable hash
-    (entity names come from the data and may hold '/', spaces or '..')."""
-    if SAFE_KEY.match(name) and ".." not in name:
+    (entity names come from the data and may hold '/', spaces or '..').
+
+    A safe name that looks like a hash (`h-` + 16 hex) is hashed too: kept as is, an entity
+    literally named so would share its champion, ledger and drift state with the entity
+    whose name hashes to it. So a slug in hash form always is a hash, and two names share
+    a slug only if sha256 collides in its first 64 bits."""
+    if SAFE_KEY.fullmatch(name) and ".." not in name and not HASHED_KEY.fullmatch(name):
         return name
     return "h-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 

@@ -42,7 +42,8 @@ class ContendedError(StoreError):
 
 
 # One user-supplied key component (a run id, a day, a name): no separators, no dot-dot, short.
-SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Always applied with `fullmatch`: `$` alone would also accept a trailing newline ("abc\n").
+SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def safe_component(value: str, what: str) -> str:
@@ -51,7 +52,7 @@ def safe_component(value: str, what: str) -> str:
     Applied to everything a user can type that ends up in a key (run ids, deployment
     parameters), so `../..` or an absolute path can never address outside the store.
     """
-    if not isinstance(value, str) or not SAFE_COMPONENT.match(value) or ".." in value:
+    if not isinstance(value, str) or not SAFE_COMPONENT.fullmatch(value) or ".." in value:
         shown = repr(value)[:80]
         raise UnsafeKeyError(
             f"{what} {shown} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
