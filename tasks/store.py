@@ -314,7 +314,7 @@ class Store:
             return "a conditional create of a new key was refused"
         if self._put_if(key, b'{"probe": 2}', None):
             return "a second conditional create (If-None-Match: *) of the same key succeeded"
-        data, tag = self.read_tagged(key)
+        _, tag = self.read_tagged(key)
         if self._put_if(key, b'{"probe": 3}', '"0123456789abcdef0123456789abcdef"'):
             return "a conditional replace with a stale ETag (If-Match) succeeded"
         if not self._put_if(key, b'{"probe": 4}', tag):
