@@ -49,7 +49,7 @@ from tasks.scoring import (
     version_scorer,
 )
 from tasks.training.register import choose_champion
-from tasks.versions import VersionRef, load_model
+from tasks.versions import VersionRef, export_outcome, load_model
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ TABLE_COLUMNS = {  # CSV column -> printed header
     "fit_s": "fit s", "score_rows_per_s": "score rows/s",
 }
 EXTRA_COLUMNS = {"fpr": "FPR@thr", "fpr_entities_within_3sd": "FPR ok (entities)",
-                 "hitrate_100": "HR@100", "hitrate_150": "HR@150"}
+                 "hitrate_100": "HR@100", "hitrate_150": "HR@150",
+                 "exported": "ONNX exported"}  # 1/0 per version (mean rows: the family's rate)
 CHAMPION = "champion"
 
 
@@ -143,6 +144,13 @@ def evaluate_version(
     return out
 
 
+def exported(cfg: DatasetConfig, ref: VersionRef) -> float:
+    """1.0 when the version ships model.onnx, 0.0 when its export was refused, NaN when none was
+    attempted (the ensemble has no graph of its own): a float, so mean rows give the rate."""
+    outcome = export_outcome(store_for(cfg), ref)
+    return float("nan") if outcome is None else float(bool(outcome.get("exported")))
+
+
 def interpretation_truth(report: loaders.LoadReport, frame: pl.DataFrame, n_features: int) -> np.ndarray | None:
     """SMD's cause dimensions as a (rows of `frame`, F) mask; None without interpretation labels."""
     if not report.interpretation:
@@ -176,7 +184,8 @@ def benchmark_series(
                      "picked": "", "note": "",
                      "version": c.ref.version, "fit_s": c.fit_seconds,
                      f"val_{champion['metric']}": c.metric(champion["metric"]),
-                     "target_fpr": cfg.threshold.target_fpr, **metrics})
+                     "target_fpr": cfg.threshold.target_fpr, **metrics,
+                     "exported": exported(cfg, c.ref)})
     best = next(r for r in rows if r.get("version") == champion["version"])
     how = (f"by evidence: {run.selection['why']}" if run.selection
            else f"by validation {champion['metric']}")
@@ -265,6 +274,12 @@ def format_table(table: pl.DataFrame) -> str:
                 value = f"{value} (failed)"
             cells.append(_cell(c, value))
         lines.append("| " + " | ".join(cells) + " |")
+    if "exported" in table.columns:
+        tried = table.filter((pl.col("role") == "family") & (pl.col("series") != "mean")
+                             & pl.col("exported").is_not_nan())["exported"]
+        if tried.len():
+            lines += ["", f"ONNX export rate: {int(tried.sum())} of {tried.len()} family versions "
+                          f"({tried.mean():.1%})"]
     failures = table.filter(pl.col("note").str.starts_with("failed"))
     if failures.height:
         lines += ["", *(f"- {r['series']} / {r['family']}: {r['note']}"

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -280,13 +280,19 @@ class RetrainConfig(_Strict):
 
 
 ModelScope = Literal["dataset", "entity", "group"]
-SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: "$" accepts "x\n"
+HASHED_KEY = re.compile(r"h-[0-9a-f]{16}")
 
 
 def scope_slug(name: str) -> str:
     """A group or entity name as a store-key component: itself when safe, else a stable hash
-    (entity names come from the data and may hold '/', spaces or '..')."""
-    if SAFE_KEY.match(name) and ".." not in name:
+    (entity names come from the data and may hold '/', spaces or '..').
+
+    A safe name that looks like a hash (`h-` + 16 hex) is hashed too: kept as is, an entity
+    literally named so would share its champion, ledger and drift state with the entity
+    whose name hashes to it. So a slug in hash form always is a hash, and two names share
+    a slug only if sha256 collides in its first 64 bits."""
+    if SAFE_KEY.fullmatch(name) and ".." not in name and not HASHED_KEY.fullmatch(name):
         return name
     return "h-" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
@@ -342,6 +348,21 @@ class RunnerConfig(_Strict):
         250_000, ge=1000, description="nightly scoring: rows of one shard task (bounds memory)")
 
 
+STORE_SCHEMES = ("file", "s3")
+"""Store roots nightowl can keep its promises on: compare-and-swap is a file lock locally and
+a conditional PUT on S3. fsspec opens more (memory://, gs://, az://), but writes there cannot
+be made conditional by nightowl, so those roots are refused at load, not halfway through a run."""
+
+
+def unsupported_store_root(root: str) -> str | None:
+    """Why `root` cannot be a store root, or None (a path without a scheme is local)."""
+    scheme = root.split("://", 1)[0].lower() if "://" in root else "file"
+    if scheme in STORE_SCHEMES:
+        return None
+    return (f"store root {root!r}: scheme {scheme}:// is not supported, use "
+            + " or ".join(f"{s}://" for s in STORE_SCHEMES))
+
+
 class StoreConfig(_Strict):
     root: str = Field("file://./.nightowl", description="file:// or s3://bucket/prefix")
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold keys
@@ -349,6 +370,13 @@ class StoreConfig(_Strict):
         None, description="name of a prefect-aws AwsCredentials block: S3 credentials (and its "
         "endpoint and region) from Prefect instead of the environment"
     )
+
+    @field_validator("root")
+    @classmethod
+    def _supported_scheme(cls, root: str) -> str:
+        if problem := unsupported_store_root(root):
+            raise ValueError(problem)
+        return root
 
     @model_validator(mode="after")
     def _block_needs_s3(self) -> StoreConfig:

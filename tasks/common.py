@@ -48,11 +48,15 @@ def store_for(cfg: DatasetConfig) -> Store:
 
 @lru_cache(maxsize=8)
 def _store(root: str, options: str, credentials_block: str | None) -> Store:
-    """Cached per process; the cache key holds the block's name, never its secret."""
+    """Cached per process; the cache key holds the block's name, never its secret. Every
+    pipeline stage keeps state by compare-and-swap, so the store is probed for conditional
+    writes here, before a stage writes anything (UnsupportedStoreError says what to do)."""
     storage_options = json.loads(options)
     if credentials_block:
         storage_options = merge_options(storage_options, s3_options_from_block(credentials_block))
-    return Store(root, storage_options)
+    store = Store(root, storage_options)
+    store.check_conditional_writes()
+    return store
 
 
 def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter:

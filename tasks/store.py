@@ -16,6 +16,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +27,22 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.config import unsupported_store_root
+
 log = logging.getLogger(__name__)
+
+LOST_RACE_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+"""S3 error codes of a conditional PUT that did not apply: 412, the condition failed; 409,
+AWS was applying another conditional write to the key at that moment. Both mean 'read again'."""
+
+WRITE_ID = "nightowl-write-id"
+"""User metadata of a conditional PUT: a fresh id per write, so a retry that fails its own
+precondition can tell "my first attempt landed" from "another writer won"."""
+
+between_read_and_write: Callable[[Store, str], None] | None = None
+"""Test-only interleaving hook: when set, `update_json` calls it with (store, key) after
+reading the key and before its conditional write, so a test can force a competing write
+exactly there instead of hoping threads collide."""
 
 
 class StoreError(RuntimeError):
@@ -41,8 +57,13 @@ class ContendedError(StoreError):
     """A compare-and-swap update kept losing to other writers."""
 
 
+class UnsupportedStoreError(StoreError):
+    """A store that cannot keep a promise nightowl relies on (a scheme, conditional writes)."""
+
+
 # One user-supplied key component (a run id, a day, a name): no separators, no dot-dot, short.
-SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Always applied with `fullmatch`: `$` alone would also accept a trailing newline ("abc\n").
+SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def safe_component(value: str, what: str) -> str:
@@ -51,7 +72,7 @@ def safe_component(value: str, what: str) -> str:
     Applied to everything a user can type that ends up in a key (run ids, deployment
     parameters), so `../..` or an absolute path can never address outside the store.
     """
-    if not isinstance(value, str) or not SAFE_COMPONENT.match(value) or ".." in value:
+    if not isinstance(value, str) or not SAFE_COMPONENT.fullmatch(value) or ".." in value:
         shown = repr(value)[:80]
         raise UnsafeKeyError(
             f"{what} {shown} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
@@ -89,6 +110,8 @@ class Store:
     """Keys are '/'-separated paths under one root URL (file://... or s3://bucket/prefix)."""
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        if problem := unsupported_store_root(root):
+            raise UnsupportedStoreError(problem)
         options = dict(storage_options or {})
         if root.startswith("s3://"):
             options = merge_options(_s3_options_from_env(), options)
@@ -96,6 +119,8 @@ class Store:
         self.is_local = "file" in _protocols(self.fs)
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")
         self.url = root
+        self._conditional_checked = self.is_local  # a local store's CAS is a file lock
+        self._probe_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never print credentials
         return f"Store({self.url!r})"
@@ -213,9 +238,11 @@ class Store:
     def write_if(self, key: str, data: bytes, tag: str | None) -> bool:
         """Write only if the key still has `tag` (None: only if it does not exist yet).
 
-        S3: one conditional PUT (If-Match / If-None-Match), atomic on the server.
-        Local: the same check under an exclusive file lock. False means someone
-        else wrote first; nothing was written.
+        S3: one conditional PUT (If-Match / If-None-Match), atomic on the server, of any
+        size (one PUT holds up to 5 GB; s3fs's multipart path would drop the condition).
+        Local: the same check under an exclusive file lock. False means someone else
+        wrote first; nothing was written. The first call checks that the store really
+        honours the conditions (`check_conditional_writes`).
         """
         if self.is_local:
             with self.lock(key):
@@ -223,16 +250,76 @@ class Store:
                     return False
                 self.write_bytes(key, data)
                 return True
-        condition = {"IfMatch": tag} if tag else {"mode": "create"}
+        self.check_conditional_writes()
+        return self._put_if(key, data, tag)
+
+    def _put_if(self, key: str, data: bytes, tag: str | None) -> bool:
+        """One conditional PUT straight through the s3fs client (see `write_if`)."""
+        target = self.path(key)
+        bucket, object_key, _ = self.fs.split_path(target)
+        condition = {"IfMatch": tag} if tag else {"IfNoneMatch": "*"}
+        write_id = uuid.uuid4().hex
         try:
-            self.fs.pipe_file(self.path(key), data, **condition)
-        except OSError as err:  # FileExistsError for If-None-Match, EINVAL for If-Match
-            if isinstance(err, FileExistsError) or "pre-condition" in str(err).lower():
-                # A retried PUT whose first attempt did land (the reply was lost) fails its
-                # own precondition: the object then holds exactly our bytes, which is success.
-                return self.read_tagged(key)[0] == data
-            raise
+            self.fs.call_s3("put_object", Bucket=bucket, Key=object_key, Body=data,
+                            Metadata={WRITE_ID: write_id}, **condition)
+        except OSError as err:
+            if not lost_race(err):
+                raise
+            # A retried PUT whose first attempt did land (the reply was lost) fails its
+            # own precondition: the object then carries our write id, which is success.
+            # Equal bytes would not tell: another writer may have written the same value.
+            return self._write_id(bucket, object_key) == write_id
+        finally:
+            self.fs.invalidate_cache(target)
         return True
+
+    def _write_id(self, bucket: str, object_key: str) -> str | None:
+        """The write id a `_put_if` stored on an object (None: absent, or written otherwise)."""
+        try:
+            head = self.fs.call_s3("head_object", Bucket=bucket, Key=object_key)
+        except FileNotFoundError:
+            return None
+        return head.get("Metadata", {}).get(WRITE_ID)
+
+    def check_conditional_writes(self) -> None:
+        """Probe, once per store object, that conditional create and conditional replace
+        are enforced, on a probe key; UnsupportedStoreError says what to do when not.
+
+        Why: an older S3-compatible server that ignores If-None-Match / If-Match accepts
+        every conditional PUT, so two concurrent promotions or ledger updates both
+        "win" and one is silently lost. Only a store that refuses the wrong write is safe.
+        """
+        if self._conditional_checked:
+            return
+        with self._probe_lock:
+            if self._conditional_checked:
+                return
+            key = f"_nightowl/probe-conditional-{uuid.uuid4().hex}.json"
+            try:
+                failure = self._probe(key)
+            finally:
+                self.delete(key)
+            if failure:
+                raise UnsupportedStoreError(
+                    f"{self.url}: the store does not honour conditional writes ({failure}). "
+                    "nightowl needs them for champion promotion, ledgers and drift events, or "
+                    "concurrent runs silently lose updates. Use AWS S3 or an S3-compatible "
+                    "server that enforces If-None-Match and If-Match on PUT (e.g. a current "
+                    "MinIO), or a file:// root on one machine")
+            self._conditional_checked = True
+
+    def _probe(self, key: str) -> str | None:
+        """What the store got wrong on a probe key, or None when it kept every condition."""
+        if not self._put_if(key, b'{"probe": 1}', None):
+            return "a conditional create of a new key was refused"
+        if self._put_if(key, b'{"probe": 2}', None):
+            return "a second conditional create (If-None-Match: *) of the same key succeeded"
+        _, tag = self.read_tagged(key)
+        if self._put_if(key, b'{"probe": 3}', '"0123456789abcdef0123456789abcdef"'):
+            return "a conditional replace with a stale ETag (If-Match) succeeded"
+        if not self._put_if(key, b'{"probe": 4}', tag):
+            return "a conditional replace with the current ETag (If-Match) was refused"
+        return None
 
     def update_json(
         self, key: str, change: Callable[[Any], Any], max_attempts: int = 50
@@ -249,6 +336,8 @@ class Store:
             new = change(current)
             if new is current:
                 return current, False
+            if between_read_and_write is not None:
+                between_read_and_write(self, key)
             if self.write_if(key, json_bytes(new), tag):
                 return new, True
             time.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # back off, de-synchronise
@@ -275,6 +364,16 @@ class Store:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lost_race(err: BaseException) -> bool:
+    """A conditional PUT that did not apply (`LOST_RACE_CODES`), told by the S3 error code
+    or, without one, the HTTP status 412: never by the wording of a message."""
+    cause = err if hasattr(err, "response") else err.__cause__
+    response: dict[str, Any] = getattr(cause, "response", None) or {}
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in LOST_RACE_CODES if code else status == 412
 
 
 def _checked_key(key: str) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.config import LEGACY_ROW_RULE, RowRule
 from tasks.data.scale import ScalerParams
-from tasks.store import Store, json_bytes, sha256_bytes
+from tasks.store import ContendedError, Store, sha256_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -148,7 +148,8 @@ def set_champion(
     details: dict[str, Any] | None = None,
     max_attempts: int = 20,
 ) -> dict[str, Any]:
-    """Replace the pointer by compare-and-swap (S3: conditional PUT; local: file lock).
+    """Replace the pointer by compare-and-swap (`Store.update_json`: S3 conditional PUT, local
+    file lock).
 
     With `expected_generation`, refuse if it moved; without it, re-read and retry
     when another writer won the race, so no registration is ever lost. Each call has
@@ -159,11 +160,11 @@ def set_champion(
     key = champion_key(ref.dataset)
     write_id = uuid.uuid4().hex
     pointer: dict[str, Any] = {}
-    for _ in range(max_attempts):
-        data, tag = store.read_tagged(key)
-        current = json.loads(data) if data is not None else None
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        nonlocal pointer
         if current is not None and write_id in current.get("writes", []):
-            return pointer  # our earlier attempt is in place (or was, before a later one)
+            return current  # our earlier attempt is in place (or was, before a later one)
         generation = current["generation"] if current else 0
         if expected_generation is not None and generation != expected_generation:
             raise ChampionConflict(
@@ -179,10 +180,13 @@ def set_champion(
             **(details or {}),
             "writes": [write_id, *(current or {}).get("writes", [])][:RECENT_WRITES],
         }
-        if store.write_if(key, json_bytes(pointer), tag):
-            return pointer
-        log.info("champion pointer %s changed while writing; re-reading", store.uri(key))
-    raise ChampionConflict(f"{store.uri(key)}: still contended after {max_attempts} attempts")
+        return pointer
+
+    try:
+        store.update_json(key, change, max_attempts=max_attempts)
+    except ContendedError as err:
+        raise ChampionConflict(str(err)) from None
+    return pointer
 
 
 # -- models in and out of versions --------------------------------------------------------

@@ -9,7 +9,14 @@ a fault happens instead, as object stores and networks really fail:
 - "reset-after":  forwarded, then the connection is reset instead of the reply (the
                   write DID land and the client cannot know: a retried conditional
                   PUT then fails its own precondition);
-- "stall":        no reply for longer than the client's read timeout, then a reset.
+- "stall":        no reply for longer than the client's read timeout, then a reset;
+- "409":          answered 409 ConditionalRequestConflict without forwarding (AWS's reply
+                  to a conditional write while another one on the key is in flight);
+- "ignore-conditions": forwarded without its If-Match / If-None-Match headers, as an older
+                  S3-compatible server that does not implement them behaves.
+
+FAULTS are the network faults `every` cycles through by default; the last two are chosen
+by name.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
               "te", "trailer"}
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate.</Message></Error>")
+CONFLICT = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ConditionalRequestConflict'
+            b"</Code><Message>A conflicting conditional operation is currently in progress "
+            b"against this resource. Please try again.</Message></Error>")
+CONDITIONS = {"if-match", "if-none-match"}
 
 
 Plan = Callable[[int, str, str], str | None]  # (request number, method, path) -> fault
@@ -103,10 +114,12 @@ class FaultProxy:
                 self.close_connection = True
                 self.connection.close()
 
-            def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+            def _forward(self, body: bytes, dropped_headers: frozenset[str] = frozenset()
+                         ) -> tuple[int, list[tuple[str, str]], bytes]:
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
                                                   timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in HOP_BY_HOP | dropped_headers}
                 headers["Content-Length"] = str(len(body))
                 conn.request(self.command, self.path, body=body, headers=headers)
                 reply = conn.getresponse()
@@ -121,8 +134,9 @@ class FaultProxy:
                 fault = proxy.plan(proxy._number(), self.command, self.path)
                 if fault:
                     proxy.faults[fault] += 1
-                if fault == "503":
-                    self._reply(503, [("Content-Type", "application/xml")], SLOW_DOWN)
+                if fault in ("503", "409"):
+                    self._reply(int(fault), [("Content-Type", "application/xml")],
+                                SLOW_DOWN if fault == "503" else CONFLICT)
                     return
                 if fault == "reset":
                     self._reset()
@@ -131,7 +145,8 @@ class FaultProxy:
                     time.sleep(proxy.stall_seconds)
                     self._reset()
                     return
-                status, headers, data = self._forward(body)
+                ignored = CONDITIONS if fault == "ignore-conditions" else frozenset()
+                status, headers, data = self._forward(body, frozenset(ignored))
                 if fault == "reset-after":
                     self._reset()
                     return

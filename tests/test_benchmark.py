@@ -98,3 +98,22 @@ def test_failed_family_is_reported_not_averaged_as_zero():
     assert means["tae"]["pr_auc"] is None and means["tae"]["note"] == "mean of 0 series"
     text = format_table(table)
     assert "| nab | a | tae (failed) | n/a |" in text and "- a / tae: failed: latent too wide" in text
+
+
+def test_the_table_reports_which_versions_export_and_the_export_rate():
+    base = {"dataset": "nab", "picked": "", "note": "", "role": "family", "roc_auc": 0.8,
+            "pr_auc": 0.4, "vus_pr": 0.5, "best_f1": 0.5, "pa_f1": 0.9, "fit_s": 1.0,
+            "score_rows_per_s": 1e5}
+    rows = [{**base, "series": "a", "family": "ae", "version": "v1", "exported": 1.0},
+            {**base, "series": "b", "family": "ae", "version": "v2", "exported": 0.0},
+            {**base, "series": "a", "family": "vae", "version": "v3", "exported": 1.0},
+            {**base, "series": "a", "family": "ensemble", "version": "v4",
+             "exported": float("nan")},  # no graph of its own: not counted
+            {**base, "series": "a", "family": CHAMPION, "role": CHAMPION, "picked": "ae",
+             "version": "v1", "exported": 1.0}]  # the same version again: not counted twice
+    table = with_means(pl.DataFrame(rows, infer_schema_length=None))
+    means = {r["family"]: r for r in table.filter(pl.col("series") == "mean").iter_rows(named=True)}
+    assert means["ae"]["exported"] == pytest.approx(0.5) and means["vae"]["exported"] == 1.0
+    text = format_table(table)
+    assert "| ONNX exported |" in text.splitlines()[0]
+    assert "ONNX export rate: 2 of 3 family versions (66.7%)" in text

@@ -19,6 +19,7 @@ from tasks.training.export import (
     ROW_TOLERANCE,
     RULE,
     check_export,
+    cpu_copy,
     export_onnx,
     parity,
     refusal,
@@ -184,3 +185,23 @@ def test_probe_is_validation_rows_in_blocks_within_one_entity_around_the_top_sco
     for block in blocks.astype(int):
         assert np.isin(block, validation).all() and (block < rows).all() != (block >= rows).all()
     assert any(rows + 300 in block for block in blocks.astype(int))
+
+
+def test_a_probe_row_within_float_noise_of_the_threshold_does_not_refuse_the_graph() -> None:
+    """The threshold is put exactly between a row's torch and ONNX Runtime scores (apart by
+    float noise only): its verdict flips, yet it is no disagreement, so the graph ships."""
+    model = small_lstm()
+    probe = spiky_probe(model)
+    graph = export_onnx(model)
+    want = probe_scores(lambda w: torch_elements(cpu_copy(model), w), probe)
+    got = probe_scores(OnnxScorer(graph).run, probe)
+    gap = np.where(np.isfinite(want), np.abs(got - want), 0.0)
+    row = int(np.argmax(gap))
+    assert 0 < gap[row] < 1e-5 * want[row]  # a noise-sized difference to sit in between
+    threshold = float((want[row] + got[row]) / 2)
+    data, outcome = check_export(model, probe, threshold)
+    assert outcome.near_threshold_flips >= 1 and outcome.verdict_flips == 0
+    assert data is not None and outcome.exported and outcome.reason is None
+    # The same threshold with a graph that really disagrees is still refused.
+    off = parity(model, OnnxScorer(export_onnx(perturbed(model, 1.5))), probe, threshold, None)
+    assert off["row_max_rel_diff"] > ROW_TOLERANCE and refusal(off) is not None

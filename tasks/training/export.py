@@ -13,7 +13,13 @@ to export.json (then metrics.json, `export`). The rule (`RULE`): the graph is
 refused when verdicts would differ, that is when any probe row's verdict
 differs, or when any probe row's score differs by more than `ROW_TOLERANCE` x
 the threshold (beyond that, rows near the threshold on other nights would flip).
-Float noise is ~1e-7 of the threshold; a wrong graph is off by O(1).
+A row whose torch score lies within that same tolerance band of the threshold
+(|score - threshold| <= `ROW_TOLERANCE` x threshold) does not count as a flip:
+float noise alone can put it on either side (10 of 13 refusals on unseen public
+series were such rows, e.g. a difference of 1.5e-5 at threshold 15.6), and the
+row-score bound still refuses a graph that is really off there. The flips the
+band forgave are reported (`near_threshold_flips`). Float noise is ~1e-7 of the
+threshold; a wrong graph is off by O(1).
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ OPSET = 17
 EXPORT = "export.json"
 ROW_TOLERANCE = 1e-3
 RULE = (f"refused iff a probe row's verdict (score > threshold) differs between torch and "
-        f"ONNX Runtime, or a probe row's score differs by more than {ROW_TOLERANCE:g} x threshold")
+        f"ONNX Runtime while its torch score is more than {ROW_TOLERANCE:g} x threshold from the "
+        f"threshold, or a probe row's score differs by more than {ROW_TOLERANCE:g} x threshold")
 INPUT, OUTPUT = "windows", "element_scores"
 EXPORTER = "onnx-export"
 """torch.onnx.export keeps process-global state (GLOBALS.in_onnx_export): two exports in
@@ -95,7 +102,8 @@ class OnnxExport:
     `max_abs_diff`: element scores; `row_max_abs_diff` / `row_max_rel_diff`: row scores,
     absolute and divided by `scale` (the threshold, or without one the largest torch row
     score); `flagged_rows`: probe rows over the threshold by torch; `verdict_flips`: rows
-    whose verdict ONNX Runtime would change.
+    whose verdict ONNX Runtime would change, outside the tolerance band around the threshold;
+    `near_threshold_flips`: changed verdicts inside it (float noise, not refused).
     """
 
     family: str
@@ -112,6 +120,7 @@ class OnnxExport:
     threshold: float | None = None
     flagged_rows: int | None = None
     verdict_flips: int | None = None
+    near_threshold_flips: int | None = None
     rule: str = RULE
 
     def to_json(self) -> dict[str, Any]:
@@ -152,9 +161,11 @@ def parity(model: WindowModel, scorer: OnnxScorer, probe: Probe, threshold: floa
     }
     if threshold is not None:
         above = want[covered] > threshold
+        flipped = above != (np.nan_to_num(got[covered], nan=-np.inf) > threshold)
+        in_band = np.abs(want[covered] - threshold) <= ROW_TOLERANCE * scale
         out |= {"threshold": float(threshold), "flagged_rows": int(above.sum()),
-                "verdict_flips": int((above != (np.nan_to_num(got[covered], nan=-np.inf)
-                                                > threshold)).sum())}
+                "verdict_flips": int((flipped & ~in_band).sum()),
+                "near_threshold_flips": int((flipped & in_band).sum())}
     return out
 
 

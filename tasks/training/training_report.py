@@ -206,11 +206,13 @@ def export_section(export: dict[str, Any] | None) -> list[str]:
     if not export.get("exported"):
         return [f"No model.onnx: {export.get('reason')}. Nightly scoring needs torch for it."]
     flips = export.get("verdict_flips")
+    forgiven = export.get("near_threshold_flips")
+    near = f", {forgiven} within float noise of the threshold (not flips)" if forgiven else ""
     return [f"model.onnx ({export.get('bytes', 0) / 1024:,.0f} kB) checked against torch on "
             f"{export.get('probe_rows')} {export.get('probe')}: row scores differ by at most "
             f"{_fmt(export.get('row_max_rel_diff'))} x the threshold, "
-            f"{'no verdict check (no threshold)' if flips is None else f'{flips} verdict flips'} "
-            f"({export.get('flagged_rows')} rows flagged by torch)."]
+            f"{'no verdict check (no threshold)' if flips is None else f'{flips} verdict flips'}"
+            f"{near} ({export.get('flagged_rows')} rows flagged by torch)."]
 
 
 def report_markdown(
