@@ -44,6 +44,8 @@ def shown_url(url: str) -> str:
     """THE form in which a URL is logged, reported or stored: no user:password@, no query
     or fragment (a presigned URL's token), odd characters escaped."""
     parts = urlsplit(url)
+    if parts.scheme in ("", "file"):  # a local path: '?' and '#' are part of a file name
+        return shown_name(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     return shown_name(urlunsplit((parts.scheme, netloc, parts.path, "", "")))
 

@@ -4,6 +4,9 @@ place a user may put one, then every flow run's and task run's record (parameter
 inputs, states), every artifact, every log line and every event the server holds is read
 back through its REST API and searched for each secret.
 
+(A block's name is in Prefect's own events about that block, created and loaded: the
+server keeps the document under its name, so those events are not counted.)
+
 Where the secrets are: the source's storage_options, the store's storage_options, the name
 of the store's credentials block and the secret key in it, the name of the alert webhook's
 Secret block and the token in the webhook URL it holds. Each secret is used for real: the
@@ -100,6 +103,12 @@ def _events(client: httpx.Client) -> list[dict]:
     return events
 
 
+def block_event(record: dict) -> bool:
+    """Prefect's own events about a block document (created, loaded) name it: the server
+    keeps the document under that name by design; nothing of nightowl's may."""
+    return str(record.get("event", "")).startswith("prefect.block")
+
+
 def test_no_secret_reaches_prefect(tmp_path):
     from schemas.config import parse_config
     from tasks.data.synthetic import materialize
@@ -114,7 +123,7 @@ def test_no_secret_reaches_prefect(tmp_path):
         data = tiny_config(
             tmp_path, store_root=f"s3://{BUCKET}/secrets",
             store={"credentials_block": SECRETS["store-block-name"],
-                   "storage_options": {"token": SECRETS["store-option"]}},
+                   "storage_options": {"secret": SECRETS["store-option"]}},  # the block's wins
             alerts={"webhook_secret_block": SECRETS["hook-block-name"]},
             threshold={"percentile": 50.0},  # half the night alerts: the webhook is used
             training={"epochs": 4, "patience": 4})
@@ -145,7 +154,8 @@ def test_no_secret_reaches_prefect(tmp_path):
     assert len(records["task_runs"]) > 10 and len(records["logs"]) > 20
     assert len(records["artifacts"]) > 5 and len(records["events"]) > 20
     leaks = {where: [(kind, r.get("event") or r.get("key") or r.get("name"))
-                     for kind, found in records.items() for r in found if secret in json.dumps(r)]
+                     for kind, found in records.items() for r in found if secret in json.dumps(r)
+                     and not (where.endswith("block-name") and block_event(r))]
              for where, secret in SECRETS.items()}
     assert leaks == {where: [] for where in SECRETS}
     flows = {r["name"]: r for r in records["flow_runs"]}

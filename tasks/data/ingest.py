@@ -288,9 +288,9 @@ def _in_key_order(frame: pl.DataFrame) -> bool:
 
 
 def delivered_name(url: str) -> str:
-    """A source file's name as delivered (an http(s) URL's query is not part of it; a '?' in
-    a file or object name is)."""
-    path = urlsplit(url).path if url.startswith(("http://", "https://")) else url
+    """A source file's name as delivered (a remote URL's query is not part of it; a '?' in a
+    local file name is)."""
+    path = url if urlsplit(url).scheme in ("", "file") else urlsplit(url).path
     return posixpath.basename(path)
 
 
@@ -427,7 +427,14 @@ def _unread(store: Store, cfg: DatasetConfig, url: str, entry: LedgerEntry | Non
             listing: dict[str, Any] | None, reason: str) -> BatchOutcome:
     """Quarantine a file past `limits.file_bytes` without reading it: its report only (the
     source keeps the bytes; copying them would cost what the bound is there to prevent)."""
-    batch_id = batch_id_of(json_bytes([url, listing]))
+    # Named by what the listing says of its content (size, ETag), not its mtime: touching
+    # the file does not make it another batch.
+    batch_id = batch_id_of(json_bytes([url, {k: v for k, v in (listing or {}).items()
+                                             if k not in ("mtime", "LastModified")}]))
+    if entry is not None and entry.settled and entry.outcome.batch_id == batch_id:
+        entry.listing = listing
+        store.write_json(_ledger_key(cfg, url), entry.to_json())
+        return entry.outcome
     held = [d.isoformat() for d in entry.touched_days()] if entry else []
     outcome = _quarantined(store, cfg, url, None, batch_id, 0, [reason], error=reason,
                            copied=False)
