@@ -12,7 +12,6 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
-
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator

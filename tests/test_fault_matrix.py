@@ -41,8 +41,8 @@ import pyarrow as pa
 import pytest
 from prefect import flow
 
-from schemas import suites
 from flows.common import resolve_config
+from schemas import suites
 from schemas.config import DatasetConfig, load_config
 from tasks.common import MAX_LINE, shown_name
 from tasks.data import ingest
