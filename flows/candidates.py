@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from prefect import flow
 
 from flows.runners import describe, on_gpu_workers, task_runner
-from schemas.config import DatasetConfig, FamilyConfig
+from schemas.config import ConfigRef, DatasetConfig, FamilyConfig
 from tasks.common import run_logger
 from tasks.data.prepare import PreparedData, scale_dataset, window_dataset
 from tasks.training.calibrate import Calibration, calibrate_candidate
@@ -73,13 +73,16 @@ def _submit(stage: Callable[..., Any], items: Iterable[tuple[K, tuple]]) -> dict
 
 
 @flow(name="nightowl-candidates")
-def candidates_flow(cfg: DatasetConfig, run_id: str, groups: list[str | None],
+def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
                     tolerate_failures: bool = False) -> list[TrainingRun]:
     """Every configured family of every scope through the stages, each registered as a version.
 
-    With `tolerate_failures`, a family (or a scope) that fails, e.g. parameters that do
-    not fit this data, is reported in its run's `failed` instead of ending the flow.
+    Takes a config reference, not the config: a flow run's parameters are stored by Prefect
+    and shown in its UI, and the config holds credentials. With `tolerate_failures`, a
+    family (or a scope) that fails, e.g. parameters that do not fit this data, is reported
+    in its run's `failed` instead of ending the flow.
     """
+    cfg = config.resolve()
     log = run_logger(__name__)
     scopes = {g: cfg.for_group(g) for g in groups}
     log.info("%s: %d model scope(s) x %d families on %s", cfg.name, len(groups),
@@ -159,4 +162,4 @@ def train_candidates(cfg: DatasetConfig, run_id: str, groups: list[str | None] |
     """The sequence on the config's task runner; `groups` default to the config's own scope."""
     groups = [cfg.group] if groups is None else groups
     return candidates_flow.with_options(task_runner=task_runner(cfg))(
-        cfg, run_id, groups, tolerate_failures)
+        ConfigRef.of(cfg), run_id, groups, tolerate_failures)

@@ -20,7 +20,7 @@ from prefect import flow
 
 from flows.common import resolve_config
 from flows.runners import describe, task_runner
-from schemas.config import DatasetConfig
+from schemas.config import ConfigRef, DatasetConfig
 from tasks.common import run_logger
 from tasks.data.ingest import IngestReport, ingest_night, ingest_source
 from tasks.data.ingest_report import publish_ingestion
@@ -31,9 +31,11 @@ from tasks.nightly.score import NightPlan, commit_night, plan_night, score_shard
 
 
 @flow(name="nightowl-score-night")
-def score_night_flow(cfg: DatasetConfig, day: date, plan: NightPlan,
+def score_night_flow(dataset: ConfigRef, day: date, plan: NightPlan,
                      config: str | None = None) -> list[ScopeNight]:
-    """Score every shard, then check drift and alert per model scope (fanned out)."""
+    """Score every shard, then check drift and alert per model scope (fanned out). Takes a
+    config reference: Prefect stores a flow run's parameters, and the config holds secrets."""
+    cfg = dataset.resolve()
     run_logger(__name__).info("%s %s: %d rows in %d shard(s) for %d model(s) on %s", cfg.name, day,
                               plan.rows, len(plan.shards), len(plan.groups), describe(cfg))
     shards = [f.result() for f in [score_shard.submit(cfg, day, s) for s in plan.shards]]
@@ -49,7 +51,8 @@ def run_night(cfg: DatasetConfig, day: date, config: str | None,
     plan = plan_night(cfg, day)
     night = NightResult(cfg.name, day.isoformat(), ingestion, plan)
     if plan.shards:
-        scopes = score_night_flow.with_options(task_runner=task_runner(cfg))(cfg, day, plan, config)
+        scopes = score_night_flow.with_options(task_runner=task_runner(cfg))(
+            ConfigRef.of(cfg), day, plan, config)
         night = replace(night, scopes=scopes)
     else:
         run_logger(__name__).warning("%s: nothing to score for the night of %s (%d rows; "

@@ -12,8 +12,17 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -104,6 +113,31 @@ class ValidationRules(_Strict):
         10.0, gt=1, description="report an entity whose rows in a night reach this x its usual"
     )
     volume_days: int = Field(7, ge=1, description="trailing validated days that define 'usual'")
+
+
+MiB = 1 << 20
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what a delivery may bring and what the pipeline keeps. A source file past a
+    bound is quarantined with a one-line reason that names the file, the bound and its
+    value; reading checks a bound before (listing size, Parquet metadata) or while (streamed
+    decompression) it would cost memory, so one bad file cannot take the night down."""
+
+    file_bytes: int = Field(256 * MiB, ge=1, description="a source file's size as listed and "
+                            "read; a larger one is quarantined unread (not copied: the source "
+                            "keeps it)")
+    decompressed_bytes: int = Field(1024 * MiB, ge=1, description="a gzip / zstd CSV's size "
+                                    "once decompressed, or a Parquet file's uncompressed data "
+                                    "(from its metadata); counted in a streaming pass first")
+    columns: int = Field(2048, ge=1, description="columns in a file's header or schema")
+    line_bytes: int = Field(1 * MiB, ge=1, description="one CSV line (a record) in bytes")
+    entities_per_batch: int = Field(50_000, ge=1, description="distinct entities in one file")
+    model_scopes: int = Field(1000, ge=1, description="entity / group scope: models trained "
+                              "per dataset; entities past it (fewest train rows first) are "
+                              "reported unmodelled and scored by the fallback model")
+    alert_ledger_days: int = Field(90, ge=1, description="alert ledger entries older than "
+                                   "this (by segment start) are dropped when a night alerts")
 
 
 class ScalingConfig(_Strict):
@@ -409,6 +443,7 @@ class DatasetConfig(_Strict):
     source: SourceConfig
     columns: ColumnsConfig
     validation: ValidationRules = ValidationRules()
+    limits: LimitsConfig = LimitsConfig()
     scaling: ScalingConfig = ScalingConfig()
     window: WindowConfig = WindowConfig()
     splits: SplitsConfig
@@ -428,6 +463,12 @@ class DatasetConfig(_Strict):
     group: str | None = Field(
         None, description="set by nightowl when it fans out over entities or groups: the one "
         "this copy of the config trains and scores (None: the whole dataset)")
+    _file: str | None = PrivateAttr(None)  # the TOML it was loaded from (holds the secrets)
+
+    @property
+    def file(self) -> str | None:
+        """The absolute path of the config file this was loaded from (kept by copies)."""
+        return self._file
 
     @model_validator(mode="after")
     def _group_in_scope(self) -> DatasetConfig:
@@ -479,6 +520,69 @@ class DatasetConfig(_Strict):
         return TrainingConfig.model_validate({**self.training.model_dump(), **family.training})
 
 
+# Where a user may put a secret. None of these may travel as a flow-run parameter: Prefect
+# keeps parameters in its database and shows them in the UI (`repr=False` hides a field
+# from repr only, not from Prefect's serializer). A source path is one when it carries a
+# query (a presigned token) or user:password@.
+SECRET_FIELDS: dict[str, tuple[str, ...]] = {
+    "source": ("path", "storage_options"),
+    "store": ("storage_options", "credentials_block"),
+    "alerts": ("webhook_secret_block",),
+}
+
+
+def _secret_values(cfg: DatasetConfig) -> dict[str, Any]:
+    return {f"{section}.{name}": getattr(getattr(cfg, section), name)
+            for section, names in SECRET_FIELDS.items() for name in names}
+
+
+def _is_secret(field: str, value: Any) -> bool:
+    if field == "source.path":
+        parts = urlsplit(str(value))
+        return bool(parts.query) or "@" in parts.netloc
+    return bool(value)
+
+
+class ConfigRef(BaseModel):
+    """What a flow run takes instead of a DatasetConfig: the config file (which holds the
+    secrets, read again where the run executes) and every other setting, so a caller's
+    in-memory changes (a model scope, a rolling window, a benchmark's caps) travel while no
+    secret reaches Prefect's database. A config without a file may be passed only when it
+    holds no secret."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str | None = Field(None, description="the config file the secrets come from")
+    settings: dict[str, Any] = Field(..., description="every setting but the secret ones")
+
+    @classmethod
+    def of(cls, cfg: DatasetConfig) -> ConfigRef:
+        if cfg.file is None:
+            held = sorted(f for f, v in _secret_values(cfg).items() if _is_secret(f, v))
+            if held:
+                raise ConfigError(f"dataset '{cfg.name}': a config holding secrets ({', '.join(held)}) "
+                                  "must be loaded from a file to be passed to a flow")
+            return cls(settings=cfg.model_dump(mode="json"))
+        if _secret_values(load_config(cfg.file)) != _secret_values(cfg):
+            raise ConfigError(f"dataset '{cfg.name}': secret settings ({', '.join(_secret_values(cfg))}) "
+                              f"were changed in memory; they must be those of {cfg.file}")
+        exclude = {section: set(names) for section, names in SECRET_FIELDS.items()}
+        return cls(path=cfg.file, settings=cfg.model_dump(mode="json", exclude=exclude))
+
+    def resolve(self) -> DatasetConfig:
+        """The full config: these settings with the secrets read from the file."""
+        if self.path is None:
+            return parse_config(self.settings, origin="flow parameter")
+        secrets = _secret_values(load_config(self.path))
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in self.settings.items()}
+        for field, value in secrets.items():
+            section, name = field.split(".")
+            data.setdefault(section, {})[name] = value
+        cfg = parse_config(data, origin=self.path)
+        cfg._file = self.path
+        return cfg
+
+
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
@@ -504,7 +608,9 @@ def load_config(path: str | Path) -> DatasetConfig:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_config(data, origin=str(path))
+    cfg = parse_config(data, origin=str(path))
+    cfg._file = str(path.resolve())
+    return cfg
 
 
 def default_config_path() -> Path:

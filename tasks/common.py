@@ -10,6 +10,7 @@ import re
 import threading
 from functools import lru_cache
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from schemas.config import DatasetConfig
 from tasks.store import Store, merge_options, s3_options_from_block
@@ -30,6 +31,23 @@ def clip(text: str, limit: int = MAX_LINE) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 30]}... [{len(text) - limit + 30} chars cut]"
+
+
+def shown_name(name: str) -> str:
+    """A name fit for a one-line reason or log: control characters (a newline in a file
+    name), other unprintables and backslashes written as escapes."""
+    return "".join(ch if ch.isprintable() and ch != "\\" else ch.encode("unicode_escape").decode()
+                   for ch in name)
+
+
+def shown_url(url: str) -> str:
+    """THE form in which a URL is logged, reported or stored: no user:password@, no query
+    or fragment (a presigned URL's token), odd characters escaped."""
+    parts = urlsplit(url)
+    if parts.scheme in ("", "file"):  # a local path: '?' and '#' are part of a file name
+        return shown_name(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return shown_name(urlunsplit((parts.scheme, netloc, parts.path, "", "")))
 
 
 def redact(text: str, secrets: list[str | None]) -> str:

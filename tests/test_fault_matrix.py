@@ -10,8 +10,13 @@ kind the same invariants hold:
 - no row lost: the validated layer holds exactly the expected rows, and a quarantined
   file is kept byte for byte;
 - no duplicate (entity, timestamp) anywhere in the validated layer;
-- no secret written: planted credentials are nowhere in the store or the logs;
-- a rerun changes nothing (every stored byte identical);
+- no secret written: the last delivery runs as a real Prefect flow (ephemeral API) whose
+  config file holds planted credentials; they are nowhere in the store, the logs, or what
+  Prefect recorded of the run (flow and task run parameters, inputs, states, log lines);
+- a rerun changes nothing: a plain rerun (every stored byte identical), a rerun after every
+  source was touched (listing changed, bytes the same: re-read and recognised, nothing but
+  the ledger's listing changes) and a rerun after the ledger was lost (every file validated
+  and filed again: the same rows, the same quarantined bytes, the same outcomes);
 - the polars evaluation of the suite agrees with GX, expectation by expectation.
 
 The injected faults (S3 errors, a failing webhook, kill -9, concurrent nights) are in
@@ -20,8 +25,10 @@ tests/test_faults.py; the counts for the report come from `test_matrix_counts`.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,15 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pytest
+from prefect import flow
 
+from flows.common import resolve_config
 from schemas import suites
-from schemas.config import DatasetConfig, parse_config
-from tasks.common import MAX_LINE
+from schemas.config import DatasetConfig, load_config
+from tasks.common import MAX_LINE, shown_name
 from tasks.data import ingest, layer
 from tasks.data.rules import suite_verdicts, with_step_column
 from tasks.store import Store, sha256_bytes
 from tests.test_ingest import FEATURES, START, csv_bytes, good_frame, parquet_bytes
+from tests.tiny import write_config
 
 SECRET = f"planted-secret-{uuid.uuid4().hex}"
 DAY2 = START + timedelta(days=1)  # the second file's rows do not overlap the first's
@@ -46,18 +57,22 @@ BASE = "2026-01-05.csv"
 N = 96  # rows of one good file: 2 entities x 48 half-hours
 
 
-def cfg_for(raw: Path, store_root: str, **validation: Any) -> DatasetConfig:
-    """The matrix's dataset, with secrets planted where credentials would live."""
-    return parse_config({
+def cfg_for(raw: Path, store_root: str, limits: dict[str, Any] | None = None,
+            **validation: Any) -> DatasetConfig:
+    """The matrix's dataset, with secrets planted where credentials would live; written as a
+    config file, as flows take it (a flow never takes the config itself)."""
+    path = write_config(raw.parent, {
         "name": "matrix",
         "source": {"path": str(raw / "*"), "format": "auto", "storage_options": {"token": SECRET}},
         "columns": {"features": FEATURES},
         "validation": {"value_min": -1000.0, "value_max": 1000.0, **validation},
-        "splits": {"train": {"start": "2026-01-05T00:00:00", "end": "2026-01-06T00:00:00"},
-                   "validation": [{"start": "2026-01-06T00:00:00", "end": "2026-01-07T00:00:00"}]},
+        "limits": limits or {},
+        "splits": {"train": {"start": datetime(2026, 1, 5), "end": datetime(2026, 1, 6)},
+                   "validation": [{"start": datetime(2026, 1, 6), "end": datetime(2026, 1, 7)}]},
         "families": [{"name": "dense_ae"}],
         "store": {"root": store_root, "storage_options": {"client_secret": SECRET}},
-    }, origin="matrix")
+    })
+    return load_config(path)
 
 
 def text(frame: pl.DataFrame) -> str:
@@ -107,6 +122,26 @@ class Kind:
     duplicates: int = 0
     replaced: int = 0
     check: Callable[[pl.DataFrame], None] | None = None  # extra assertion on the layer
+    limits: dict[str, Any] = field(default_factory=dict)  # [limits] of this delivery
+    copied: bool = True  # quarantined: its bytes are copied (a file over file_bytes is not)
+
+
+BIG_LINES = {"line_bytes": 16 << 20}  # the 5 MB kinds reach the rules behind the line bound
+SMALL_INFLATE = {"decompressed_bytes": 1 << 20}
+BASE_BYTES = len(csv_bytes(good_frame()))  # a bound the base file just fits
+
+
+def bomb() -> bytes:
+    """64 MiB of a valid-looking CSV that compresses ~1000x."""
+    return b"timestamp,entity,a,b,c,label\n" + b"2026-01-06T00:00:00,m0,1,2,3,0\n" * (2 << 20)
+
+
+def zstd(data: bytes) -> bytes:
+    return pa.compress(data, "zstd", asbytes=True)
+
+
+def wide(frame: pl.DataFrame, extra: int) -> pl.DataFrame:
+    return frame.with_columns(pl.lit(0.0).alias(f"x{i}") for i in range(extra))
 
 
 def then(name: str, data: bytes | Callable[[], bytes]) -> Callable[[], list[tuple[str, bytes]]]:
@@ -238,33 +273,180 @@ KINDS: dict[str, Kind] = {
         check=_later_file_won),
     # -- oversized --
     "5 MB field, unreadable": Kind(then("2026-01-06.csv", big_field_unreadable), "quarantined",
-                                   ("unreadable CSV", "chars cut"), N),
+                                   ("unreadable CSV", "chars cut"), N, limits=BIG_LINES),
     "5 MB field in a number": Kind(then("2026-01-06.csv", lambda: as_strings(
-        day2(), "a", 1, "9" * 5_000_000 + "x")), "quarantined", ("rule 'numeric'", "..."), N),
+        day2(), "a", 1, "9" * 5_000_000 + "x")), "quarantined", ("rule 'numeric'", "..."), N, limits=BIG_LINES),
     "5 MB entity name": Kind(then("2026-01-06.csv", lambda: csv_bytes(cell(day2(), "entity", 0,
                                                                             "m" * 5_000_000))),
-                             "quarantined", ("rule 'at most 200 characters'",), N),
+                             "quarantined", ("rule 'at most 200 characters'",), N,
+                             limits=BIG_LINES),
     "5 MB header name": Kind(then("2026-01-06.csv", lambda: text(day2()).replace(
-        "label", "l" * 5_000_000, 1).encode()), "quarantined", ("column 'label'",), N),
+        "label", "l" * 5_000_000, 1).encode()), "quarantined", ("column 'label'",), N,
+        limits=BIG_LINES),
+    # -- bounds ([limits]): past one, quarantined naming the bound and its value --
+    "oversize file (listed size)": Kind(then("2026-01-06.csv", lambda: csv_bytes(pl.concat(
+        [day2(), good_frame(DAY2 + timedelta(days=1))]))), "quarantined",
+        (f"failed bound 'limits.file_bytes = {BASE_BYTES}'", "bytes listed"), N,
+        limits={"file_bytes": BASE_BYTES}, copied=False),
+    "file at the size bound": Kind(then("2026-01-06.csv", lambda: csv_bytes(day2())), "validated",
+                                   limits={"file_bytes": len(csv_bytes(good_frame(DAY2)))}),
+    "gzip CSV": Kind(then("2026-01-06.csv.gz", lambda: gzip.compress(csv_bytes(day2()))),
+                     "validated"),
+    "zstd CSV": Kind(then("2026-01-06.csv.zst", lambda: zstd(csv_bytes(day2()))), "validated"),
+    "gzip CSV named .csv": Kind(then("2026-01-06.csv", lambda: gzip.compress(csv_bytes(day2()))),
+                                "validated"),
+    "gzip bomb": Kind(then("2026-01-06.csv.gz", lambda: gzip.compress(bomb(), 9)), "quarantined",
+                      ("failed bound 'limits.decompressed_bytes = 1048576'",
+                       "gzip expands past it"), N, limits=SMALL_INFLATE),
+    "gzip bomb named .csv": Kind(then("2026-01-06.csv", lambda: gzip.compress(bomb(), 9)),
+                                 "quarantined", ("limits.decompressed_bytes",), N,
+                                 limits=SMALL_INFLATE),
+    "zstd bomb": Kind(then("2026-01-06.csv.zst", lambda: zstd(bomb())), "quarantined",
+                      ("failed bound 'limits.decompressed_bytes = 1048576'",
+                       "zstd expands past it"), N, limits=SMALL_INFLATE),
+    "bomb of one endless line": Kind(then("2026-01-06.csv.gz", lambda: gzip.compress(
+        b"timestamp,entity,a,b,c,label\n" + b"9" * (64 << 20), 9)), "quarantined",
+        ("failed bound 'limits.line_bytes = 1048576'",), N),
+    "truncated gzip": Kind(then("2026-01-06.csv.gz", lambda: gzip.compress(csv_bytes(day2()))[:60]),
+                           "quarantined", ("unreadable gzip stream",), N),
+    "very wide CSV": Kind(then("2026-01-06.csv", lambda: csv_bytes(wide(day2(), 100))),
+                          "quarantined", ("failed bound 'limits.columns = 64'",
+                                          "106 columns in the header"), N, limits={"columns": 64}),
+    "very wide parquet": Kind(then("2026-01-06.parquet", lambda: parquet_bytes(wide(day2(), 100))),
+                              "quarantined", ("limits.columns = 64", "106 columns in the schema"),
+                              N, limits={"columns": 64}),
+    "columns at the bound": Kind(then("2026-01-06.csv", lambda: csv_bytes(day2())), "validated",
+                                 limits={"columns": 6}),
+    "parquet past its uncompressed bound": Kind(then("2026-01-06.parquet", lambda: parquet_bytes(
+        day2())), "quarantined", ("limits.decompressed_bytes = 2048",
+                                  "uncompressed per its metadata"), N,
+        limits={"decompressed_bytes": 2048}),
+    "very many entities": Kind(then("2026-01-06.csv", lambda: csv_bytes(day2().with_columns(
+        pl.format("m{}", pl.int_range(pl.len())).alias("entity")))), "quarantined",
+        ("failed bound 'limits.entities_per_batch = 10'", "96 distinct entities"), N,
+        limits={"entities_per_batch": 10}),
+    "entities at the bound": Kind(then("2026-01-06.csv", lambda: csv_bytes(day2())), "validated",
+                                  limits={"entities_per_batch": 2}),
+    "line too long": Kind(then("2026-01-06.csv", lambda: csv_bytes(cell(day2().with_columns(
+        pl.lit("").alias("note")), "note", 40, "n" * 600))), "quarantined",
+        ("failed bound 'limits.line_bytes = 512'",), N, limits={"line_bytes": 512}),
+    "long last line without newline": Kind(then("2026-01-06.csv", lambda: csv_bytes(
+        day2().with_columns(pl.lit("").alias("note")))[:-1] + b"n" * 600), "quarantined",
+        ("limits.line_bytes = 512",), N, limits={"line_bytes": 512}),
+    # -- odd file names: quarantined under a safe name, the name as delivered recorded --
+    "backslash in the name": Kind(then("2026-01-06\\x.csv", lambda: csv_bytes(day2())),
+                                  "quarantined", ("failed rule 'printable, no backslash'",), N),
+    "newline in the name": Kind(then("2026-01-06\nx.csv", lambda: csv_bytes(day2())),
+                                "quarantined", ("failed rule 'printable, no backslash'",), N),
+    "control character in the name": Kind(then("2026-01-06\x01x.csv", lambda: csv_bytes(day2())),
+                                          "quarantined", ("2026-01-06\\x01x.csv: file name",), N),
+    "DEL in the name": Kind(then("2026-01-06\x7f.csv", lambda: csv_bytes(day2())), "quarantined",
+                            ("failed rule 'printable, no backslash'",), N),
+    "escape sequence in the name": Kind(then("2026-01-06\x1b[31m.csv", lambda: csv_bytes(day2())),
+                                        "quarantined", ("\\x1b[31m.csv: file name",), N),
+    "odd name and bad content": Kind(then("2026-01-06\n.csv", b""), "quarantined",
+                                     ("failed rule 'printable, no backslash'",), N),
+    "spaces and unicode in the name": Kind(then("2026-01-06 mesure é.csv",
+                                                lambda: csv_bytes(day2())), "validated"),
+    "question mark and hash in the name": Kind(then("2026-01-06?v=1#x.csv",
+                                                    lambda: csv_bytes(day2())), "validated"),
 }
 
 
+
+@flow(name="matrix-delivery")
+def delivery_flow(config: str) -> dict[str, Any]:
+    """A night's ingestion as the product's flows run it: the config by its path, the real
+    ingest task (its parameters, states and log lines are what Prefect records)."""
+    return ingest.ingest_source(resolve_config(config)).to_json()
+
+
+def prefect_records(flow_run_id: Any) -> tuple[str, list[str]]:
+    """Everything Prefect recorded of one flow run (the run, its task runs, its log lines),
+    as text, and the task runs' log messages."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # log lines are shipped in batches: send them now
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[flow_run_id])))
+    dumped = [run.model_dump(mode="json"), *(t.model_dump(mode="json") for t in tasks),
+              *(g.model_dump(mode="json") for g in logs)]
+    return json.dumps(dumped), [g.message for g in logs if g.name == "prefect.task_runs"]
+
+
 def deliver(raw: Path, store: Store, cfg: DatasetConfig, files: list[tuple[str, bytes]]
-            ) -> tuple[list[ingest.BatchOutcome], dict[str, str]]:
-    """Each file as the feed would: written, then the source ingested (a night's run).
-    Also returns the validated layer as it was before the last file."""
-    outcomes, before = [], {}
-    for name, data in files:
+            ) -> tuple[list[ingest.BatchOutcome], dict[str, str], tuple[str, list[str]]]:
+    """Each file as the feed would: written, then the source ingested (a night's run; the
+    last one as a Prefect flow run). Also returns the validated layer as it was before the
+    last file, and what Prefect recorded of the last run."""
+    outcomes, before, recorded = [], {}, ("", [])
+    for i, (name, data) in enumerate(files):
         before = {k: v for k, v in stored(store).items() if "/validated/" in k}
         (raw / name).write_bytes(data)
-        report = ingest.ingest_urls(store, cfg, ingest.list_sources(cfg))
-        (outcome,) = [b for b in report.batches if b.source.endswith("/" + name)]
+        if i < len(files) - 1:
+            batches = ingest.ingest_urls(store, cfg, ingest.list_sources(cfg)).batches
+        else:
+            state = delivery_flow(cfg.file, return_state=True)
+            batches = [ingest.BatchOutcome.from_dict(b) for b in state.result()["batches"]]
+            recorded = prefect_records(state.state_details.flow_run_id)
+        (outcome,) = [b for b in batches if b.source.endswith("/" + shown_name(name))]
         outcomes.append(outcome)
-    return outcomes, before
+    return outcomes, before, recorded
 
 
 def stored(store: Store) -> dict[str, str]:
     return {k: sha256_bytes(store.read_bytes(k)) for k in store.list("")}
+
+
+def outcomes_of(store: Store, cfg: DatasetConfig) -> dict[str, tuple]:
+    """Each source's outcome as a rerun reports it (what must not change)."""
+    report = ingest.ingest_urls(store, cfg, ingest.list_sources(cfg))
+    return {b.source: (b.status, b.rows, b.reasons) for b in report.batches}
+
+
+def layer_rows(store: Store, cfg: DatasetConfig) -> pl.DataFrame:
+    return layer.load_validated(store, cfg).sort("entity", "timestamp")
+
+
+KEY = ["entity", "timestamp"]
+
+
+def assert_reruns_change_nothing(raw: Path, store: Store, cfg: DatasetConfig,
+                                 order_matters: bool = False) -> None:
+    """A plain rerun, a rerun after every source was touched, a rerun after the ledger was lost."""
+    before, rows = stored(store), layer_rows(store, cfg)
+    outcomes = outcomes_of(store, cfg)  # plain: the listing is unchanged, nothing is read
+    assert stored(store) == before
+
+    for path in raw.iterdir():  # touched: same bytes, new mtime -> re-read and recognised
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 3600))
+    assert outcomes_of(store, cfg) == outcomes
+    after = stored(store)
+    assert {k: v for k, v in after.items() if "/ingested/" not in k} == \
+        {k: v for k, v in before.items() if "/ingested/" not in k}
+
+    store.delete_many([k for k in after if "/ingested/" in k])  # ledger lost: all filed again
+    refiled = outcomes_of(store, cfg)  # (a reason quoting "now" may differ: not its rule count)
+    assert {u: (o[0], o[1], len(o[2])) for u, o in refiled.items()} == \
+        {u: (o[0], o[1], len(o[2])) for u, o in outcomes.items()}
+    if order_matters:  # "the later delivery wins" is decided again, in listing order
+        assert layer_rows(store, cfg).select(KEY).equals(rows.select(KEY))
+    else:
+        assert layer_rows(store, cfg).equals(rows)
+    copies = {k: v for k, v in before.items()
+              if "/quarantine/" in k and not k.endswith("/validation.json")}
+    assert {k: v for k, v in stored(store).items() if k in copies} == copies
 
 
 def gx_verdicts(cfg: DatasetConfig, frame: pl.DataFrame) -> list[bool]:
@@ -279,28 +461,37 @@ def gx_verdicts(cfg: DatasetConfig, frame: pl.DataFrame) -> list[bool]:
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_fault_matrix(kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_fault_matrix(kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                      prefect_harness: None) -> None:
     spec = KINDS[kind]
     raw = tmp_path / "raw"
     raw.mkdir()
-    cfg = cfg_for(raw, f"file://{tmp_path}/store", **spec.validation)
+    cfg = cfg_for(raw, f"file://{tmp_path}/store", spec.limits, **spec.validation)
+    assert SECRET in Path(cfg.file).read_text()  # the flow run's config file holds it
     store = Store(cfg.store.root, cfg.store.storage_options)
     files = spec.files()
     caplog.set_level(logging.DEBUG)
 
-    outcomes, earlier = deliver(raw, store, cfg, files)
+    outcomes, earlier, (recorded, task_logs) = deliver(raw, store, cfg, files)
     last, (name, data) = outcomes[-1], files[-1]
 
     assert last.status == spec.outcome, (last.status, last.reasons)
     assert all(b.status == "validated" for b in outcomes[:-1])
     if spec.outcome == "quarantined":
         assert any(all(s in r for s in spec.says) for r in last.reasons), last.reasons
-        assert all(r.startswith(f"{name}: ") and "\n" not in r and len(r) <= MAX_LINE
+        assert all(r.startswith(f"{shown_name(name)}: ") and r.isprintable() and len(r) <= MAX_LINE
                    for r in last.reasons), last.reasons
         assert last.reason is not None and len(last.reason) <= MAX_LINE
-        assert store.read_bytes(last.keys[0]) == data  # kept byte for byte
-        report = json.loads(store.read_bytes(last.keys[1]))
+        if spec.copied:
+            copy, report_key = last.keys
+            assert store.read_bytes(copy) == data  # kept byte for byte, under a safe name
+            assert ingest.SAFE_FILE_NAME.fullmatch(copy.rsplit("/", 1)[-1]), copy
+        else:
+            (report_key,) = last.keys
+        report = json.loads(store.read_bytes(report_key))
         assert report["reasons"] == last.reasons
+        assert report["source_name"] == name  # the name as delivered
+        assert report.get("copied", True) is spec.copied
         assert {k: v for k, v in stored(store).items() if "/validated/" in k} == earlier
     assert (last.duplicates, last.replaced) == (spec.duplicates, spec.replaced)
 
@@ -310,18 +501,19 @@ def test_fault_matrix(kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixtur
     if spec.check:
         spec.check(rows)
 
-    before = stored(store)  # a rerun (same files) changes no stored byte
-    ingest.ingest_urls(store, cfg, ingest.list_sources(cfg))
-    assert stored(store) == before
-
-    written = b"".join(store.read_bytes(k) for k in store.list("")) + caplog.text.encode()
+    assert task_logs and json.dumps(cfg.file) in recorded  # Prefect recorded the run, its logs
+    written = (b"".join(store.read_bytes(k) for k in store.list("")) + caplog.text.encode()
+               + recorded.encode())
     assert SECRET.encode() not in written
+    assert all(len(m) <= MAX_LINE for m in task_logs)
     assert all(len(r.getMessage()) <= MAX_LINE for r in caplog.records
                if r.name.startswith("tasks."))
 
+    assert_reruns_change_nothing(raw, store, cfg, spec.validation.get("on_conflict") == "replace")
+
     try:  # both engines of the suite agree on every expectation
         frame = ingest.parse_batch(cfg, data, name)
-    except ingest.BatchReadError:
+    except (ingest.BatchReadError, ingest.limits.OverLimit):
         frame = None
     if frame is not None:
         stepped = with_step_column(cfg, frame)
@@ -329,6 +521,6 @@ def test_fault_matrix(kind: str, tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 
 def test_the_matrix_covers_the_promised_ground() -> None:
-    assert len(KINDS) >= 30
+    assert len(KINDS) >= 60
     assert {k.outcome for k in KINDS.values()} == {"validated", "quarantined"}
     assert sum(k.duplicates > 0 for k in KINDS.values()) >= 3  # cross-batch duplicates

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from statistics import median
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import fsspec
 import polars as pl
@@ -40,13 +40,14 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas import arrow as arrow_schemas
 from schemas.config import DatasetConfig
-from tasks.common import IO_RETRIES, clip, run_logger, store_for
-from tasks.data import layer
+from tasks.common import IO_RETRIES, clip, run_logger, shown_name, shown_url, store_for
+from tasks.data import layer, limits
 from tasks.data.layer import dataset_prefix
 from tasks.data.rules import ValidationOutcome, validate_frame, with_step_column  # noqa: F401
-from tasks.store import Store, sha256_bytes
+from tasks.store import Store, json_bytes, sha256_bytes
 
-RAW_EXTENSIONS = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
+RAW_EXTENSIONS = {"csv": (".csv", ".csv.gz", ".csv.zst"), "parquet": (".parquet", ".pq")}
+_partition_key = layer.partition_key  # the key helper other modules know by this name
 
 
 class BatchReadError(ValueError):
@@ -87,13 +88,6 @@ def batch_id_of(data: bytes) -> str:
 def source_id_of(url: str) -> str:
     """A source's identity is its URL: a re-delivery under the same name replaces it."""
     return batch_id_of(url.encode())
-
-
-def shown_url(url: str) -> str:
-    """A source URL fit for reports and logs: no user:password@, no query (signed URLs)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # -- listing ---------------------------------------------------------------------------
@@ -163,9 +157,9 @@ def list_batches(cfg: DatasetConfig) -> list[str]:
 
 
 def fetch_bytes(cfg: DatasetConfig, url: str) -> bytes:
-    """The raw bytes of one batch (I/O: may raise transient errors, which callers retry)."""
-    with fsspec.open(url, "rb", **cfg.source.storage_options) as fh:
-        return fh.read()
+    """The raw bytes of one batch, refused past `limits.file_bytes` (I/O: may raise transient
+    errors, which callers retry)."""
+    return limits.fetch_bounded(cfg, url, source_name(url))
 
 
 def _format_of(cfg: DatasetConfig, url: str) -> str:
@@ -221,6 +215,15 @@ def parse_batch(cfg: DatasetConfig, data: bytes, name: str) -> pl.DataFrame:
     fmt = "parquet" if _format_of(cfg, name) == "parquet" else "csv"
     if not data:
         raise BatchReadError(f"{name}: empty file (0 bytes)")
+    try:  # the bounds first: what they guard against is the memory parsing would take
+        if fmt == "parquet":
+            limits.check_parquet(cfg.limits, data, name)
+        else:
+            data = limits.checked_csv(cfg.limits, data, name)
+    except limits.OverLimit:
+        raise
+    except ValueError as err:
+        raise BatchReadError(clip(str(err))) from None
     errors = (pl.exceptions.PolarsError, OSError, pa.ArrowException, UnicodeDecodeError)
     try:
         if fmt == "parquet":
@@ -240,6 +243,7 @@ def parse_batch(cfg: DatasetConfig, data: bytes, name: str) -> pl.DataFrame:
     if twice:  # polars renamed the copies; which one is meant cannot be known
         raise BatchReadError(clip(f"{name}: header failed rule 'unique column names' "
                                   f"({[clip(c, 60) for c in twice][:12]} appear more than once)"))
+    limits.check_entities(cfg, frame, name)
     if frame.height == 0:
         # A header-only file: give its columns their intended types (no values to
         # lose), so the only failure reported is the row-count rule.
@@ -279,24 +283,57 @@ def _in_key_order(frame: pl.DataFrame) -> bool:
 # -- filing ----------------------------------------------------------------------------
 
 
+def delivered_name(url: str) -> str:
+    """A source file's name as delivered (a remote URL's query is not part of it; a '?' in a
+    local file name is)."""
+    path = url if urlsplit(url).scheme in ("", "file") else urlsplit(url).path
+    return posixpath.basename(path)
+
+
+def source_name(url: str) -> str:
+    """A source file's name as reasons and logs show it (one line, odd characters escaped)."""
+    return shown_name(delivered_name(url))
+
+
+def odd_name(url: str) -> bool:
+    """A name with a control character (a newline) or a backslash: it would break a log line,
+    a shell or a tool that reads the `source` column, so the file is quarantined."""
+    name = delivered_name(url)
+    return "\\" in name or not name.isprintable()
+
+
+SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+SAFE_SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,8}){1,2}\Z")  # ".csv", ".csv.gz"
+
+
+def quarantined_name(url: str) -> str:
+    """The name a quarantined copy is stored under: the source's own when it is a plain file
+    name, else "source" + its plain suffix (a backslash, a newline or a control character
+    in a name must not decide a store key; the original is in validation.json)."""
+    name = delivered_name(url)
+    if name != "validation.json" and SAFE_FILE_NAME.fullmatch(name):
+        return name
+    suffix = SAFE_SUFFIX.search(name)
+    return "source" + (suffix.group(0) if suffix else "")
+
+
 def quarantine(
     store: Store,
     cfg: DatasetConfig,
     url: str,
-    data: bytes,
+    data: bytes | None,
     batch_id: str,
     reasons: list[str],
     result: dict[str, Any] | None = None,
     error: str | None = None,
     **detail: Any,
 ) -> list[str]:
-    """Keep the untouched source bytes and a report under quarantine/<batch-id>/."""
+    """Keep the untouched source bytes (when given) and a report under quarantine/<batch-id>/."""
     base = f"{dataset_prefix(cfg)}/quarantine/{batch_id}"
-    name = posixpath.basename(urlsplit(url).path) or "source"
-    if name == "validation.json" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", name):
-        name = f"source{posixpath.splitext(name)[1][:12] if '.' in name else ''}"
+    name = quarantined_name(url)
     report = {
         "source": shown_url(url),
+        "source_name": delivered_name(url),  # as delivered (JSON escapes what it must)
         "batch_id": batch_id,
         "quarantined_at": datetime.now(UTC).isoformat(),
         "reasons": reasons,
@@ -304,6 +341,9 @@ def quarantine(
         "result": result,
         **detail,
     }
+    if data is None:
+        store.write_json(f"{base}/validation.json", report)
+        return [f"{base}/validation.json"]
     keys = [f"{base}/{name}", f"{base}/validation.json"]
     store.write_bytes(keys[0], data)
     store.write_json(keys[1], report)
@@ -365,7 +405,11 @@ def ingest_batch(store: Store, cfg: DatasetConfig, url: str,
     entry = read_ledger(store, cfg, url) if known is _UNREAD else known
     if entry is not None and entry.settled and listing and entry.listing == listing:
         return entry.outcome
-    data = fetch_bytes(cfg, url)
+    try:
+        limits.check_listed_size(cfg.limits, source_name(url), (listing or {}).get("size"))
+        data = limits.fetch_bounded(cfg, url, source_name(url))
+    except limits.OverLimit as err:
+        return _unread(store, cfg, url, entry, listing, str(err))
     batch_id = batch_id_of(data)
     if entry is not None and entry.settled and entry.outcome.batch_id == batch_id:
         if listing and entry.listing != listing:  # touched, not changed: remember the new listing
@@ -375,11 +419,29 @@ def ingest_batch(store: Store, cfg: DatasetConfig, url: str,
     return _file_batch(store, cfg, url, data, batch_id, entry, listing)
 
 
-def _quarantined(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_id: str,
+def _unread(store: Store, cfg: DatasetConfig, url: str, entry: LedgerEntry | None,
+            listing: dict[str, Any] | None, reason: str) -> BatchOutcome:
+    """Quarantine a file past `limits.file_bytes` without reading it: its report only (the
+    source keeps the bytes; copying them would cost what the bound is there to prevent)."""
+    # Named by what the listing says of its content (size, ETag), not its mtime: touching
+    # the file does not make it another batch.
+    batch_id = batch_id_of(json_bytes([url, {k: v for k, v in (listing or {}).items()
+                                             if k not in ("mtime", "LastModified")}]))
+    if entry is not None and entry.settled and entry.outcome.batch_id == batch_id:
+        entry.listing = listing
+        store.write_json(_ledger_key(cfg, url), entry.to_json())
+        return entry.outcome
+    held = [d.isoformat() for d in entry.touched_days()] if entry else []
+    outcome = _quarantined(store, cfg, url, None, batch_id, 0, [reason], error=reason,
+                           copied=False)
+    return _record(store, cfg, url, outcome, listing, held)
+
+
+def _quarantined(store: Store, cfg: DatasetConfig, url: str, data: bytes | None, batch_id: str,
                  rows: int, reasons: list[str], **detail: Any) -> BatchOutcome:
     keys = quarantine(store, cfg, url, data, batch_id, reasons, **detail)
     reason = clip("; ".join(reasons))
-    run_logger(__name__).warning(clip(f"quarantined {posixpath.basename(url)} (batch {batch_id}): "
+    run_logger(__name__).warning(clip(f"quarantined {source_name(url)} (batch {batch_id}): "
                                       f"{reason}"))
     return BatchOutcome(shown_url(url), "quarantined", rows, reason, keys, batch_id, reasons)
 
@@ -387,13 +449,18 @@ def _quarantined(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_
 def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_id: str,
                 entry: LedgerEntry | None, listing: dict[str, Any] | None) -> BatchOutcome:
     """Parse and validate the bytes; commit the rows or quarantine the bytes; record it."""
-    name = posixpath.basename(urlsplit(url).path)
+    name = source_name(url)
     before = entry.touched_days() if entry else []
     held = [d.isoformat() for d in before]  # a quarantined re-delivery keeps the old rows
     detail: dict[str, Any] = {}
+    if odd_name(url):
+        reason = (f"{name}: file name failed rule 'printable, no backslash' (kept as "
+                  f"{quarantined_name(url)!r}; the name as delivered is in validation.json)")
+        outcome = _quarantined(store, cfg, url, data, batch_id, 0, [clip(reason)], error=reason)
+        return _record(store, cfg, url, outcome, listing, held)
     try:
         frame = parse_batch(cfg, data, name)
-    except BatchReadError as err:
+    except (BatchReadError, limits.OverLimit) as err:
         outcome = _quarantined(store, cfg, url, data, batch_id, 0, [str(err)], error=str(err))
         return _record(store, cfg, url, outcome, listing, held)
 

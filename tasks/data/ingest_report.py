@@ -58,6 +58,8 @@ def publish_ingestion(cfg: DatasetConfig, report: IngestReport) -> list[str]:
             quarantine_key(cfg, batch), object_url(cfg, store, validation_key(batch)),
             link_text(batch),
             (f"Quarantined batch `{batch.batch_id}` of {cfg.name} ({batch.rows} rows) from "
-             f"{batch.source}. The link opens its validation result; the untouched source file "
-             f"is beside it in {store.uri(folder)}. {url_note(cfg, store, plots=False)}")))
+             f"{batch.source}. The link opens its validation result; "
+             + (f"the untouched source file is beside it in {store.uri(folder)}. "
+                if len(batch.keys) > 1 else "the file was not copied (past limits.file_bytes): "
+                "the source keeps it. ") + url_note(cfg, store, plots=False))))
     return keys

@@ -76,6 +76,15 @@ def plan_scopes(cfg: DatasetConfig) -> ScopePlan:
         run_logger(__name__).warning("%s: no model for %d %s(s) with fewer than %d train rows: %s",
                                      cfg.name, len(skipped), cfg.model.scope,
                                      cfg.model.min_train_rows, list(skipped)[:20])
+    bound = cfg.limits.model_scopes
+    if len(groups) > bound:  # the most train rows first; ties by name, so the plan is stable
+        over = sorted(groups, key=lambda g: (-sizes[g], g))[bound:]
+        run_logger(__name__).warning(
+            "%s: %d %s models past bound 'limits.model_scopes = %d': %d %s(s) with the fewest "
+            "train rows get none (scored by the fallback model if any): %s", cfg.name,
+            len(groups), cfg.model.scope, bound, len(over), cfg.model.scope, over[:20])
+        skipped = dict(sorted({**skipped, **{g: sizes[g] for g in over}}.items()))
+        groups = sorted(set(groups) - set(over))
     return ScopePlan(([None] if cfg.model.fallback else []) + list(groups), skipped)
 
 

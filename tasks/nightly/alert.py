@@ -201,6 +201,15 @@ def _open(entry: dict[str, Any] | None, now: datetime) -> bool:
         or _owner_gone(entry.get("owner")))
 
 
+def retained(ledger: dict[str, Any], day: date, days: int) -> dict[str, Any]:
+    """The ledger without sent segments of nights more than `days` before `day`, so it does
+    not grow forever (`limits.alert_ledger_days`; rerunning a night older than that alerts
+    its segments again). Claims in flight are kept whatever their age."""
+    horizon = (day - timedelta(days=days)).isoformat()
+    return {sid: e for sid, e in ledger.items()
+            if e.get("status") != "sent" or e.get("night", horizon) >= horizon}
+
+
 def _claim(store: Store, cfg: DatasetConfig, day: date, ids: list[str], token: str) -> list[str]:
     """Claim the segments nobody has sent or is sending (compare-and-swap on the ledger)."""
     now = datetime.now(UTC)
@@ -208,7 +217,7 @@ def _claim(store: Store, cfg: DatasetConfig, day: date, ids: list[str], token: s
 
     def change(ledger: dict[str, Any] | None) -> dict[str, Any] | None:
         claimed.clear()
-        new = dict(ledger or {})
+        new = retained(ledger or {}, day, cfg.limits.alert_ledger_days)
         for sid in ids:
             entry = new.get(sid)
             if entry is not None and entry.get("claim") == token:
