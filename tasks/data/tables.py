@@ -79,14 +79,17 @@ def open_table(store: Store, key: str, version: int | None = None) -> DeltaTable
 
 def ensure_table(store: Store, key: str, schema: pa.Schema, partition_by: list[str]) -> None:
     """Create the table (empty, at version 0) unless it exists; losing that race is fine."""
-    if open_table(store, key) is not None:
-        return
-    try:
-        DeltaTable.create(table_uri(store, key), schema=schema, partition_by=partition_by,
-                          mode="ignore", storage_options=storage_options(store))
-    except Exception:
-        if open_table(store, key) is None:  # not a lost race: a real failure
-            raise
+    for n in range(COMMIT_ATTEMPTS):
+        if open_table(store, key) is not None:
+            return
+        try:
+            DeltaTable.create(table_uri(store, key), schema=schema, partition_by=partition_by,
+                              mode="ignore", storage_options=storage_options(store))
+            return
+        except (CommitFailedError, OSError):  # a lost race, or a reply lost on the way
+            if n == COMMIT_ATTEMPTS - 1:
+                raise
+            _back_off(n)
 
 
 def transact(store: Store, key: str, attempt: Callable[[DeltaTable | None], T],
@@ -95,18 +98,24 @@ def transact(store: Store, key: str, attempt: Callable[[DeltaTable | None], T],
 
     `attempt` reads the snapshot it is given, decides, and commits against it (pass the
     DeltaTable to write_deltalake/merge/delete, so delta-rs checks for conflicts since
-    that version); on CommitFailedError it runs again on a fresh snapshot.
+    that version); on CommitFailedError it runs again on a fresh snapshot. So does an I/O
+    error (a connection reset on the commit's PUT): whether that commit landed or not,
+    the fresh snapshot tells, and `attempt` must then find nothing left to write.
     """
     for n in range(max_attempts):
         try:
             return attempt(open_table(store, key))
-        except CommitFailedError as err:
+        except (CommitFailedError, OSError) as err:
             if n == max_attempts - 1:
-                raise StoreError(f"{store.uri(key)}: commit still conflicting after "
+                raise StoreError(f"{store.uri(key)}: commit still failing after "
                                  f"{max_attempts} attempts ({str(err).splitlines()[0]})") from err
-        log.debug("%s: concurrent commit, attempt %d again", store.uri(key), n + 2)
-        time.sleep(random.uniform(0, 0.02 * (n + 1)))  # back off, de-synchronise
+            log.debug("%s: %s, attempt %d again", store.uri(key), type(err).__name__, n + 2)
+        _back_off(n)
     raise AssertionError("unreachable")
+
+
+def _back_off(attempt: int) -> None:
+    time.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # de-synchronise competing writers
 
 
 def version_of(store: Store, key: str) -> int | None:
