@@ -105,6 +105,8 @@ def transact(store: Store, key: str, attempt: Callable[[DeltaTable | None], T],
     for n in range(max_attempts):
         try:
             return attempt(open_table(store, key))
+        except FileNotFoundError:
+            raise  # nothing a retry can bring back
         except (CommitFailedError, OSError) as err:
             if n == max_attempts - 1:
                 raise StoreError(f"{store.uri(key)}: commit still failing after "
