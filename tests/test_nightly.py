@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from schemas.config import load_config, parse_config
-from tasks.data.ingest import batches_for_night
 from tasks.data import tables
+from tasks.data.ingest import batches_for_night
 from tasks.data.synthetic import materialize
 from tasks.nightly import scores_table
 from tasks.nightly.score import read_scores

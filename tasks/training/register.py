@@ -20,6 +20,7 @@ from tasks.data.prepare import PreparedData
 from tasks.store import json_bytes
 from tasks.training.calibrate import Calibration
 from tasks.training.export import EXPORT
+from tasks.training.lineage import training_data
 from tasks.training.train import FIT, TrainedCandidate
 from tasks.versions import (
     CONFIG,
@@ -61,11 +62,14 @@ class Candidate:
         return float("nan") if value is None else float(value)
 
 
-def version_config(cfg: DatasetConfig, fit: dict[str, Any]) -> dict[str, Any]:
-    """config.json: everything needed to rebuild and score the model."""
+def version_config(cfg: DatasetConfig, fit: dict[str, Any],
+                   prepared: PreparedData | None = None) -> dict[str, Any]:
+    """config.json: everything needed to rebuild and score the model, and the validated
+    table snapshot it trained on (`nightowl training-set` rebuilds those rows)."""
     return {"dataset": cfg.name, "group": cfg.group, "model": fit["arguments"], "training": fit["settings"],
             "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
-            "scaling": cfg.scaling.model_dump()}
+            "scaling": cfg.scaling.model_dump(),
+            "data": training_data(cfg, prepared.table_version if prepared else None)}
 
 
 @task(name="register", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -81,7 +85,7 @@ def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: Trai
     files |= {key[len(trained.key) + 1:]: store.read_bytes(key)
               for key in store.list(trained.file(PLOTS))}
     files[SCALER] = store.read_bytes(prepared.scaler_key)
-    files[CONFIG] = json_bytes(version_config(cfg, fit))
+    files[CONFIG] = json_bytes(version_config(cfg, fit, prepared))
     files[METRICS] = json_bytes({
         "validation": calibration.metrics, "export": export,
         "fit": {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}})
