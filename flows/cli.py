@@ -110,6 +110,21 @@ def training_set(out: Path = typer.Argument(..., help="Parquet file to write the
 
 
 @app.command()
+def migrate(config: Path | None = ConfigArg) -> None:
+    """Turn a store written before the Delta tables (parts + manifests) into the tables;
+    running it again does nothing."""
+    from flows.common import resolve_config
+    from tasks.common import store_for
+    from tasks.data.migrate import migrate_validated
+    from tasks.nightly.migrate import migrate_scores
+
+    cfg = resolve_config(str(config) if config else None)
+    store = store_for(cfg)
+    for done in (migrate_validated(store, cfg), migrate_scores(store, cfg)):
+        typer.echo(json.dumps(done.to_json()))
+
+
+@app.command()
 def families() -> None:
     """List the model families with a one-line description each."""
     from models.registry import describe_families

@@ -159,11 +159,11 @@ def with_day(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(arrow_schemas.TIMESTAMP).dt.date().alias(DAY))
 
 
-def _days_predicate(days: list[date]) -> str:
+def days_predicate(days: list[date]) -> str:
     return f"{DAY} IN ({', '.join(repr(d.isoformat()) for d in days)})"
 
 
-def _read_days(table: DeltaTable | None, cfg: DatasetConfig, days: list[date]) -> pl.DataFrame:
+def read_days(table: DeltaTable | None, cfg: DatasetConfig, days: list[date]) -> pl.DataFrame:
     schema = arrow_schemas.validated_table_schema(cfg)
     if table is None or not days:
         return pl.from_arrow(schema.empty_table())  # type: ignore[return-value]
@@ -192,7 +192,7 @@ def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFr
     schema = arrow_schemas.validated_table_schema(cfg)
 
     def attempt(table: DeltaTable | None) -> CommitResult:
-        current = _read_days(table, cfg, days)
+        current = read_days(table, cfg, days)
         plan = plan_commit(cfg, current, source, rows)
         if plan.collisions.conflicts:
             raise ConflictError(plan.collisions.conflicts)
@@ -204,7 +204,7 @@ def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFr
             return result  # already committed (a rerun, or a concurrent run of this batch)
         assert table is not None  # ensure_table made it
         write_deltalake(table, plan.rows.to_arrow().cast(schema), mode="overwrite",
-                        predicate=_days_predicate(days), partition_by=[DAY],
+                        predicate=days_predicate(days), partition_by=[DAY],
                         storage_options=tables.storage_options(store))
         result.version = tables.version_of(store, validated_key(cfg))
         return result

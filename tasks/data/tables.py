@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import pyarrow as pa
 from deltalake import DeltaTable
@@ -124,6 +125,13 @@ def version_of(store: Store, key: str) -> int | None:
     """The table's current version (None: no table yet)."""
     table = open_table(store, key)
     return None if table is None else table.version()
+
+
+def tracked_keys(store: Store, key: str, table: DeltaTable) -> set[str]:
+    """Store keys of the data files the snapshot names (anything else in its folder is not
+    part of the table: a dead writer's file, or an older layout's)."""
+    paths = pa.table(table.get_add_actions()).column("path").to_pylist()
+    return {f"{key}/{unquote(p)}" for p in paths}
 
 
 def maintain(store: Store, key: str, retention_hours: int) -> dict[str, Any]:
