@@ -84,6 +84,46 @@ def serve(config: Path | None = ConfigArg,
     serve_deployments(str(config.resolve()) if config else None, cron, limit, gpu_slots)
 
 
+@app.command("training-set")
+def training_set(out: Path = typer.Argument(..., help="Parquet file to write the rows to"),
+                 config: Path | None = ConfigArg,
+                 model: str | None = typer.Option(None, help="FAMILY/VERSION (default: the champion)"),
+                 group: str | None = typer.Option(None, help="the model's entity or group")) -> None:
+    """Rebuild the exact rows a model version trained on (the validated table's recorded
+    version, by time travel) and write them, with their split, as Parquet."""
+    from flows.common import resolve_config
+    from tasks.common import store_for
+    from tasks.training.lineage import training_set as rebuild
+    from tasks.versions import VersionRef, current_champion
+
+    cfg = resolve_config(str(config) if config else None)
+    scoped = cfg.for_group(group)
+    store = store_for(cfg)
+    if model:
+        family, _, version = model.partition("/")
+        ref = VersionRef(scoped.scope_name, family, version)
+    else:
+        ref = current_champion(store, scoped.scope_name)
+    rows = rebuild(store, scoped, ref)
+    rows.write_parquet(out)
+    typer.echo(f"{rows.height} rows of {ref.family}/{ref.version} -> {out}")
+
+
+@app.command()
+def migrate(config: Path | None = ConfigArg) -> None:
+    """Turn a store written before the Delta tables (parts + manifests) into the tables;
+    running it again does nothing."""
+    from flows.common import resolve_config
+    from tasks.common import store_for
+    from tasks.data.migrate import migrate_validated
+    from tasks.nightly.migrate import migrate_scores
+
+    cfg = resolve_config(str(config) if config else None)
+    store = store_for(cfg)
+    for done in (migrate_validated(store, cfg), migrate_scores(store, cfg)):
+        typer.echo(json.dumps(done.to_json()))
+
+
 @app.command()
 def families() -> None:
     """List the model families with a one-line description each."""

@@ -18,19 +18,23 @@ TIMESTAMP = "timestamp"
 ENTITY = "entity"
 LABEL = "label"
 DEFAULT_ENTITY = "default"  # used when the source has no entity column
+# Columns the validated Delta table adds: the day partition, and every source holding the row.
+DAY = "date"
+SOURCES = "sources"
 
 
 def validated_schema(cfg: DatasetConfig) -> pa.Schema:
-    """Schema of `datasets/<ds>/validated/date=YYYY-MM-DD/part-<id>.parquet`.
+    """Schema of the validated rows as nightowl's stages read them.
 
     timestamp: naive UTC, microseconds; entity: string; features: float64 in
     config order; label: int8 (0 when the source has no label column).
     """
-    clash = sorted({TIMESTAMP, ENTITY, LABEL} & set(cfg.columns.features))
+    reserved = [TIMESTAMP, ENTITY, LABEL, DAY, SOURCES]
+    clash = sorted(set(reserved) & set(cfg.columns.features))
     if clash:
         raise ValueError(
             f"dataset '{cfg.name}': feature names {clash} clash with the validated layer's "
-            f"reserved columns {[TIMESTAMP, ENTITY, LABEL]}"
+            f"reserved columns {reserved}"
         )
     fields = [
         pa.field(TIMESTAMP, pa.timestamp("us"), nullable=False),
@@ -41,3 +45,14 @@ def validated_schema(cfg: DatasetConfig) -> pa.Schema:
     return pa.schema(
         fields, metadata={b"nightowl.layer": b"validated", b"nightowl.dataset": cfg.name.encode()}
     )
+
+
+def validated_table_schema(cfg: DatasetConfig) -> pa.Schema:
+    """Schema of the validated Delta table (`datasets/<ds>/validated/`): the rows, their day
+    (the partition column) and `sources`, every source that delivered these exact values
+    (identical re-deliveries are kept as evidence, so no later change of one source can
+    lose a row another still holds)."""
+    base = validated_schema(cfg)
+    return pa.schema([*base, pa.field(DAY, pa.date32(), nullable=False),
+                      pa.field(SOURCES, pa.list_(pa.string()), nullable=False)],
+                     metadata=base.metadata)

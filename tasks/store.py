@@ -115,6 +115,9 @@ class Store:
         options = dict(storage_options or {})
         if root.startswith("s3://"):
             options = merge_options(_s3_options_from_env(), options)
+            # s3fs caches listings with no expiry, per process: a long-lived worker would
+            # never see a key another process wrote later. Every listing asks S3.
+            options["use_listings_cache"] = False
         self.fs, path = fsspec.core.url_to_fs(root, **options)
         self.is_local = "file" in _protocols(self.fs)
         self.root = os.path.abspath(path) if self.is_local else path.rstrip("/")

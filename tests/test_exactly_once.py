@@ -1,7 +1,7 @@
 """Exactly-once rows under concurrency and crashes: (entity, timestamp) is unique across the
-validated layer whatever runs at the same time, and a commit cut short is finished by the
-next run. Real threads on a real local store (its compare-and-swap is a file lock; the
-S3 one is exercised in tests/test_faults.py)."""
+validated table whatever runs at the same time, no later delivery loses a row another
+source still holds, and a run killed around its commit is finished by the next run. Real
+threads on a real local Delta table (the S3 one is exercised in tests/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tasks.data import ingest, layer
+from tasks.data import ingest, layer, tables
 from tasks.store import Store
 from tests.test_ingest import START, csv_bytes, good_frame, make_cfg
 
@@ -79,75 +79,141 @@ def test_concurrent_conflicting_sources_file_one_and_quarantine_the_other(tmp_pa
     assert "across sources" in loser.reason and "of 96 rows" in loser.reason
     report = Store(root).read_json(loser.keys[1])
     # every key that collided when it was refused (the winner may still be committing day 2)
-    assert len(report["collisions"]) in (48, 96)
+    assert len(report["collisions"]) == 96  # the batch is one commit: all of it collides
     assert len(report["collisions"]) == int(loser.reason.split("sources' (")[1].split(" of")[0])
     assert unique_rows(Store(root), cfg).height == 96
 
 
-def test_a_commit_cut_short_is_finished_by_the_next_run(tmp_path: Path, monkeypatch) -> None:
-    """The process dies after committing the first of a batch's two days (the store is left
-    exactly as a kill -9 there would leave it): the rerun files the batch once."""
+class Killed(BaseException):
+    """What a kill -9 at that line would leave: nothing after it runs."""
+
+
+def test_a_run_killed_before_its_commit_leaves_the_table_as_it_was(tmp_path: Path,
+                                                                   monkeypatch) -> None:
     src = tmp_path / "2026-01-05.csv"
     src.write_bytes(csv_bytes(good_frame()))
     cfg = make_cfg(src)
     store = Store(f"file://{tmp_path}/store")
     url = f"file://{src}"
     ingest.ingest_batch(store, cfg, url)
+    version, rows = layer.table_version(store, cfg), unique_rows(store, cfg)
     src.write_bytes(csv_bytes(good_frame(START + timedelta(hours=6))))  # corrected, shifted
 
-    class Killed(BaseException):
-        pass
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise Killed
 
-    real = layer._commit_day
-    calls = []
-
-    def dies_after_first_day(*args: Any, **kwargs: Any) -> Any:
-        if calls:
-            raise Killed
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(layer, "_commit_day", dies_after_first_day)
+    monkeypatch.setattr(layer, "write_deltalake", dies)
     with pytest.raises(Killed):
         ingest.ingest_batch(store, cfg, url)
-    monkeypatch.setattr(layer, "_commit_day", real)
+    monkeypatch.undo()
+    assert layer.table_version(store, cfg) == version and unique_rows(store, cfg).equals(rows)
     entry = ingest.read_ledger(store, cfg, url)
-    assert entry is not None and not entry.settled  # the ledger knows a commit is in flight
+    assert entry is not None and not entry.settled  # the ledger knows a commit was in flight
 
     out = ingest.ingest_batch(store, cfg, url, listing={"size": 1})
     assert out.status == "validated" and out.duplicates == 0
     rows = unique_rows(store, cfg)
     assert rows["timestamp"].min() == START + timedelta(hours=6) and rows.height == 96
     assert ingest.read_ledger(store, cfg, url).settled
-    orphans = [k for k in store.list("datasets/tiny/validated") if k.endswith(".parquet")
-               and k not in layer.committed_parts(store, cfg, layer.validated_days(store, cfg))]
-    assert orphans == []
 
 
-def test_a_store_written_before_manifests_is_adopted(tmp_path: Path) -> None:
-    """Old layout: part-<source-id>.parquet, no manifest, a flat ledger entry."""
+def test_a_run_killed_after_its_commit_is_settled_by_the_next(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """The commit landed, the ledger's record did not: the rerun changes no row."""
     src = tmp_path / "2026-01-05.csv"
     src.write_bytes(csv_bytes(good_frame()))
     cfg = make_cfg(src)
     store = Store(f"file://{tmp_path}/store")
     url = f"file://{src}"
-    table = ingest.to_validated(cfg, ingest.parse_batch(cfg, src.read_bytes(), src.name))
-    keys = []
-    for day, part in layer.split_days(table).items():
-        key = f"datasets/tiny/validated/date={day.isoformat()}/part-{ingest.source_id_of(url)}.parquet"
-        store.write_bytes(key, layer.parquet_bytes(part.to_arrow().cast(table.schema)))
-        keys.append(key)
-    store.write_json(ingest._ledger_key(cfg, url), {
-        "source": url, "status": "validated", "rows": 96, "reason": None, "keys": keys,
-        "batch_id": ingest.batch_id_of(src.read_bytes()), "reasons": []})
-    assert unique_rows(store, cfg).height == 96  # read without a manifest
-    assert ingest.ingest_batch(store, cfg, url).status == "validated"  # same bytes: skipped
 
-    src.write_bytes(csv_bytes(good_frame(START + timedelta(hours=12))))
-    ingest.ingest_batch(store, cfg, url)
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(ingest, "_record", dies)
+    with pytest.raises(Killed):
+        ingest.ingest_batch(store, cfg, url)
+    monkeypatch.undo()
+    version = layer.table_version(store, cfg)
+    assert not ingest.read_ledger(store, cfg, url).settled
+    out = ingest.ingest_batch(store, cfg, url)
+    assert out.status == "validated" and unique_rows(store, cfg).height == 96
+    assert layer.table_version(store, cfg) == version  # nothing to change: no commit
+    assert ingest.read_ledger(store, cfg, url).settled
+
+
+DAY1 = datetime(2026, 3, 1)
+
+
+def five_minutely(day: datetime, days: int, shift: float = 0.0) -> pl.DataFrame:
+    """288 rows a day of one machine."""
+    n = 288 * days
+    return pl.DataFrame({"timestamp": [day + timedelta(minutes=5 * i) for i in range(n)],
+                         "entity": ["m0"] * n, "a": [float(i % 288) + shift for i in range(n)],
+                         "b": [1.0] * n, "c": [2.0] * n, "label": [0] * n})
+
+
+@pytest.mark.parametrize("on_conflict", ["quarantine", "replace"])
+def test_a_duplicate_then_a_shrinking_correction_loses_no_day(tmp_path: Path,
+                                                              on_conflict: str) -> None:
+    """A delivers days 1-2; B re-delivers day 2, identical, under another name; A corrects its
+    file to day 1 only. B still holds day 2: all of its 288 rows stay."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    cfg = make_cfg(raw / "*.csv", on_conflict=on_conflict)
+    store = Store(f"file://{tmp_path}/store")
+    a, b = raw / "a.csv", raw / "b.csv"
+    both = five_minutely(DAY1, 2)
+    a.write_bytes(csv_bytes(both))
+    assert ingest.ingest_batch(store, cfg, f"file://{a}").status == "validated"
+    b.write_bytes(csv_bytes(both.filter(pl.col("timestamp") >= DAY1 + timedelta(days=1))))
+    second = ingest.ingest_batch(store, cfg, f"file://{b}")
+    assert (second.status, second.duplicates) == ("validated", 288)
+    a.write_bytes(csv_bytes(five_minutely(DAY1, 1)))
+    assert ingest.ingest_batch(store, cfg, f"file://{a}").status == "validated"
+
     rows = unique_rows(store, cfg)
-    assert rows.height == 96 and rows["timestamp"].min() == START + timedelta(hours=12)
-    assert not any(store.exists(k) for k in keys)  # the legacy parts were replaced
+    day2 = rows.filter(pl.col("timestamp") >= DAY1 + timedelta(days=1))
+    assert rows.height == 2 * 288 and day2.height == 288
+    table = tables.open_table(store, layer.validated_key(cfg)).to_pyarrow_table()
+    held = pl.from_arrow(table).group_by("date").agg(pl.col("sources").explode().unique())
+    assert {d.day: sorted(s) for d, s in held.iter_rows()} == {1: [f"file://{a}"],
+                                                               2: [f"file://{b}"]}
+
+
+def test_a_replacing_source_keeps_its_rows_when_the_replaced_one_shrinks(tmp_path: Path) -> None:
+    """Under "replace", B's different day 2 wins over A's; A then drops day 2: B's stay."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    cfg = make_cfg(raw / "*.csv", on_conflict="replace")
+    store = Store(f"file://{tmp_path}/store")
+    a, b = raw / "a.csv", raw / "b.csv"
+    a.write_bytes(csv_bytes(five_minutely(DAY1, 2)))
+    ingest.ingest_batch(store, cfg, f"file://{a}")
+    theirs = five_minutely(DAY1, 2, shift=0.5).filter(pl.col("timestamp") >= DAY1 + timedelta(days=1))
+    b.write_bytes(csv_bytes(theirs))
+    assert ingest.ingest_batch(store, cfg, f"file://{b}").replaced == 288
+    a.write_bytes(csv_bytes(five_minutely(DAY1, 1)))
+    ingest.ingest_batch(store, cfg, f"file://{a}")
+    day2 = unique_rows(store, cfg).filter(pl.col("timestamp") >= DAY1 + timedelta(days=1))
+    assert day2.height == 288 and day2["a"].to_list() == theirs["a"].to_list()
+
+
+def test_a_source_rejoining_with_changed_values_conflicts_with_the_evidence(tmp_path: Path) -> None:
+    """A and B both hold day 2; A then changes day 2's values: B still holds the old ones, so
+    A's batch is refused (quarantine) and the table keeps B's rows."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    cfg = make_cfg(raw / "*.csv")
+    store = Store(f"file://{tmp_path}/store")
+    a, b = raw / "a.csv", raw / "b.csv"
+    a.write_bytes(csv_bytes(five_minutely(DAY1, 1)))
+    b.write_bytes(csv_bytes(five_minutely(DAY1, 1)))
+    ingest.ingest_batch(store, cfg, f"file://{a}")
+    ingest.ingest_batch(store, cfg, f"file://{b}")
+    a.write_bytes(csv_bytes(five_minutely(DAY1, 1, shift=3.0)))
+    out = ingest.ingest_batch(store, cfg, f"file://{a}")
+    assert out.status == "quarantined" and "b.csv" in out.reason
+    assert unique_rows(store, cfg)["a"].to_list() == five_minutely(DAY1, 1)["a"].to_list()
 
 
 def test_volume_report_names_missing_and_surging_entities(tmp_path: Path) -> None:
@@ -177,19 +243,15 @@ def test_volume_report_names_missing_and_surging_entities(tmp_path: Path) -> Non
     json.dumps(report)
 
 
-def test_manifest_is_the_commit(tmp_path: Path) -> None:
-    """A part file no manifest names (a writer died before its commit) is never read."""
+def test_only_committed_files_are_read(tmp_path: Path) -> None:
+    """A Parquet file in the table's folder that no log entry names (a writer died before
+    its commit) is never read, by us or by any Delta reader."""
     src = tmp_path / "2026-01-05.csv"
     src.write_bytes(csv_bytes(good_frame()))
     cfg = make_cfg(src)
     store = Store(f"file://{tmp_path}/store")
     out = ingest.ingest_batch(store, cfg, f"file://{src}")
-    stray = out.keys[0].replace(".parquet", "-stray.parquet")
-    store.write_bytes(stray, store.read_bytes(out.keys[0]))  # the same rows, uncommitted
-    manifest = store.read_json(layer.manifest_key(cfg, START.date()))
-    assert [e["key"] for e in manifest["parts"].values()] == [out.keys[0]]
-    assert layer.committed_parts(store, cfg, [START.date()]) == [out.keys[0]]
-    rows = unique_rows(store, cfg)  # the stray part read too would duplicate every key
-    filed = pl.from_arrow(ingest.to_validated(cfg, ingest.parse_batch(cfg, src.read_bytes(),
-                                                                      src.name)))
-    assert rows.sort("entity", "timestamp").equals(filed.sort("entity", "timestamp"))
+    (part,) = [k for k in store.list(out.keys[0]) if k.endswith(".parquet")]
+    store.write_bytes(part.replace(".parquet", "-stray.parquet"), store.read_bytes(part))
+    assert unique_rows(store, cfg).height == 96
+    assert pl.scan_delta(tables.table_uri(store, layer.validated_key(cfg))).collect().height == 96

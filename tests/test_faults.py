@@ -13,9 +13,10 @@ import uuid
 from pathlib import Path
 
 import boto3
+import polars as pl
 import pytest
 
-from tasks.data import ingest, layer
+from tasks.data import ingest, layer, tables
 from tasks.store import Store
 from tasks.versions import ChampionConflict, VersionRef, read_champion, set_champion
 from tests.fault_proxy import FAULTS, every, fault_proxy
@@ -115,3 +116,50 @@ def test_concurrent_promotions_through_s3_faults_lose_none(s3_url):
                                                       VersionId=v["VersionId"])["Body"].read())
                          ["generation"] for v in versions)
     assert generations == list(range(1, 13))  # every promotion exactly once, none lost
+
+
+def test_overlapping_ingestions_at_once_through_s3_faults_end_as_one_after_the_other(
+        s3_url, tmp_path: Path):
+    """Two runs at once, each with its own client, over sources that overlap (a shared file and
+    an identical re-send of another's day), every 4th request failing: the final table holds
+    what one run after the other files, each row once, with every source that holds it."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "2026-01-05.csv").write_bytes(csv_bytes(good_frame()))
+    (raw / "2026-01-06.csv").write_bytes(csv_bytes(good_frame(START.replace(day=6))))
+    (raw / "2026-01-06-resend.csv").write_bytes(csv_bytes(good_frame(START.replace(day=6))))
+    cfg = make_cfg(raw / "*.csv")
+    files = ingest.list_sources(cfg)
+    first, second = files[:2], files[1:]  # both deliver 2026-01-06.csv
+    clean = s3_store(s3_url, "sequential")
+    ingest.ingest_urls(clean, cfg, first)
+    ingest.ingest_urls(clean, cfg, second)
+
+    prefix = f"together-{uuid.uuid4().hex[:6]}"
+    errors: list[BaseException] = []
+    with fault_proxy(s3_url, every(4, ("503", "reset", "reset-after"))) as proxy:
+        barrier = threading.Barrier(2)
+
+        def run(sources: list[ingest.SourceFile]) -> None:
+            barrier.wait()
+            try:
+                ingest.ingest_urls(s3_store(proxy.url, prefix), cfg, sources)
+            except BaseException as err:  # noqa: BLE001 - surfaced below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert proxy.faults["reset-after"] > 0
+    together = s3_store(s3_url, prefix)
+    assert layer.load_validated(together, cfg).equals(layer.load_validated(clean, cfg))
+    key = layer.validated_key(cfg)
+
+    def held(store: Store) -> pl.DataFrame:
+        frame = pl.from_arrow(tables.open_table(store, key).to_pyarrow_table())
+        return frame.with_columns(pl.col("sources").list.sort()).sort("entity", "timestamp")
+
+    assert held(together).equals(held(clean)) and held(clean)["sources"].list.len().max() == 2

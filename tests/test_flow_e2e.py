@@ -18,6 +18,7 @@ import pytest
 
 from schemas.config import DatasetConfig, default_config_path, parse_config
 from tasks.common import store_for
+from tasks.data import tables
 from tasks.nightly.score import read_scores
 from tasks.versions import VersionRef, champion_ref, load_version_files, read_champion
 
@@ -110,9 +111,7 @@ def test_training_flow_meets_detection_and_false_positive_targets(trained) -> No
     # The calibrated threshold keeps its false-positive promise on normal rows it never
     # saw (the score range), within 3 binomial standard deviations of the target.
     store = store_for(cfg)
-    scores = pl.concat(
-        pl.from_arrow(store.read_parquet(k)) for k in store.list(f"scores/{cfg.name}")
-    )
+    scores = pl.scan_delta(tables.table_uri(store, f"scores/{cfg.name}")).collect()  # every night
     normal = scores.filter(pl.col("label") == 0)
     fpr = normal["is_anomaly"].mean()
     alpha = cfg.threshold.target_fpr
@@ -217,7 +216,7 @@ def test_the_ui_shows_plots_progress_and_links_of_the_run_and_the_nights(trained
     version = f"models/synthetic/dense_ae/{result['champion']['version']}"
     assert link_urls(artifacts["train-synthetic-champion"].data) == [store.uri(version) + "/"]
     assert link_urls(artifacts["nightly-synthetic-scores"].data) == [  # the night's partition
-        store.uri(nights[-1]["keys"][0].rsplit("/", 1)[0]) + "/"]
+        store.uri(nights[-1]["keys"][0].split("/scope=")[0]) + "/"]
     quarantine = artifacts[f"quarantine-synthetic-{quarantined['batch_id']}"].data
     assert "2026-01-14-resend.csv: column 's01' failed rule 'not null'" in quarantine
     assert store.exists(link_urls(quarantine)[0].removeprefix(store.uri("")))  # validation.json

@@ -19,7 +19,7 @@ import pytest
 from schemas import suites
 from schemas.arrow import validated_schema
 from schemas.config import DatasetConfig, default_config_path, load_config, parse_config
-from tasks.data import ingest, layer
+from tasks.data import ingest, layer, tables
 from tasks.store import Store, sha256_bytes
 
 FEATURES = ["a", "b", "c"]
@@ -171,35 +171,35 @@ def test_good_batch_writes_date_partitions_and_reingest_replaces(
 
     out = ingest.ingest_batch(store, cfg, f"file://{src}")
     assert out.status == "validated" and out.reason is None and out.rows == frame.height
-    part_id = sha256_bytes(f"file://{src}".encode())[:16]  # named after the source...
-    assert [k.rsplit("-", 1)[0] for k in out.keys] == [  # ...and its content
-        f"datasets/tiny/validated/date=2026-01-05/part-{part_id}",
-        f"datasets/tiny/validated/date=2026-01-06/part-{part_id}",
-    ]
-    table = store.read_parquet(out.keys[0])
-    assert table.schema.equals(validated_schema(cfg))
+    assert out.keys == ["datasets/tiny/validated/date=2026-01-05",
+                        "datasets/tiny/validated/date=2026-01-06"]
+    table = tables.open_table(store, "datasets/tiny/validated")
+    assert table is not None and table.metadata().partition_columns == ["date"]
+    stored = table.to_pyarrow_table()
+    assert stored.schema.names == [*validated_schema(cfg).names, "date", "sources"]
+    assert set(stored.column("sources").to_pylist()[0]) == {f"file://{src}"}  # each row's source
+    first = layer.table_version(store, cfg)
 
     loaded = layer.load_validated(store, cfg, None, None)
     expected = frame.with_columns(pl.col("label").cast(pl.Int8)).sort(["entity", "timestamp"])
     assert loaded.equals(expected.select(loaded.columns))
 
     before = snapshot(store, cfg)
-    written_at = [Path(store.path(k)).stat().st_mtime_ns for k in out.keys]
     again = ingest.ingest_batch(store, cfg, f"file://{src}")
     assert again == out  # the recorded outcome: the same bytes are not validated twice
-    assert [Path(store.path(k)).stat().st_mtime_ns for k in out.keys] == written_at
-    assert snapshot(store, cfg) == before  # same files, no duplicates
+    assert snapshot(store, cfg) == before  # no new commit, no new file
     assert len(layer.load_validated(store, cfg, None, None)) == frame.height
 
     # a corrected re-delivery of the same file replaces its rows, never duplicates them
     corrected = frame.with_columns(pl.col("a") + 1.0)
     src.write_bytes(csv_bytes(corrected))
     replaced = ingest.ingest_batch(store, cfg, f"file://{src}")
-    assert replaced.status == "validated" and replaced.keys != out.keys
-    assert not any(store.exists(k) for k in out.keys)  # the superseded parts are gone
+    assert replaced.status == "validated" and layer.table_version(store, cfg) == first + 1
     reloaded = layer.load_validated(store, cfg, None, None)
     assert reloaded.height == frame.height
     assert reloaded["a"].sum() == pytest.approx(frame["a"].sum() + frame.height)
+    # the snapshot before the correction stays readable by version (time travel)
+    assert layer.load_validated(store, cfg, version=first).equals(loaded)
     src.write_bytes(csv_bytes(frame))
 
     # half-open range, crossing the partition boundary; tz-aware bounds are UTC

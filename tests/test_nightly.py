@@ -9,8 +9,11 @@ import polars as pl
 import pytest
 
 from schemas.config import load_config, parse_config
+from tasks.data import tables
 from tasks.data.ingest import batches_for_night
 from tasks.data.synthetic import materialize
+from tasks.nightly import scores_table
+from tasks.nightly.score import read_scores
 from tasks.store import Store
 from tests.tiny import NIGHTS, tiny_config, write_config
 
@@ -31,26 +34,34 @@ def trained(prefect_harness, tmp_path_factory) -> tuple[str, Store]:
     return config, Store(load_config(config).store.root)
 
 
-def _partition(store: Store, night: date) -> list[str]:
-    return store.list(f"scores/tiny/date={night.isoformat()}")
+def _partition(store: Store, config: str, night: date) -> list[str]:
+    """The night's data files in the scores table's latest snapshot."""
+    files = scores_table.night_files(store, load_config(config), night)
+    return sorted(k for keys in files.values() for k in keys)
 
 
 def test_rerunning_a_night_replaces_its_partition(trained):
     from flows.nightly import nightly_flow
 
     config, store = trained
+    cfg = load_config(config)
     first = nightly_flow(config, NIGHTS[0])
     (key,) = first["scoring"]["keys"]
-    before = pl.from_arrow(store.read_parquet(key))
-    stale = f"scores/tiny/date={NIGHTS[0].isoformat()}/part-left-by-an-older-run.parquet"
-    store.write_bytes(stale, b"not scores")
+    before = read_scores(store, cfg, NIGHTS[0])
+    version = tables.version_of(store, scores_table.scores_key(cfg))
+    stray = f"scores/tiny/date={NIGHTS[0].isoformat()}/scope=_dataset/part-left-by-a-dead-run.parquet"
+    store.write_bytes(stray, b"not scores")  # files no commit names are never read
     second = nightly_flow(config, NIGHTS[0])
-    after = pl.from_arrow(store.read_parquet(key))
+    after = read_scores(store, cfg, NIGHTS[0])
 
     assert first["scoring"]["status"] == "scored" and first["scoring"]["rows"] == 48
-    assert second["scoring"]["keys"] == [key] and _partition(store, NIGHTS[0]) == [key]
+    assert _partition(store, config, NIGHTS[0]) == second["scoring"]["keys"] != [key]
+    assert tables.version_of(store, scores_table.scores_key(cfg)) == version + 1  # one commit
     assert after.height == before.height == 48
     assert after.equals(before)
+    assert pl.from_arrow(store.read_parquet(second["scoring"]["keys"][0])).height == 48
+    assert read_scores(store, cfg, NIGHTS[0], version=version).equals(before)  # time travel
+    assert store.list(scores_table.staging_prefix(cfg)) == []  # staged parts removed
     assert store.exists(f"drift/tiny/date={NIGHTS[0].isoformat()}/report.json")
     assert second["artifacts"] == ["nightly-tiny", "nightly-tiny-segments", "nightly-tiny-scores"]
 
@@ -62,7 +73,7 @@ def test_a_night_without_input_is_reported_not_crashed(trained):
     night = nightly_flow(config, date(2026, 2, 1))
     assert night["scoring"]["status"] == "missing"
     assert night["scopes"] == [] and night["plan"]["rows"] == 0
-    assert _partition(store, date(2026, 2, 1)) == []
+    assert _partition(store, config, date(2026, 2, 1)) == []
 
 
 def test_corrupt_delivery_is_quarantined_and_touches_nothing(trained):
@@ -70,7 +81,7 @@ def test_corrupt_delivery_is_quarantined_and_touches_nothing(trained):
 
     config, store = trained
     nightly_flow(config, NIGHTS[0])
-    yesterday = store.read_bytes(_partition(store, NIGHTS[0])[0])
+    yesterday = store.read_bytes(_partition(store, config, NIGHTS[0])[0])
     champion = store.read_bytes("models/tiny/CHAMPION.json")
     raw = Path(load_config(config).source.path).parent
     (raw / "2026-01-11.csv").write_text(
@@ -82,7 +93,7 @@ def test_corrupt_delivery_is_quarantined_and_touches_nothing(trained):
     assert "s01" in night["ingestion"]["batches"][-1]["reason"]
     assert night["scoring"]["status"] == "missing"
     assert any(k.endswith("2026-01-11.csv") for k in store.list("datasets/tiny/quarantine"))
-    assert store.read_bytes(_partition(store, NIGHTS[0])[0]) == yesterday
+    assert store.read_bytes(_partition(store, config, NIGHTS[0])[0]) == yesterday
     assert store.read_bytes("models/tiny/CHAMPION.json") == champion
 
 

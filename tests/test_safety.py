@@ -21,7 +21,7 @@ from schemas.config import parse_config
 from tasks.common import MAX_LINE, clip
 from tasks.data import ingest
 from tasks.nightly.alert import AlertDeliveryError, alert_night
-from tasks.nightly.score import ScoredNight, part_key
+from tasks.nightly.score import ScoredNight
 from tasks.store import Store, UnsafeKeyError, safe_component
 from tests.test_alerts import NIGHT, Receiver, scores
 from tests.tiny import tiny_config, write_config
@@ -105,7 +105,7 @@ def secret_hook(prefect_harness):
 def _night(tmp_path: Path, block: str) -> tuple[object, ScoredNight]:
     cfg = parse_config(tiny_config(tmp_path, alerts={"webhook_secret_block": block}))
     store = Store(cfg.store.root)
-    key = part_key(cfg, NIGHT, "all")
+    key = f"scores/{cfg.name}/date={NIGHT.isoformat()}/scope=_dataset/part-all.parquet"
     store.write_parquet(key, scores({"m1": [1, 1, 0, 1]}).to_arrow())
     return cfg, ScoredNight(cfg.name, NIGHT.isoformat(), "scored", 4, 3, [key], "dense_ae", "v1")
 

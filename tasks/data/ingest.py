@@ -471,15 +471,15 @@ def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_i
                                result=checked.result)
         return _record(store, cfg, url, outcome, listing, held)
 
-    rows_by_day = layer.split_days(to_validated(cfg, frame))
-    pending = sorted({d.isoformat() for d in [*before, *rows_by_day]})
+    rows = pl.from_arrow(to_validated(cfg, frame))
+    assert isinstance(rows, pl.DataFrame)
+    pending = sorted({d.isoformat() for d in [*before, *layer.days_of(rows)]})
     last = entry.outcome if entry else BatchOutcome(shown_url(url), "pending", 0, None)
     # Written before the commit: a run killed mid-commit leaves this, and the next run
     # re-files the source and clears every day it may have touched.
     store.write_json(_ledger_key(cfg, url), LedgerEntry(last, None, held, pending).to_json())
     try:
-        committed = layer.commit_source(store, cfg, source_id_of(url), shown_url(url),
-                                        rows_by_day, before)
+        committed = layer.commit_source(store, cfg, shown_url(url), rows, before)
     except layer.ConflictError as err:
         collisions = layer.Collisions(conflicts=err.collisions)
         key = f"({cfg.columns.entity or 'entity'}, {cfg.columns.timestamp})"
@@ -495,7 +495,8 @@ def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_i
                            batch_id, [], committed.duplicates, len(committed.replaced))
     run_logger(__name__).info(clip(
         f"validated {name} (batch {batch_id}): {frame.height} rows -> {len(committed.keys)} "
-        f"partitions, {committed.duplicates} duplicates dropped, {len(committed.replaced)} replaced"))
+        f"days, table version {committed.version}, {committed.duplicates} already held by "
+        f"another source, {len(committed.replaced)} replaced"))
     return _record(store, cfg, url, outcome, listing, committed.days, **detail)
 
 
@@ -579,7 +580,7 @@ def ingest_urls(store: Store, cfg: DatasetConfig,
             outcomes = [f.result() for f in futures]
     report = IngestReport(cfg.name, outcomes)
     run_logger(__name__).info(
-        "dataset '%s': %d batches, %d rows validated (%d duplicates dropped), %d rows quarantined",
+        "dataset '%s': %d batches, %d rows validated (%d already held by another source), %d rows quarantined",
         cfg.name, len(report.batches), report.rows_validated, report.rows_duplicate,
         report.rows_quarantined,
     )  # fmt: skip
@@ -603,7 +604,7 @@ def volume_report(store: Store, cfg: DatasetConfig, day: date) -> dict[str, Any]
     """Entities whose rows in the night are far from their usual volume.
 
     "Usual" is the median of an entity's rows over the trailing `volume_days` validated
-    days (a day it sent nothing counts as 0), read from the day manifests alone.
+    days (a day it sent nothing counts as 0), read from the table (two columns).
     Reported: `missing` (usually sends, sent nothing), `low` / `high` (at most 1/factor
     or at least factor x usual), `new` (no history).
     """

@@ -1,49 +1,49 @@
-"""The validated layer: date partitions committed through a small per-day manifest.
+"""The validated layer: one Delta table per dataset (`datasets/<ds>/validated/`), partitioned
+by day, keyed by (entity, timestamp), every row carrying the sources that delivered it.
 
-Why a manifest: (entity, timestamp) must be unique across the whole layer, whatever the
-file names, however often a batch is re-delivered and however many ingestions run at
-once. Each day folder holds `_manifest.json`, naming the one committed part of every
-source that has rows on that day, with per-entity row counts and time ranges. A
-source's rows change only by a compare-and-swap of that manifest (ETag / If-Match on
-S3, a file lock locally), retried on conflict, so two writers can never both commit on
-stale knowledge. Part files are content-addressed (`part-<source>-<sha>.parquet`):
-writing one is idempotent, and one that no manifest names is invisible to
-`load_validated` and is removed once superseded.
+Why a table: (entity, timestamp) must be unique across the layer whatever the file names,
+however often a batch is re-delivered and however many ingestions run at once, and every
+engine that reads the layer must see a whole batch or none of it. A batch is therefore ONE
+Delta commit: the days it touches are read from a snapshot, recomputed under the policy
+below, and replaced by a predicate overwrite of exactly those days against that snapshot.
+A concurrent commit to the same days makes delta-rs refuse ours; it is recomputed on the
+new snapshot (tasks.data.tables.transact), so two overlapping ingestions end as one after
+the other. A writer killed before its commit leaves files no log entry names: invisible.
 
-Policy for keys that collide (timestamps compared as naive UTC):
-- the same source again (same URL): its parts replace its old ones, on every day it
-  covered before, so a corrected file covering fewer days leaves no stale day behind;
-- another source, identical values: the new rows are dropped as duplicates (counted);
+Policy for keys that collide (timestamps compared as naive UTC). `sources` holds every
+source whose delivery has exactly the row's values:
+- the same source again (same URL): its claims are replaced: keys it no longer delivers
+  lose it from `sources`, a row that no source holds any more is removed (so a corrected
+  file covering fewer days leaves no stale day behind);
+- another source, identical values: the source joins `sources` (counted as duplicates):
+  kept as evidence, so a later correction of the first source cannot lose the row;
 - another source, different values: the batch is refused with the colliding keys
-  (`on_conflict = "quarantine"`, the default) or wins (`"replace"`: the other
-  source's part is rewritten without those keys, and what was replaced is recorded).
+  (`on_conflict = "quarantine"`, the default) or wins (`"replace"`: the row takes its
+  values and only its source; what was replaced is recorded).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import posixpath
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
+from deltalake import DeltaTable, write_deltalake
 
 from schemas import arrow as arrow_schemas
 from schemas.config import DatasetConfig
-from tasks.store import Store, sha256_bytes
+from tasks.data import tables
+from tasks.store import Store
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "_manifest.json"
 KEY = [arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP]
+DAY, SOURCES = arrow_schemas.DAY, arrow_schemas.SOURCES
 SAMPLE = 5  # colliding keys quoted in a one-line reason; all of them go to the report
 
 
@@ -51,70 +51,42 @@ def dataset_prefix(cfg: DatasetConfig) -> str:
     return f"datasets/{cfg.name}"
 
 
-def partition_key(cfg: DatasetConfig, day: date, part_id: str) -> str:
-    return f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}/part-{part_id}.parquet"
+def validated_key(cfg: DatasetConfig) -> str:
+    """The store key of the dataset's validated Delta table."""
+    return f"{dataset_prefix(cfg)}/validated"
 
 
-def manifest_key(cfg: DatasetConfig, day: date) -> str:
-    return f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}/{MANIFEST}"
+def partition_key(cfg: DatasetConfig, day: date) -> str:
+    """The folder of one day's files in the table (what a batch outcome lists)."""
+    return f"{validated_key(cfg)}/{DAY}={day.isoformat()}"
 
 
-def validated_days(store: Store, cfg: DatasetConfig, with_rows: bool = False) -> list[date]:
-    """Every day folder of the validated layer, sorted; `with_rows`: only days that hold
-    committed rows (a corrected re-delivery can leave a day's manifest empty)."""
-    days = []
-    for folder in store.list_dirs(f"{dataset_prefix(cfg)}/validated"):
-        try:
-            days.append(date.fromisoformat(folder.removeprefix("date=")))
-        except ValueError:
-            continue
-    if with_rows:
-        held = set(committed_parts(store, cfg, days, by_day=True))
-        days = [d for d in days if d in held]
-    return sorted(days)
+def days_of(frame: pl.DataFrame) -> list[date]:
+    """The calendar days (UTC) a canonical validated frame covers, sorted."""
+    return frame.get_column(arrow_schemas.TIMESTAMP).dt.date().unique().sort().to_list()
 
 
-# -- parts and their summaries ---------------------------------------------------------
+def table_version(store: Store, cfg: DatasetConfig) -> int | None:
+    """The validated table's current version: what a model trained on (lineage)."""
+    return tables.version_of(store, validated_key(cfg))
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """zstd, dictionary-encoding only the entity: trying dictionaries on float sensor columns
-    first made writing a 368k x 41 part 3.5x slower for a 10% larger file."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", use_dictionary=[arrow_schemas.ENTITY])
-    return buf.getvalue()
+def validated_days(store: Store, cfg: DatasetConfig, version: int | None = None) -> list[date]:
+    """The days that hold rows, from the table's log (no listing, no data read)."""
+    table = tables.open_table(store, validated_key(cfg), version)
+    if table is None:
+        return []
+    return sorted({date.fromisoformat(p[DAY]) for p in table.partitions()})
 
 
-def entity_stats(frame: pl.DataFrame) -> dict[str, list[Any]]:
-    """entity -> [rows, first timestamp, last timestamp] (ISO): for overlap tests and volumes."""
-    stats = frame.group_by(arrow_schemas.ENTITY).agg(
-        pl.len().alias("rows"),
-        pl.col(arrow_schemas.TIMESTAMP).min().alias("lo"),
-        pl.col(arrow_schemas.TIMESTAMP).max().alias("hi"),
-    ).sort(arrow_schemas.ENTITY)
-    return {e: [int(n), lo.isoformat(), hi.isoformat()] for e, n, lo, hi in stats.iter_rows()}
-
-
-def split_days(table: pa.Table) -> dict[date, pl.DataFrame]:
-    """A canonical validated table cut into calendar days (UTC)."""
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    days = frame.get_column(arrow_schemas.TIMESTAMP).dt.date().alias("__day")
-    return {day: part.drop("__day")
-            for (day,), part in frame.with_columns(days).group_by("__day", maintain_order=True)}
-
-
-def _overlapping(mine: dict[str, list[Any]], theirs: dict[str, list[Any]]) -> list[str]:
-    """Entities both parts hold with intersecting time ranges (only those can collide)."""
-    return [e for e, (_, lo, hi) in mine.items()
-            if e in theirs and lo <= theirs[e][2] and theirs[e][1] <= hi]
+# -- one batch's commit -----------------------------------------------------------------
 
 
 @dataclass
 class Collisions:
     """Keys of a new batch that already exist under other sources."""
 
-    duplicates: int = 0  # identical values: dropped from the new batch
+    duplicates: int = 0  # identical values: the source joins the row's sources
     conflicts: list[dict[str, Any]] = field(default_factory=list)  # different values
 
     def sample(self) -> str:
@@ -123,87 +95,6 @@ class Collisions:
                           for c in self.conflicts[:SAMPLE])
         more = len(self.conflicts) - SAMPLE
         return shown + (f" and {more} more" if more > 0 else "")
-
-
-class PartCache:
-    """Parts are content-addressed, so a part read once is valid for as long as it exists."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._frames: dict[str, pl.DataFrame] = {}
-
-    def frame(self, key: str) -> pl.DataFrame:
-        if key not in self._frames:
-            frame = pl.from_arrow(self.store.read_parquet(key))
-            assert isinstance(frame, pl.DataFrame)
-            self._frames[key] = frame
-        return self._frames[key]
-
-
-def _matches(new: pl.DataFrame, other: pl.DataFrame, entities: list[str],
-             values: list[str]) -> pl.DataFrame:
-    """Rows of `new` whose key exists in `other`, with a flag: every value identical?"""
-    theirs = other.filter(pl.col(arrow_schemas.ENTITY).is_in(entities))
-    joined = new.filter(pl.col(arrow_schemas.ENTITY).is_in(entities)).join(
-        theirs, on=KEY, how="inner", suffix="__theirs")
-    same = pl.all_horizontal([pl.col(v) == pl.col(f"{v}__theirs") for v in values])
-    return joined.select(*KEY, same.alias("identical"))
-
-
-# -- one day's commit -----------------------------------------------------------------
-
-
-@dataclass
-class DayPlan:
-    """What committing one source's rows on one day does."""
-
-    day: date
-    rows: pl.DataFrame  # after dropping duplicates
-    collisions: Collisions
-    replaced: dict[str, pl.DataFrame]  # other source id -> its part without the replaced keys
-    replaced_keys: list[dict[str, Any]]
-
-
-def plan_day(cfg: DatasetConfig, manifest: dict[str, Any] | None, source_id: str,
-             rows: pl.DataFrame, cache: PartCache) -> DayPlan:
-    """Compare one day's new rows with every other source's committed part of that day."""
-    values = [c for c in rows.columns if c not in KEY]
-    day = rows.get_column(arrow_schemas.TIMESTAMP).dt.date()[0]
-    plan = DayPlan(day, rows, Collisions(), {}, [])
-    mine = entity_stats(rows)
-    for other_id, entry in sorted((manifest or {}).get("parts", {}).items()):
-        if other_id == source_id:
-            continue
-        entities = _overlapping(mine, entry["entities"])
-        if not entities:
-            continue
-        other = cache.frame(entry["key"])
-        found = _matches(plan.rows, other, entities, values)
-        if found.height == 0:
-            continue
-        same = found.filter("identical").select(KEY)
-        different = found.filter(~pl.col("identical")).select(KEY)
-        plan.collisions.duplicates += same.height
-        plan.rows = plan.rows.join(same, on=KEY, how="anti")
-        conflicts = [{"entity": e, "timestamp": t.isoformat(), "source": entry.get("source", other_id)}
-                     for e, t in different.iter_rows()]
-        if conflicts and cfg.validation.on_conflict == "replace":
-            plan.replaced[other_id] = other.join(different, on=KEY, how="anti")
-            plan.replaced_keys += conflicts
-        else:
-            plan.collisions.conflicts += conflicts
-    return plan
-
-
-def _entry(cfg: DatasetConfig, store: Store, source_id: str, frame: pl.DataFrame,
-           source: str, day: date) -> dict[str, Any]:
-    """Write a part (content-addressed: idempotent) and describe it for the manifest."""
-    table = frame.to_arrow().cast(arrow_schemas.validated_schema(cfg))
-    data = parquet_bytes(table)
-    key = partition_key(cfg, day, f"{source_id}-{sha256_bytes(data)[:16]}")
-    if not store.exists(key):
-        store.write_bytes(key, data)
-    return {"key": key, "rows": frame.height, "source": source, "entities": entity_stats(frame)}
 
 
 class ConflictError(RuntimeError):
@@ -216,267 +107,161 @@ class ConflictError(RuntimeError):
 
 @dataclass
 class CommitResult:
-    """What a source's commit changed across the layer."""
+    """What a source's commit changed in the table."""
 
     keys: list[str] = field(default_factory=list)
     days: list[str] = field(default_factory=list)
     rows: int = 0
     duplicates: int = 0
     replaced: list[dict[str, Any]] = field(default_factory=list)
+    version: int | None = None  # the table version holding the batch
 
 
-def read_manifest(store: Store, cfg: DatasetConfig, day: date) -> dict[str, Any] | None:
-    key = manifest_key(cfg, day)
-    data, _ = store.read_tagged(key)
-    return json.loads(data) if data is not None else adopt_legacy(store, cfg, day)
+@dataclass
+class DayPlan:
+    """The touched days as they must be after the commit, and what the policy decided."""
+
+    rows: pl.DataFrame  # every row of the touched days after the commit, table schema
+    collisions: Collisions
+    replaced: list[dict[str, Any]]
 
 
-def adopt_legacy(store: Store, cfg: DatasetConfig, day: date) -> dict[str, Any] | None:
-    """A manifest for a day written before manifests existed (`part-<source>.parquet` files)."""
-    parts = _legacy_parts(store, cfg, day)
-    if not parts:
-        return None
-    cache = PartCache(store)
-    entries = {}
-    for key in parts:
-        source_id = LEGACY_PART.fullmatch(key.rsplit("/", 1)[-1]).group(1)  # type: ignore[union-attr]
-        frame = cache.frame(key)
-        entries[source_id] = {"key": key, "rows": frame.height, "source": source_id,
-                              "entities": entity_stats(frame)}
-    return {"date": day.isoformat(), "parts": entries, "revision": 0}
+def plan_commit(cfg: DatasetConfig, current: pl.DataFrame, source: str,
+                rows: pl.DataFrame) -> DayPlan:
+    """Apply the re-delivery policy to the touched days' `current` rows (table schema)."""
+    values = [c for c in rows.columns if c not in KEY]
+    # 1. the source's old claims go; rows no source holds any more go with them
+    others = current.with_columns(pl.col(SOURCES).list.filter(pl.element() != source)) \
+        .filter(pl.col(SOURCES).list.len() > 0)
+    # 2. the new rows against what other sources hold
+    joined = rows.join(others, on=KEY, how="left", suffix="__theirs", coalesce=True)
+    held = pl.col(SOURCES).is_not_null()
+    same = pl.all_horizontal([pl.col(v).eq_missing(pl.col(f"{v}__theirs")) for v in values])
+    joined = joined.with_columns(held.alias("__held"), (held & same).alias("__same"))
+    different = joined.filter(pl.col("__held") & ~pl.col("__same"))
+    conflicts = [{"entity": e, "timestamp": t.isoformat(), "source": s[0]}
+                 for e, t, s in different.select(*KEY, SOURCES).iter_rows()]
+    collisions = Collisions(int(joined["__same"].sum()), [])
+    replace = cfg.validation.on_conflict == "replace"
+    if conflicts and not replace:
+        collisions.conflicts = conflicts
+    new_sources = pl.when(pl.col("__same")).then(pl.col(SOURCES).list.concat(pl.lit([source])))
+    ours = joined.select(
+        *rows.columns, new_sources.otherwise(pl.lit([source])).alias(SOURCES))
+    kept = others.join(rows.select(KEY), on=KEY, how="anti")
+    after = pl.concat([kept, with_day(ours)], how="diagonal_relaxed")
+    return DayPlan(after.select(current.columns).sort(KEY), collisions,
+                   conflicts if replace else [])
 
 
-def commit_source(store: Store, cfg: DatasetConfig, source_id: str, source: str,
-                  rows_by_day: dict[date, pl.DataFrame], previous_days: Iterable[date]
-                  ) -> CommitResult:
-    """Make `rows_by_day` the source's rows on every day, and remove it from days it left.
+def with_day(frame: pl.DataFrame) -> pl.DataFrame:
+    """The partition column, derived from the timestamp (so it can never disagree)."""
+    return frame.with_columns(pl.col(arrow_schemas.TIMESTAMP).dt.date().alias(DAY))
 
-    Days commit in date order, each by compare-and-swap of its manifest. All days are
-    checked for conflicts before any is committed; a conflict that only appears while
-    committing (a concurrent delivery of another source won a day) rolls back the days
-    this call already committed and raises ConflictError, leaving the layer as it was.
+
+def days_predicate(days: list[date]) -> str:
+    return f"{DAY} IN ({', '.join(repr(d.isoformat()) for d in days)})"
+
+
+def read_days(table: DeltaTable | None, cfg: DatasetConfig, days: list[date]) -> pl.DataFrame:
+    schema = arrow_schemas.validated_table_schema(cfg)
+    if table is None or not days:
+        return pl.from_arrow(schema.empty_table())  # type: ignore[return-value]
+    dataset = table.to_pyarrow_dataset(partitions=[(DAY, "in", [d.isoformat() for d in days])])
+    frame = pl.from_arrow(dataset.to_table(columns=schema.names))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def ensure_table(store: Store, cfg: DatasetConfig) -> None:
+    """Create the (empty) table once; a concurrent creation by another writer is fine."""
+    tables.ensure_table(store, validated_key(cfg), arrow_schemas.validated_table_schema(cfg),
+                        [DAY])
+
+
+def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFrame,
+                  previous_days: list[date]) -> CommitResult:
+    """Make `rows` (canonical validated rows) the source's rows, in one commit.
+
+    Touched: the batch's days and the days the source held before (`previous_days`, from
+    its ledger). Raises ConflictError (nothing written) when another source holds some of
+    the keys with different values and the policy is quarantine.
     """
-    cache = PartCache(store)
-    days = sorted(rows_by_day)
-    conflicts = _conflicts(store, cfg, source_id, rows_by_day, cache)
-    if conflicts:
-        raise ConflictError(conflicts)
+    days = sorted(set(days_of(rows)) | set(previous_days))
+    ensure_table(store, cfg)
+    schema = arrow_schemas.validated_table_schema(cfg)
 
-    result, undo, superseded = CommitResult(), [], []
-    try:
-        for day in days:
-            entry, before, plan, old = _commit_day(store, cfg, source_id, source,
-                                                   rows_by_day[day], cache)
-            undo.append((day, before))
-            superseded += old
-            result.duplicates += plan.collisions.duplicates
-            result.replaced += plan.replaced_keys
-            if entry is not None:
-                result.keys.append(entry["key"])
-                result.days.append(day.isoformat())
-                result.rows += entry["rows"]
-    except ConflictError:
-        for day, before in reversed(undo):
-            _restore_day(store, cfg, source_id, day, before)
-        kept = {b["key"] for _, b in undo if b is not None}
-        store.delete_many(sorted(set(result.keys) - kept))
-        # Report every colliding key as the layer now stands, not only the first day's.
-        raise ConflictError(_conflicts(store, cfg, source_id, rows_by_day, cache)) from None
-    for day in sorted(set(previous_days) - set(days)):
-        superseded += _remove_from_day(store, cfg, source_id, day)
-    superseded += _orphans(store, cfg, source_id, days)
-    store.delete_many(sorted(set(superseded) - set(result.keys)))
-    return result
-
-
-def _conflicts(store: Store, cfg: DatasetConfig, source_id: str,
-               rows_by_day: dict[date, pl.DataFrame], cache: PartCache) -> list[dict[str, Any]]:
-    """Every key of the batch that another source holds with different values."""
-    found = []
-    for day in sorted(rows_by_day):
-        found += plan_day(cfg, read_manifest(store, cfg, day), source_id, rows_by_day[day],
-                          cache).collisions.conflicts
-    return found
-
-
-def _orphans(store: Store, cfg: DatasetConfig, source_id: str, days: list[date]) -> list[str]:
-    """This source's part files that no manifest names (left by a run killed mid-commit)."""
-    committed = set(committed_parts(store, cfg, days))
-    found = []
-    for day in days:
-        folder = f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}"
-        found += [k for k in store.list(folder)
-                  if k.rsplit("/", 1)[-1].startswith(f"part-{source_id}-") and k not in committed]
-    return found
-
-
-def _commit_day(store: Store, cfg: DatasetConfig, source_id: str, source: str,
-                rows: pl.DataFrame, cache: PartCache
-                ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, DayPlan, list[str]]:
-    """One day's compare-and-swap: (our entry, our entry before, the plan, keys superseded)."""
-    day = rows.get_column(arrow_schemas.TIMESTAMP).dt.date()[0]
-    state: dict[str, Any] = {}
-    written: list[tuple[pl.DataFrame, dict[str, Any]]] = []  # a retry reuses the encoded part
-
-    def ours(frame: pl.DataFrame) -> dict[str, Any] | None:
-        if frame.height == 0:
-            return None
-        for done, entry in written:
-            if done.equals(frame):
-                return entry
-        written.append((frame, _entry(cfg, store, source_id, frame, source, day)))
-        return written[-1][1]
-
-    def change(current: dict[str, Any] | None) -> dict[str, Any]:
-        current = current or adopt_legacy(store, cfg, day) or {
-            "date": day.isoformat(), "parts": {}, "revision": 0}
-        plan = plan_day(cfg, current, source_id, rows, cache)
+    def attempt(table: DeltaTable | None) -> CommitResult:
+        current = read_days(table, cfg, days)
+        plan = plan_commit(cfg, current, source, rows)
         if plan.collisions.conflicts:
             raise ConflictError(plan.collisions.conflicts)
-        parts = dict(current["parts"])
-        entry = ours(plan.rows)
-        old = [parts[source_id]["key"]] if source_id in parts else []
-        if entry is None:
-            parts.pop(source_id, None)
-        else:
-            parts[source_id] = entry
-        for other_id, frame in plan.replaced.items():
-            old.append(parts[other_id]["key"])
-            if frame.height:
-                parts[other_id] = _entry(cfg, store, other_id, frame, parts[other_id]["source"], day)
-            else:
-                parts.pop(other_id)
-        state.update(entry=entry, before=current["parts"].get(source_id), plan=plan, old=old)
-        if parts == current["parts"]:
-            return current  # already committed (a rerun, or a concurrent run of the same batch)
-        return {"date": day.isoformat(), "parts": parts, "revision": current["revision"] + 1}
+        result = CommitResult(
+            [partition_key(cfg, d) for d in days_of(rows)], [d.isoformat() for d in days_of(rows)],
+            rows.height, plan.collisions.duplicates, plan.replaced,
+            None if table is None else table.version())
+        if plan.rows.equals(current.sort(KEY)):
+            return result  # already committed (a rerun, or a concurrent run of this batch)
+        assert table is not None  # ensure_table made it
+        write_deltalake(table, plan.rows.to_arrow().cast(schema), mode="overwrite",
+                        predicate=days_predicate(days), partition_by=[DAY],
+                        storage_options=tables.storage_options(store))
+        result.version = tables.version_of(store, validated_key(cfg))
+        return result
 
-    store.update_json(manifest_key(cfg, day), change)
-    # A concurrent GC of a superseded part with the same content may have removed ours.
-    if state["entry"] is not None and not store.exists(state["entry"]["key"]):
-        _entry(cfg, store, source_id, state["plan"].rows, source, day)
-    return state["entry"], state["before"], state["plan"], [
-        k for k in state["old"] if state["entry"] is None or k != state["entry"]["key"]]
-
-
-def _remove_from_day(store: Store, cfg: DatasetConfig, source_id: str, day: date) -> list[str]:
-    """Drop a source from a day it no longer covers; returns the part key it had there."""
-    removed: list[str] = []
-
-    def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
-        current = current or adopt_legacy(store, cfg, day)
-        removed.clear()
-        if current is None or source_id not in current["parts"]:
-            return current
-        parts = dict(current["parts"])
-        removed.append(parts.pop(source_id)["key"])
-        return {**current, "parts": parts, "revision": current["revision"] + 1}
-
-    store.update_json(manifest_key(cfg, day), change)
-    return removed
-
-
-def _restore_day(store: Store, cfg: DatasetConfig, source_id: str, day: date,
-                 before: dict[str, Any] | None) -> None:
-    """Undo one day of a commit that could not finish: the source's entry as it was."""
-    def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
-        if current is None:
-            return current
-        parts = dict(current["parts"])
-        if before is None:
-            parts.pop(source_id, None)
-        else:
-            parts[source_id] = before
-        return {**current, "parts": parts, "revision": current["revision"] + 1}
-
-    store.update_json(manifest_key(cfg, day), change)
+    return tables.transact(store, validated_key(cfg), attempt)
 
 
 # -- reading ---------------------------------------------------------------------------
 
 
-def committed_parts(store: Store, cfg: DatasetConfig, days: list[date],
-                    by_day: bool = False) -> Any:
-    """Keys of the parts the manifests of these days name (legacy days: their legacy part
-    files); `by_day`: {day: keys} for the days that have any."""
-    keys = {manifest_key(cfg, d): d for d in days}
-    found = store.read_many(list(keys))
-    parts: dict[date, list[str]] = {}
-    for key, day in keys.items():
-        if key in found:
-            named = [e["key"] for e in json.loads(found[key])["parts"].values()]
-        else:
-            named = _legacy_parts(store, cfg, day)
-        if named:
-            parts[day] = sorted(named)
-    return parts if by_day else sorted(k for keys_ in parts.values() for k in keys_)
-
-
-LEGACY_PART = re.compile(r"part-([0-9a-f]{16})\.parquet")
-
-
-def _legacy_parts(store: Store, cfg: DatasetConfig, day: date) -> list[str]:
-    """Parts written before manifests (`part-<source-id>.parquet`). Content-addressed parts
-    (`part-<source-id>-<sha>.parquet`) count only when a manifest names them: one that no
-    manifest names is a commit that never happened."""
-    folder = f"{dataset_prefix(cfg)}/validated/date={day.isoformat()}"
-    return [k for k in store.list(folder) if LEGACY_PART.fullmatch(k.rsplit("/", 1)[-1])]
+def _scope(cfg: DatasetConfig, entities: list[str] | None) -> list[str] | None:
+    scope = cfg.group_entities()
+    if entities is None:
+        return scope
+    return entities if scope is None else [e for e in entities if e in set(scope)]
 
 
 def validated_scan(
     store: Store, cfg: DatasetConfig, start: datetime | None, end: datetime | None,
-    entities: list[str] | None = None,
+    entities: list[str] | None = None, version: int | None = None,
 ) -> tuple[pads.Dataset | None, pads.Expression | None]:
-    """The committed parts of the days overlapping [start, end) as one Parquet dataset, and
-    the row filter (time range, the scope's entities) to push down into its scan."""
-    start, end = _as_naive_utc(start), _as_naive_utc(end)
-    days = [d for d in validated_days(store, cfg) if _day_in_range(d, start, end)]
-    paths = [store.path(k) for k in committed_parts(store, cfg, days)]
-    if not paths:
+    """One snapshot of the table as a pyarrow dataset, and the row filter (days, time range,
+    the scope's entities) that prunes partitions and files and is pushed into the scan."""
+    table = tables.open_table(store, validated_key(cfg), version)
+    if table is None:
         return None, None
+    start, end = _as_naive_utc(start), _as_naive_utc(end)
     conditions = [c for c in [_range_filter(start, end)] if c is not None]
-    scope = cfg.group_entities()
-    wanted = scope if entities is None else (
-        entities if scope is None else [e for e in entities if e in set(scope)])
+    wanted = _scope(cfg, entities)
     if wanted is not None:
         conditions.append(pads.field(arrow_schemas.ENTITY).isin(wanted))
+    partitions = []
+    if start is not None:
+        partitions.append((DAY, ">=", start.date().isoformat()))
+    if end is not None:
+        partitions.append((DAY, "<=", end.date().isoformat()))
     condition = None
     for c in conditions:
         condition = c if condition is None else condition & c
-    schema = arrow_schemas.validated_schema(cfg)
-    return pads.dataset(paths, schema=schema, format="parquet", filesystem=store.fs), condition
-
-
-def _scan(store: Store, cfg: DatasetConfig, start: datetime | None, end: datetime | None,
-          entities: list[str] | None, columns: list[str] | None = None) -> pa.Table | None:
-    """Read the scan; a part removed by a concurrent commit between listing and reading
-    makes it list again."""
-    for attempt in range(3):
-        dataset, condition = validated_scan(store, cfg, start, end, entities)
-        if dataset is None:
-            return None
-        try:
-            return dataset.to_table(columns=columns, filter=condition)
-        except OSError:  # FileNotFoundError locally; fsspec/pyarrow wrap it on object stores
-            if attempt == 2:
-                raise
-    return None
+    return table.to_pyarrow_dataset(partitions=partitions or None), condition
 
 
 def load_validated(
     store: Store, cfg: DatasetConfig, start: datetime | None = None, end: datetime | None = None,
-    entities: list[str] | None = None,
+    entities: list[str] | None = None, version: int | None = None,
 ) -> pl.DataFrame:
     """Rows of the validated layer with start <= timestamp < end, sorted by entity, timestamp.
 
-    Only committed parts are read; only the entities of the config's scope
-    (`cfg.group_entities()`, narrowed further by `entities`), and only the date
-    partitions overlapping the range; the filters are pushed down into the Parquet scan.
+    One snapshot (the latest, or `version`: time travel); only the entities of the
+    config's scope (`cfg.group_entities()`, narrowed further by `entities`) and only the
+    day partitions overlapping the range are read; the filters are pushed into the scan.
     """
-    table = _scan(store, cfg, start, end, entities)
-    if table is None:
-        return pl.from_arrow(arrow_schemas.validated_schema(cfg).empty_table())  # type: ignore[return-value]
-    frame = pl.from_arrow(table)
+    schema = arrow_schemas.validated_schema(cfg)
+    dataset, condition = validated_scan(store, cfg, start, end, entities, version)
+    if dataset is None:
+        return pl.from_arrow(schema.empty_table())  # type: ignore[return-value]
+    frame = pl.from_arrow(dataset.to_table(columns=schema.names, filter=condition).cast(schema))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort(KEY)
 
@@ -486,17 +271,27 @@ def entity_rows(
 ) -> dict[str, int]:
     """Rows per entity in [start, end) within the config's scope; reads the entity column
     only (cheap enough to plan a fleet's shards from)."""
-    table = _scan(store, cfg, start, end, None, columns=[arrow_schemas.ENTITY])
-    if table is None:
+    dataset, condition = validated_scan(store, cfg, start, end)
+    if dataset is None:
         return {}
+    table = dataset.to_table(columns=[arrow_schemas.ENTITY], filter=condition)
     counts = pl.from_arrow(table).group_by(arrow_schemas.ENTITY).len().sort(arrow_schemas.ENTITY)
     return dict(counts.iter_rows())
 
 
-def _day_in_range(day: date, start: datetime | None, end: datetime | None) -> bool:
-    day_start = datetime.combine(day, datetime.min.time())
-    return not ((start is not None and day_start + timedelta(days=1) <= start)
-                or (end is not None and day_start >= end))
+def day_entity_rows(store: Store, cfg: DatasetConfig, days: list[date]
+                    ) -> dict[str, dict[str, int]]:
+    """day -> entity -> rows, for the days that hold any (reads two columns)."""
+    table = tables.open_table(store, validated_key(cfg))
+    if table is None or not days:
+        return {}
+    dataset = table.to_pyarrow_dataset(partitions=[(DAY, "in", [d.isoformat() for d in days])])
+    frame = pl.from_arrow(dataset.to_table(columns=[DAY, arrow_schemas.ENTITY]))
+    assert isinstance(frame, pl.DataFrame)
+    out: dict[str, dict[str, int]] = {}
+    for day, entity, n in frame.group_by(DAY, arrow_schemas.ENTITY).len().iter_rows():
+        out.setdefault(day.isoformat(), {})[entity] = int(n)
+    return out
 
 
 def _range_filter(start: datetime | None, end: datetime | None) -> Any:
@@ -515,16 +310,3 @@ def _as_naive_utc(moment: datetime | None) -> datetime | None:
         return moment
     return moment.astimezone(UTC).replace(tzinfo=None)
 
-
-def day_entity_rows(store: Store, cfg: DatasetConfig, days: list[date]
-                    ) -> dict[str, dict[str, int]]:
-    """day -> entity -> committed rows, from the manifests alone (no data is read)."""
-    keys = {manifest_key(cfg, d): d for d in days}
-    out: dict[str, dict[str, int]] = {}
-    for key, data in store.read_many(list(keys)).items():
-        counts: dict[str, int] = {}
-        for entry in json.loads(data)["parts"].values():
-            for entity, (rows, _, _) in entry["entities"].items():
-                counts[entity] = counts.get(entity, 0) + int(rows)
-        out[keys[key].isoformat()] = counts
-    return out

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
-from tasks.data.layer import entity_rows, load_validated
+from tasks.data.layer import entity_rows, load_validated, table_version
 from tasks.data.scale import ScalerParams, apply_scaler, fit_scaler
 from tasks.data.window import build_window_index
 from tasks.evaluation.drift_statistics import data_reference
@@ -32,6 +32,7 @@ class ScaledData:
     scaler_key: str
     reference_key: str
     rows: int
+    table_version: int | None = None  # the validated table's snapshot the rows came from
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class PreparedData:
     windows_key: str
     rows: int
     windows: int
+    table_version: int | None = None  # lineage: rebuild with tasks.training.lineage
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -111,7 +113,9 @@ def scale_dataset(cfg: DatasetConfig) -> ScaledData:
     and the drift reference of the scaled normal train rows (the same for every family)."""
     store = store_for(cfg)
     start, end = training_range(cfg.splits)
-    frame = assign_splits(load_validated(store, cfg, start, end), cfg.splits, with_score=False)
+    version = table_version(store, cfg)  # one snapshot, recorded: the set can be rebuilt
+    frame = assign_splits(load_validated(store, cfg, start, end, version=version), cfg.splits,
+                          with_score=False)
     train = frame.filter(pl.col("split") == "train")
     scaler = fit_scaler(train, cfg.columns.features, cfg.scaling.method)
     scaler_json = scaler.to_json()
@@ -128,7 +132,7 @@ def scale_dataset(cfg: DatasetConfig) -> ScaledData:
         cfg.scaling.method, scaler_id,
     )
     return ScaledData(f"{prefix}/scaled.parquet", f"{prefix}/scaler.json",
-                      f"{prefix}/drift_reference.json", frame.height)
+                      f"{prefix}/drift_reference.json", frame.height, version)
 
 
 @task(name="window", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -144,7 +148,7 @@ def window_dataset(cfg: DatasetConfig, scaled: ScaledData) -> PreparedData:
     counts = dict(index.group_by("split").len().iter_rows())
     run_logger(__name__).info("window index %s: %s", key, counts)
     return PreparedData(scaled.scaled_key, scaled.scaler_key, scaled.reference_key, key,
-                        scaled.rows, index.height)
+                        scaled.rows, index.height, scaled.table_version)
 
 
 def load_prepared(cfg: DatasetConfig, prepared: PreparedData

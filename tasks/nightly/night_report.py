@@ -288,7 +288,7 @@ def night_links(cfg: DatasetConfig, store: Store, night: NightResult,
     prefix = scores_prefix(cfg, date.fromisoformat(night.date))
     return NightLinks(
         scores=(store.uri(prefix), ui.folder_url(cfg, store, prefix, night.scopes[0].scoring.keys[0]
-                                                 .rsplit("/", 1)[-1])) if night.scopes else None,
+                                                 .removeprefix(f"{prefix}/"))) if night.scopes else None,
         plot_src=ui.image_src(cfg, store, plot_key) if plot_key else None,
         quarantined=[(link_text(b), ui.object_url(cfg, store, validation_key(b)))
                      for b in night.ingestion.quarantined],

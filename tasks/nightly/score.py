@@ -1,16 +1,16 @@
-"""Nightly scoring: each entity's champion scores one day into scores/<ds>/date=…/part-*.parquet.
+"""Nightly scoring: each entity's champion scores one day into the scores Delta table.
 
 A night is planned first (`plan_night`): which entities sent rows, which model scores each
 (its entity's or group's champion; the dataset-level fallback for entities without one;
 none: reported as not modelled, never silently dropped), cut into shards of bounded rows
-so memory stays flat however large the fleet. Each shard is one task that writes one
-Parquet part. Per row: score, per-feature contribution, p-value, threshold, verdict and
-the model version (schema in README). Scoring is tasks.scoring's one path
-(`score_version`): windows need the rows before midnight, so each entity's last
-`window - 1` validated rows before the night are its context, and a row without that
-much history is reported, not scored. The scaled rows go beside the scores, by key, for
-the drift check. A rerun of the night replaces its parts (`commit_night` removes parts
-this run did not write).
+so memory stays flat however large the fleet. Each shard is one task that stages one
+Parquet part; `commit_night` makes them the night in one commit (tasks.nightly.scores_table:
+readers see the whole night or the previous one; a rerun replaces it). Per row: score,
+per-feature contribution, p-value, threshold, verdict and the model version (schema in
+README). Scoring is tasks.scoring's one path (`score_version`): windows need the rows
+before midnight, so each entity's last `window - 1` validated rows before the night are its
+context, and a row without that much history is reported, not scored. The scaled rows go
+beside the scores, by key, for the drift check.
 
 Backend (`[scoring] backend`, tasks.scoring.version_scorer): "torch" runs the champion's
 torch model; "onnx" runs its verified model.onnx on ONNX Runtime, with no torch imported
@@ -35,6 +35,8 @@ from schemas.config import DatasetConfig, scope_slug
 from tasks.common import IO_RETRIES, run_logger, store_for
 from tasks.data.layer import entity_rows, load_validated
 from tasks.evaluation.normalise import thresholds_by_entity
+from tasks.nightly import scores_table
+from tasks.nightly.scores_table import read_scores, scores_prefix  # noqa: F401 - public names
 from tasks.scoring import (
     CONTRIB_PREFIX,
     ScoredRows,
@@ -142,32 +144,21 @@ def scores_frame(
     )
 
 
-def scores_prefix(cfg: DatasetConfig, day: date) -> str:
-    """The night's partition of the scores layer (one Parquet part per shard)."""
-    return f"scores/{cfg.name}/date={day.isoformat()}"
-
-
-def part_key(cfg: DatasetConfig, day: date, part: str) -> str:
-    return f"{scores_prefix(cfg, day)}/part-{part}.parquet"
-
-
-def read_scores(store: Store, cfg: DatasetConfig, day: date) -> pl.DataFrame:
-    """A night's scores (every part), sorted by entity and timestamp."""
-    keys = [k for k in store.list(scores_prefix(cfg, day)) if k.endswith(".parquet")]
-    if not keys:
-        return pl.DataFrame()
-    return pl.concat([pl.from_arrow(store.read_parquet(k)) for k in keys],
-                     how="diagonal_relaxed").sort("entity", "timestamp")
 
 
 def day_start(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time())
 
 
+def scope_part(group: str | None) -> str:
+    """A scope's name in part names and in the scores table's `scope` partition."""
+    return DATASET_PART if group is None else scope_slug(group)
+
+
 def shards_of(group: str | None, sizes: dict[str, int], max_rows: int) -> list[Shard]:
     """Consecutive entities packed into shards of at most `max_rows` rows (an entity is never
     split: its windows need its rows together)."""
-    stem = DATASET_PART if group is None else scope_slug(group)
+    stem = scope_part(group)
     shards, members, rows = [], [], 0
     for entity, n in sizes.items():
         if members and rows + n > max_rows:
@@ -241,8 +232,7 @@ def score_shard(cfg: DatasetConfig, day: date, shard: Shard) -> ScoredShard:
     store = store_for(cfg)
     version, scored, model_seconds = score_night(cfg, store, day, shard)
     out = scores_frame(scored.rows, scored.scores, scored.contributions, version.loaded)
-    key = part_key(cfg, day, shard.part)
-    store.write_parquet(key, out.to_arrow())
+    key = scores_table.stage(store, cfg, day, scope_part(shard.group), shard.part, out)
     scaled_key = f"{scaled_prefix(cfg, day)}/part-{shard.part}.parquet"
     store.write_parquet(scaled_key, scored.rows.select(
         "timestamp", "entity", *version.loaded.features).to_arrow())
@@ -253,18 +243,21 @@ def score_shard(cfg: DatasetConfig, day: date, shard: Shard) -> ScoredShard:
 
 @task(name="commit-night", cache_policy=NO_CACHE, **IO_RETRIES)
 def commit_night(cfg: DatasetConfig, day: date, shards: list[ScoredShard]) -> list[ScoredNight]:
-    """Remove parts an earlier run of this night left that this run did not write (a rerun
-    replaces the partition), and sum the shards up per scope."""
+    """Replace the night in the scores table with this run's shards (one commit: readers see
+    the whole night or the previous one), remove scaled parts an earlier run of this night
+    left that this run did not write, and sum the shards up per scope."""
     store = store_for(cfg)
-    written = {s.key for s in shards} | {s.scaled_key for s in shards}
-    for key in [*store.list(scores_prefix(cfg, day)), *store.list(scaled_prefix(cfg, day))]:
+    files = scores_table.commit_night(store, cfg, day, [s.key for s in shards])
+    written = {s.scaled_key for s in shards}
+    for key in store.list(scaled_prefix(cfg, day)):
         if key not in written:
             store.delete(key)
     nights = []
     for group in dict.fromkeys(s.group for s in shards):
         mine = [s for s in shards if s.group == group]
         nights.append(ScoredNight(cfg.name, day.isoformat(), "scored", sum(s.rows for s in mine),
-                                  sum(s.anomalies for s in mine), [s.key for s in mine],
+                                  sum(s.anomalies for s in mine),
+                                  files.get(scope_part(group), []),
                                   mine[0].model_family, mine[0].model_version, group,
                                   sum(s.model_seconds for s in mine), mine[0].backend,
                                   mine[0].note, [s.scaled_key for s in mine if s.scaled_key]))

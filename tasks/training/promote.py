@@ -44,7 +44,7 @@ def rolling_splits(cfg: DatasetConfig, end: datetime) -> SplitsConfig:
 
 def latest_validated_day(cfg: DatasetConfig) -> datetime:
     """Midnight after the newest day holding validated rows: the default end of the window."""
-    days = validated_days(store_for(cfg), cfg, with_rows=True)
+    days = validated_days(store_for(cfg), cfg)
     if not days:
         raise LookupError(f"dataset {cfg.name!r}: no validated data to retrain on")
     return datetime.combine(max(days), datetime.min.time()) + timedelta(days=1)

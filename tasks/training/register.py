@@ -20,6 +20,7 @@ from tasks.data.prepare import PreparedData
 from tasks.store import json_bytes
 from tasks.training.calibrate import Calibration
 from tasks.training.export import EXPORT
+from tasks.training.lineage import training_data
 from tasks.training.train import FIT, TrainedCandidate
 from tasks.versions import (
     CONFIG,
@@ -62,14 +63,17 @@ class Candidate:
         return float("nan") if value is None else float(value)
 
 
-def version_config(cfg: DatasetConfig, fit: dict[str, Any]) -> dict[str, Any]:
+def version_config(cfg: DatasetConfig, fit: dict[str, Any],
+                   prepared: PreparedData | None = None) -> dict[str, Any]:
     """config.json: everything needed to rebuild and score the model (an ensemble: its
-    members, each with the sha256 of its MANIFEST.json, instead of training settings)."""
+    members, each with the sha256 of its MANIFEST.json, instead of training settings), and
+    the validated table snapshot it trained on (`nightowl training-set` rebuilds those rows)."""
     trained = ({"ensemble": {k: fit[k] for k in ("combiner", "formula", "members")}}
                if is_ensemble_fit(fit) else {"training": fit["settings"]})
     return {"dataset": cfg.name, "group": cfg.group, "model": fit["arguments"], **trained,
             "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
-            "scaling": cfg.scaling.model_dump()}
+            "scaling": cfg.scaling.model_dump(),
+            "data": training_data(cfg, prepared.table_version if prepared else None)}
 
 
 def is_ensemble_fit(fit: dict[str, Any]) -> bool:
@@ -100,7 +104,7 @@ def register_candidate(cfg: DatasetConfig, prepared: PreparedData, trained: Trai
     files |= {key[len(trained.key) + 1:]: store.read_bytes(key)
               for key in store.list(trained.file(PLOTS))}
     files[SCALER] = store.read_bytes(prepared.scaler_key)
-    files[CONFIG] = json_bytes(version_config(cfg, fit))
+    files[CONFIG] = json_bytes(version_config(cfg, fit, prepared))
     files[METRICS] = json_bytes({"validation": calibration.metrics, "export": export,
                                  "fit": fit_summary(fit)})
     members = ([{k: m[k] for k in MEMBER_FIELDS} for m in fit["members"]] if ensemble else None)

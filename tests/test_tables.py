@@ -1,0 +1,116 @@
+"""The Delta tables in a store: fresh across processes, whole nights, time travel.
+
+Real tables on a local folder and on the local S3 endpoint (tests/s3_server.py); the
+"other process" is a real `python` process writing while this one keeps its clients.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks.data import ingest, layer, tables
+from tasks.nightly import scores_table
+from tasks.store import Store
+from tests.s3_server import s3_endpoint
+from tests.test_ingest import START, csv_bytes, good_frame, make_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+INGEST_ONE = """
+import sys
+from tasks.data import ingest
+from tasks.store import Store
+from tests.test_ingest import make_cfg
+cfg = make_cfg(sys.argv[2])
+print(ingest.ingest_batch(Store(sys.argv[1]), cfg, sys.argv[3]).status)
+"""
+
+
+@pytest.fixture(scope="module")
+def s3_root():
+    with s3_endpoint("nightowl-tables") as _:
+        yield "s3://nightowl-tables/fresh"
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_long_lived_process_sees_what_another_process_wrote(kind: str, tmp_path: Path,
+                                                              request) -> None:
+    root = f"file://{tmp_path}/store" if kind == "local" else request.getfixturevalue("s3_root")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "2026-01-05.csv").write_bytes(csv_bytes(good_frame()))
+    cfg = make_cfg(raw / "*.csv")
+    store = Store(root)  # this process's client, kept across the other's write
+    ingest.ingest_batch(store, cfg, f"file://{raw}/2026-01-05.csv")
+    assert layer.validated_days(store, cfg) == [date(2026, 1, 5), date(2026, 1, 6)]
+    assert store.list_dirs("datasets/tiny/validated") == ["_delta_log", "date=2026-01-05",
+                                                          "date=2026-01-06"]
+
+    later = raw / "2026-01-07.csv"
+    later.write_bytes(csv_bytes(good_frame(START + timedelta(days=2))))
+    other = subprocess.run([sys.executable, "-c", INGEST_ONE, root, str(raw / "*.csv"),
+                            f"file://{later}"], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    assert other.returncode == 0 and other.stdout.strip().endswith("validated"), other.stderr
+
+    assert layer.validated_days(store, cfg)[-1] == date(2026, 1, 8)
+    assert layer.load_validated(store, cfg).height == 2 * 96
+    assert "date=2026-01-08" in store.list_dirs("datasets/tiny/validated")  # no stale listing
+
+
+def _scores(day: date, value: float) -> pl.DataFrame:
+    t0 = datetime.combine(day, datetime.min.time())
+    return pl.DataFrame({"timestamp": [t0 + timedelta(hours=i) for i in range(4)],
+                         "entity": ["m0", "m0", "m1", "m1"], "score": [value] * 4,
+                         "is_anomaly": [False, True, False, False]})
+
+
+def test_a_night_is_whole_or_the_previous_one(tmp_path: Path) -> None:
+    """Two shards staged, the run killed before its commit: readers still see the previous
+    night. The commit makes both shards visible at once; a retry of the landed commit (its
+    reply lost) commits nothing again; the earlier night stays readable by version."""
+    cfg = make_cfg(tmp_path)
+    store = Store(f"file://{tmp_path}/store")
+    night = date(2026, 1, 9)
+    first = [scores_table.stage(store, cfg, night, "_dataset", f"s{i}", _scores(night, 1.0))
+             for i in range(2)]
+    scores_table.commit_night(store, cfg, night, first)
+    version = tables.version_of(store, scores_table.scores_key(cfg))
+    before = scores_table.read_scores(store, cfg, night)
+    assert before.height == 8 and store.list(scores_table.staging_prefix(cfg)) == []
+
+    rerun = [scores_table.stage(store, cfg, night, "_dataset", f"s{i}", _scores(night, 2.0))
+             for i in range(2)]
+    # killed here: staged parts exist, no commit
+    assert scores_table.read_scores(store, cfg, night).equals(before)
+    assert pl.scan_delta(tables.table_uri(store, scores_table.scores_key(cfg))).collect() \
+        .height == 8  # any Delta reader: the previous night only
+
+    kept = {k: store.read_bytes(k) for k in rerun}
+    files = scores_table.commit_night(store, cfg, night, rerun)
+    after = scores_table.read_scores(store, cfg, night)
+    assert after.height == 8 and after["score"].unique().to_list() == [2.0]
+    assert sorted(files) == ["_dataset"] and all(store.exists(k) for k in files["_dataset"])
+    for k, data in kept.items():  # the task retried after its commit landed
+        store.write_bytes(k, data)
+    assert scores_table.commit_night(store, cfg, night, rerun) == files
+    assert tables.version_of(store, scores_table.scores_key(cfg)) == version + 1
+    assert scores_table.read_scores(store, cfg, night, version=version).equals(before)
+
+
+def test_an_empty_rerun_removes_the_night(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    store = Store(f"file://{tmp_path}/store")
+    nights = [date(2026, 1, 9), date(2026, 1, 10)]
+    for night in nights:
+        key = scores_table.stage(store, cfg, night, "_dataset", "s0", _scores(night, 1.0))
+        scores_table.commit_night(store, cfg, night, [key])
+    assert scores_table.commit_night(store, cfg, nights[0], []) == {}
+    assert scores_table.read_scores(store, cfg, nights[0]).height == 0
+    assert scores_table.read_scores(store, cfg, nights[1]).height == 4
