@@ -115,8 +115,8 @@ def migrate(config: Path | None = ConfigArg) -> None:
     running it again does nothing."""
     from flows.common import resolve_config
     from tasks.common import store_for
-    from tasks.data.migrate import migrate_validated
-    from tasks.nightly.migrate import migrate_scores
+    from tasks.data.validated_migration import migrate_validated
+    from tasks.nightly.scores_migration import migrate_scores
 
     cfg = resolve_config(str(config) if config else None)
     store = store_for(cfg)

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks.data import layer, tables
-from tasks.data.migrate import migrate_validated
+from tasks.data.validated_migration import migrate_validated
 from tasks.nightly import scores_table
-from tasks.nightly.migrate import migrate_scores
+from tasks.nightly.scores_migration import migrate_scores
 from tasks.store import Store
 from tests.test_ingest import good_frame, make_cfg
 from tests.tiny import write_config

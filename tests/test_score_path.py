@@ -21,7 +21,7 @@ from tasks.common import store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.data.synthetic import materialize
 from tasks.evaluation.ensemble import combine_rows
-from tasks.nightly.score import day_start, plan_night, read_scores, score_shard
+from tasks.nightly.score import commit_night, day_start, plan_night, read_scores, score_shard
 from tasks.scoring import (
     CONTRIB_PREFIX,
     score_version,
@@ -72,8 +72,8 @@ def night_slice(cfg: DatasetConfig) -> DatasetConfig:
 
 def nightly_scores(cfg: DatasetConfig) -> pl.DataFrame:
     """The night as the nightly flow scores it: plan, one task per shard, the written parts."""
-    for shard in plan_night.fn(cfg, NIGHT).shards:
-        score_shard.fn(cfg, NIGHT, shard)
+    shards = [score_shard.fn(cfg, NIGHT, s) for s in plan_night.fn(cfg, NIGHT).shards]
+    commit_night.fn(cfg, NIGHT, shards)
     return read_scores(store_for(cfg), cfg, NIGHT)
 
 

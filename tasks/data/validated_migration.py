@@ -1,6 +1,6 @@
 """`nightowl migrate`: a store written before the tables (Parquet parts named by per-day
 `_manifest.json` files) becomes the validated Delta table (the scores table:
-tasks.nightly.migrate, with the helpers here).
+tasks.nightly.scores_migration, with the helpers here).
 
 The old layout (nightowl up to the manifest protocol):
 - `datasets/<ds>/validated/date=D/_manifest.json`: {"parts": {source-id: {"key", "source",

@@ -1,6 +1,6 @@
 """`nightowl migrate`, the scores part: `scores/<ds>/date=D/part-<scope>-<n>.parquet` (the
 night's shards, as the old `commit_night` left them) become the scores Delta table, in one
-marked commit (see tasks.data.migrate). Nights the table already holds are newer: kept."""
+marked commit (see tasks.data.validated_migration). Nights the table already holds are newer: kept."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from schemas.config import DatasetConfig
 from tasks.data import tables
-from tasks.data.migrate import MIGRATION, SCORES_PART, Migrated, old_files, removed
+from tasks.data.validated_migration import MIGRATION, SCORES_PART, Migrated, old_files, removed
 from tasks.nightly import scores_table
 from tasks.store import Store
 
