@@ -6,7 +6,16 @@ import numpy as np
 
 from tasks.evaluation.ensemble import combine_rows, member_weights, robust_normaliser
 from tasks.evaluation.injection import ANOMALY_KINDS, inject
-from tasks.evaluation.selection import LabelledSlice, SelectionSettings, event_ids, select
+from tasks.evaluation.selection import (
+    LabelledSlice,
+    Prior,
+    SelectionSettings,
+    challenge,
+    event_ids,
+    pooled_prior,
+    select,
+    validation_slice,
+)
 
 
 def test_injection_marks_exactly_the_changed_rows_and_only_eligible_ones() -> None:
@@ -93,3 +102,87 @@ def test_the_selection_stage_injects_on_normal_validation_rows_only() -> None:
     assert not ok[(frame["label"] == 1).to_numpy()].any()
     assert not ok[[0, 1, 2, 3, 56, 57, 58, 59, 60, 63, 116, 119]].any()
     assert ok[[20, 40, 55, 80, 115]].all()
+
+
+# --- the prior rule -------------------------------------------------------------------------
+
+def _events(n_rows: int, starts: range, length: int = 4) -> np.ndarray:
+    labels = np.zeros(n_rows, dtype=np.int8)
+    for s in starts:
+        labels[s:s + length] = 1
+    return labels
+
+
+PRIOR = Prior(("pca", "knn"), "shipped:servers", {"commit": "test"})
+
+
+def _tie(seed: int, names: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Seven events; candidates equal but for their own noise."""
+    rng = np.random.default_rng(seed)
+    labels = _events(600, range(50, 600, 90))
+    base = rng.normal(size=600) + 1.5 * labels
+    return labels, {n: base + 0.5 * rng.normal(size=600) for n in names}
+
+
+def test_the_prior_is_kept_on_a_tie_within_noise_and_the_record_says_why() -> None:
+    names = ("pca", "knn", "usad", "vae", "lstm_ae")
+    settings = SelectionSettings(bootstrap=500, normal_block=25)
+    decisions = [challenge([_slice(*_tie(seed, names))], PRIOR, settings) for seed in range(20)]
+    switched = [d for d in decisions if d["switched"]]
+    assert len(switched) <= 3  # about the 10% a 0.9 confidence allows, not a coin toss
+    kept = [d for d in decisions if d["challenger"] != "pca" and not d["switched"]]
+    assert kept and all("inside the noise" in d["why"] for d in kept)
+    decision = kept[0]
+    assert decision["chosen"] == "pca" and decision["margin"] > 0
+    assert decision["confidence"] < decision["required_confidence"] == 1 - 0.1 / 4
+    assert decision["events"] == 7 and decision["prior"] == "pca"
+    assert decision["prior_source"] == "shipped:servers"
+    assert decision["prior_provenance"] == {"commit": "test"}
+    assert set(decision["candidates"]) == set(names)
+
+
+def test_a_challenger_with_a_clear_margin_replaces_the_prior() -> None:
+    rng = np.random.default_rng(5)
+    labels = _events(2000, range(100, 1900, 150))  # twelve events
+    scores = {"pca": rng.normal(size=2000) + 0.3 * labels,
+              "knn": rng.normal(size=2000) + 6 * labels}
+    decision = challenge([_slice(labels, scores)], PRIOR, SelectionSettings(bootstrap=200))
+    assert decision["chosen"] == "knn" and decision["switched"] is True
+    assert decision["challenger"] == "knn" and decision["confidence"] >= 0.9
+    assert decision["margin"] > 0.5 and decision["events"] == 12
+    # the same margin on two events is too little evidence to overrule the prior
+    few = _events(2000, range(100, 400, 150))
+    decision = challenge([_slice(few, {"pca": scores["pca"], "knn": scores["knn"] * 0 + 6 * few})],
+                         PRIOR, SelectionSettings(bootstrap=200, min_events=3))
+    assert decision["chosen"] == "pca" and "too few" in decision["why"]
+
+
+def test_no_score_split_row_reaches_the_choice() -> None:
+    rng = np.random.default_rng(6)
+    n = 3000
+    labels = _events(n, range(100, n, 200))
+    splits = np.where(np.arange(n) < 1500, "validation", "score")
+    groups = np.zeros(n, dtype=np.int64)
+    scores = {"pca": rng.normal(size=n) + 0.2 * labels, "knn": rng.normal(size=n) + 0.2 * labels}
+    before = challenge([validation_slice(splits, labels, groups, scores)], PRIOR)
+    # knn becomes perfect on the score split, and its labels change there: no choice moves
+    leak = {"pca": scores["pca"], "knn": np.where(splits == "score", 50.0 * labels, scores["knn"])}
+    relabelled = np.where(splits == "score", 1 - labels, labels)
+    after = challenge([validation_slice(splits, relabelled, groups, leak)], PRIOR)
+    assert before == after
+    assert before["events"] == len(range(100, 1500, 200))
+
+
+def test_the_fleet_prior_pools_events_no_single_scope_could_use() -> None:
+    rng = np.random.default_rng(7)
+    slices = []
+    for _ in range(4):  # four scopes with two events each: alone, too few to overrule
+        labels = _events(800, range(200, 700, 300))
+        slices.append(_slice(labels, {"pca": rng.normal(size=800) + 0.2 * labels,
+                                      "knn": rng.normal(size=800) + 5 * labels}))
+    settings = SelectionSettings(bootstrap=200, min_events=3)
+    assert all(challenge([s], PRIOR, settings)["chosen"] == "pca" for s in slices)
+    fleet = pooled_prior(slices, PRIOR, settings)
+    assert fleet.ranking[0] == "knn" and fleet.source == "fleet"
+    assert fleet.provenance["events"] == 8 and fleet.provenance["from"] == "shipped:servers"
+    assert all(challenge([s], fleet, settings)["chosen"] == "knn" for s in slices)
