@@ -32,7 +32,7 @@ from tasks.training.ensemble import build_ensemble, ensemble_members, register_e
 from tasks.training.export import export_candidate
 from tasks.training.register import Candidate, register_candidate
 from tasks.training.report import report_candidate
-from tasks.training.select import selection_evidence
+from tasks.training.select import prior_selection, selection_evidence
 from tasks.training.train import TrainedCandidate, train_family
 
 K = TypeVar("K")
@@ -115,6 +115,9 @@ def candidates_flow(cfg: DatasetConfig, run_id: str, groups: list[str | None],
         ((g, "selection"), (scopes[g], prepared[g], run_id, cands))
         for g, cands in contenders.items()
         if scopes[g].selection.rule == "evidence" and len(cands) > 1)), failed, tolerate_failures)
+    if cfg.selection.rule == "prior":
+        evidence = {(g, "selection"): d
+                    for g, d in prior_selection(cfg, run_id, contenders).items()}
 
     runs = []
     for g in groups:

@@ -200,27 +200,39 @@ class ThresholdConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    """How the champion is picked. "metric": the validation metric (a key of
+    """How the champion is picked. "prior": a prior champion (shipped per kind of data,
+    pooled over a fleet's scopes) kept unless a challenger beats it on the scope's own
+    validation events with confidence. "metric": the validation metric (a key of
     tasks.evaluation.metrics.evaluate), higher wins. "evidence": real and injected labels
     combined, falling back to the ensemble when they do not separate (README)."""
 
     metric: Literal["pr_auc", "roc_auc", "best_f1", "vus_pr", "pa_k_auc", "event_recall", "f1"] = (
         "pr_auc"
     )
-    rule: Literal["metric", "evidence"] = Field(
-        "metric", description="metric by default: on the full dev benchmark (11 series) the "
-        "evidence rule's champion averaged 0.233 / 0.573 / 0.868 score PR-AUC (SMD+ASD / NAB / "
-        "ODDS) against the metric rule's 0.297 / 0.599 / 0.868 on the same versions "
-        "(benchmarks/RESULTS.md)")
+    rule: Literal["prior", "metric", "evidence"] = Field(
+        "prior", description="prior by default: leaving each dev series out, the prior its "
+        "kind's other series gave scored 0.555 / 0.620 score PR-AUC (multivariate / "
+        "univariate) where the metric rule's champion scored 0.297 / 0.599 "
+        "(benchmarks/results/selection_priors.md)")
+    kind: Literal["multivariate", "univariate", "table"] | None = Field(
+        None, description="which shipped prior (schemas/selection_priors.json); default: "
+        "inferred, a window of 1 is a table, one feature univariate, else multivariate")
+    prior: str | None = Field(None, description="a family to use as the prior instead of the "
+                              "shipped ranking's first")
     injected_events: int = Field(20, ge=0, description="synthetic anomalies injected on normal "
                                  "validation stretches (the kinds in turn)")
     injected_weight: float = Field(0.25, ge=0, description="an injected event's weight "
                                    "against a real one")
-    bootstrap: int = Field(200, ge=10, description="event resamples behind the fallback test")
-    confidence: float = Field(0.9, gt=0.5, lt=1, description="share of resamples the top "
-                              "candidate must beat the ensemble in")
-    min_events: float = Field(3.0, ge=0, description="weighted events below which nothing "
-                              "is told apart (the ensemble is chosen)")
+    bootstrap: int = Field(500, ge=10, description="resamples behind the confidence of a "
+                           "challenger (prior rule) or of the fallback test (evidence rule)")
+    confidence: float = Field(0.9, gt=0.5, lt=1, description="share of resamples a challenger "
+                              "must beat the prior in (corrected for the number of challengers: "
+                              "1 - (1 - confidence) / (candidates - 1)); the evidence rule's "
+                              "top candidate must beat the ensemble in it")
+    min_events: float = Field(3.0, ge=0, description="labelled events below which the prior "
+                              "(the ensemble, for the evidence rule) is kept")
+    min_margin: float = Field(0.0, ge=0, description="validation gain a challenger must lead "
+                              "the prior by (prior rule)")
     seed: int = 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tasks.evaluation.ensemble import combine_rows, member_weights, robust_normaliser
 from tasks.evaluation.injection import ANOMALY_KINDS, inject
@@ -186,3 +187,27 @@ def test_the_fleet_prior_pools_events_no_single_scope_could_use() -> None:
     assert fleet.ranking[0] == "knn" and fleet.source == "fleet"
     assert fleet.provenance["events"] == 8 and fleet.provenance["from"] == "shipped:servers"
     assert all(challenge([s], fleet, settings)["chosen"] == "knn" for s in slices)
+
+
+def test_the_shipped_prior_is_the_benchmark_corpus_validation_ranking_with_provenance() -> None:
+    import json
+
+    from benchmarks.selection_priors import RESULTS, priors
+    from tasks.evaluation.priors import configured_prior, infer_kind, shipped_prior, shipped_priors
+
+    # the data file is exactly what the script derives from the committed results
+    assert shipped_priors() == json.loads(json.dumps(priors(json.loads(RESULTS.read_text()),
+                                                            RESULTS)))
+    assert {infer_kind(38, 16), infer_kind(1, 32), infer_kind(21, 1)} == {
+        "multivariate", "univariate", "table"}
+    prior = shipped_prior("multivariate")
+    assert prior.source == "shipped:multivariate" and len(prior.ranking) == 10
+    assert prior.provenance["commit"] and "validation PR-AUC" in prior.provenance["rule"]
+    assert "asd:omi-1" in prior.provenance["series"]
+    means = shipped_priors()["kinds"]["multivariate"]["val_pr_auc"]
+    assert list(means.values()) == sorted(means.values(), reverse=True)
+    assert prior.pick(["usad", "knn"]) == min(["usad", "knn"], key=prior.ranking.index)
+    override = configured_prior("table", "usad")
+    assert override.ranking[0] == "usad" and override.source == "config"
+    with pytest.raises(ValueError, match="available: multivariate, table, univariate"):
+        shipped_prior("images")  # type: ignore[arg-type]
