@@ -248,9 +248,11 @@ class EnsembleConfig(_Strict):
         None, description="families to combine; default: every family of the run that "
         "registered with a verified ONNX graph")
     min_members: int = Field(2, ge=2, description="fewer usable members: no ensemble")
-    combiner: Literal["robust_z"] = Field(
-        "robust_z", description="each member's scores over its IQR on normal train rows "
-        "(the robust-z mean up to a constant)")
+    combiner: Literal["robust_z", "cauchy"] = Field(
+        "robust_z", description="robust_z: each member's scores over its IQR on normal train "
+        "rows (the robust-z mean up to a constant); cauchy: each member's tail p-value against "
+        "its normal train rows, combined by the Cauchy statistic, so one member's lone catch "
+        "is kept (tasks.evaluation.ensemble)")
 
 
 class ScoringConfig(_Strict):

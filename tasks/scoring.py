@@ -20,7 +20,7 @@ float32 summation order in numpy, so a scoring worker needs no torch at all (the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ import polars as pl
 
 from schemas.config import ROW_RULES, RowRule, WindowConfig
 from tasks.data.window import window_starts
-from tasks.evaluation.ensemble import combine_rows
+from tasks.evaluation.ensemble import row_combiner
 
 if TYPE_CHECKING:  # the torch path imports these when it runs; the ONNX path never does
     import torch
@@ -90,6 +90,8 @@ class EnsembleScorer:
     combine in numpy (tasks.evaluation.ensemble), so either path gives the same rule."""
 
     members: list[EnsembleMember]
+    combine: Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+    """members' contributions -> (scores, contributions): the version's own combiner."""
 
 
 def scorer_of(loaded: LoadedModel) -> WindowModel | EnsembleScorer | None:
@@ -97,7 +99,7 @@ def scorer_of(loaded: LoadedModel) -> WindowModel | EnsembleScorer | None:
     if not loaded.is_ensemble:
         return loaded.model
     return EnsembleScorer([EnsembleMember(m.model, m.feature_scale, w, m.row_rule)
-                           for m, w in loaded.members])
+                           for m, w in loaded.members], row_combiner(loaded.config["ensemble"]))
 
 
 def step_means(elements: np.ndarray) -> np.ndarray:
@@ -230,7 +232,7 @@ def score_rows(
         parts = [normalised(raw_contributions(m.scorer, scaled, features, length, batch_size,
                                               rule=m.rule), m.feature_scale)[1]
                  for m in scorer.members]
-        return combine_rows(parts, [m.weight for m in scorer.members])
+        return scorer.combine(parts)
     raw = raw_contributions(scorer, scaled, features, length, batch_size, rule=rule)
     return normalised(raw, feature_scale)
 

@@ -211,3 +211,44 @@ def test_the_shipped_prior_is_the_benchmark_corpus_validation_ranking_with_prove
     assert override.ranking[0] == "usad" and override.source == "config"
     with pytest.raises(ValueError, match="available: multivariate, table, univariate"):
         shipped_prior("images")  # type: ignore[arg-type]
+
+
+def test_the_cauchy_ensemble_keeps_a_catch_only_one_member_makes() -> None:
+    """Five members; one row that only member 0 finds far out, and busy normal rows where
+    every member is mildly high. The robust-z mean ranks the lone catch below the busy rows
+    (its alarm is divided by five); the Cauchy combination ranks it first."""
+    from tasks.evaluation.ensemble import cauchy_rows, cauchy_scores, tail_reference
+
+    rng = np.random.default_rng(8)
+    m, f = 5, 3
+    train = [np.abs(rng.normal(size=(4000, f))) * (k + 1) for k in range(m)]  # (rows, F)
+    rows = [np.abs(rng.normal(size=(300, f))) * (k + 1) for k in range(m)]
+    train_totals = [t.sum(axis=1) for t in train]
+    for k in range(m):  # busy but normal: every member at its 97th percentile of normal rows
+        rows[k][:20] = np.quantile(train_totals[k], 0.97) / f
+    lone = 150
+    rows[0][lone] = [0.1, 9.0, 0.1]  # only member 0 sees it, through feature 1
+    weights = member_weights([robust_normaliser(t)["scale"] for t in train_totals])
+    z_scores, _ = combine_rows(rows, weights)
+    assert (z_scores > z_scores[lone]).sum() >= 5  # diluted: busy rows outrank the catch
+
+    references = [tail_reference(t) for t in train_totals]
+    scores, contrib = cauchy_rows(rows, references)
+    assert np.argmax(scores) == lone and scores[lone] > 10 * np.sort(scores)[-2]
+    assert np.array_equal(scores, contrib.sum(axis=1, dtype=np.float64))  # adds up
+    assert np.argmax(contrib[lone]) == 1  # the explanation points at member 0's feature
+    np.testing.assert_allclose(scores, cauchy_scores([r.sum(axis=1) for r in rows], references),
+                               rtol=1e-5)
+    assert (scores >= 0).all()
+
+
+def test_tail_p_values_stay_ordered_beyond_the_normal_reference() -> None:
+    from tasks.evaluation.ensemble import tail_pvalues, tail_reference
+
+    rng = np.random.default_rng(9)
+    reference = tail_reference(rng.exponential(size=5000))
+    s = np.array([0.0, 0.5, 2.0, 6.0, 9.0, 30.0, np.nan])
+    p = tail_pvalues(s, reference)
+    assert p[0] == 1.0 and np.isnan(p[-1])
+    assert (np.diff(p[:-1]) < 0).all()  # far beyond every train row, still strictly ordered
+    assert abs(tail_pvalues(np.array([np.log(100)]), reference)[0] - 0.01) < 0.004

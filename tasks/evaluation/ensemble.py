@@ -1,5 +1,9 @@
 """Combining member versions' row scores into one ensemble score (pure numpy).
 
+Two combiners. "robust_z" (below) and "cauchy" (further down: per-member tail p-values
+against normal train rows, combined with the Cauchy statistic, so one member that is
+sure of a row is not averaged away by the members that see nothing).
+
 Why robust scaling: members' scores live on different scales (a PCA residual, an
 autoencoder's normalised error, an isolation depth). Each member's scores are put on a
 common scale by the median and interquartile range of its scores on NORMAL TRAIN rows,
@@ -21,7 +25,7 @@ because sum_f c_{m,f} = s_m for every member.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,3 +78,98 @@ def combine_rows(contributions: Sequence[np.ndarray], weights: Sequence[float]
 def spec_weights(members: Sequence[dict[str, Any]]) -> np.ndarray:
     """The weights stored in an ensemble's config (one entry per member, in order)."""
     return np.asarray([float(m["weight"]) for m in members], dtype=np.float64)
+
+
+# --- cauchy: calibrated per-member evidence, a lone catch kept ---------------------------
+#
+# Why: the robust-z mean divides one member's alarm by M; where a single family catches an
+# anomaly (issue 18: pca alone caught a machine's events, the mean diluted its PR-AUC to
+# 0.01), the ensemble lost it. Each member's row score becomes a p-value against its own
+# normal train rows (an exponential tail beyond the top 1%, so the far tail stays ordered
+# instead of saturating at 1/n), and the p-values combine through the Cauchy (ACAT)
+# statistic, which is dominated by its smallest p-value: t_m = cot(p_m * pi / 2) >= 0
+# (about 2 / (pi p_m) for small p_m), score T = mean_m t_m. Contributions: each member's
+# t_m / M is split over the features in proportion to that member's own contributions, so
+# sum_f C_f = T exactly as for every other score.
+
+CAUCHY_FORMULA = ("score = mean_m cot(pi p_m / 2), p_m member m's tail p-value against its "
+                  "normal train row scores (exponential beyond the top 1%); contribution_f = "
+                  "sum_m cot(pi p_m / 2) / M * c_mf / s_m")
+TAIL_MASS = 0.01
+QUANTILE_LEVELS = 101
+MIN_P = 1e-12
+"""Smallest p-value used: keeps a float32 score finite (the statistic is then ~6e11)."""
+
+
+def tail_reference(normal_train_scores: np.ndarray, tail: float = TAIL_MASS,
+                   levels: int = QUANTILE_LEVELS) -> dict[str, Any]:
+    """What a member's p-values are measured against (JSON-ready): quantiles of its finite
+    normal train scores up to 1 - tail, and the mean excess over the last one (the scale of
+    the exponential tail fitted beyond it)."""
+    s = np.asarray(normal_train_scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise ValueError("an ensemble member needs finite scores on normal train rows")
+    probs = np.linspace(0.0, 1.0 - tail, levels)
+    quantiles = np.quantile(s, probs)
+    excess = s[s > quantiles[-1]] - quantiles[-1]
+    scale = float(excess.mean()) if excess.size else 0.0
+    if not scale > 0:  # no spread beyond the top: fall back on the body's spread
+        scale = float(np.subtract(*np.quantile(s, [0.75, 0.25]))) or float(np.std(s)) or 1.0
+    return {"probs": probs.tolist(), "quantiles": quantiles.tolist(), "tail": tail,
+            "tail_scale": scale, "n": int(s.size)}
+
+
+def tail_pvalues(scores: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
+    """P(normal train score >= s): the empirical quantiles in the body, an exponential tail
+    beyond the top quantile; continuous and non-increasing in s; NaN stays NaN."""
+    s = np.asarray(scores, dtype=np.float64)
+    q = np.asarray(reference["quantiles"])
+    probs = np.asarray(reference["probs"])
+    top = q[-1]
+    body = 1.0 - np.interp(s, q, probs, left=0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        far = reference["tail"] * np.exp(-(s - top) / reference["tail_scale"])
+    p = np.where(s >= top, far, body)
+    return np.where(np.isnan(s), np.nan, np.clip(p, MIN_P, 1.0))
+
+
+def cauchy_terms(scores: Sequence[np.ndarray], references: Sequence[dict[str, Any]]
+                 ) -> list[np.ndarray]:
+    """Each member's t_m / M = cot(pi p_m / 2) / M per row (0 where p_m = 1)."""
+    m = len(scores)
+    return [1.0 / np.tan(np.pi * tail_pvalues(s, r) / 2) / m
+            for s, r in zip(scores, references, strict=True)]
+
+
+def cauchy_rows(contributions: Sequence[np.ndarray], references: Sequence[dict[str, Any]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(ensemble scores (T,), contributions (T, F) float32) under the Cauchy combiner; the
+    score is the sum of the stored contributions, so the explanation adds up."""
+    parts = [np.asarray(c, dtype=np.float64) for c in contributions]
+    totals = [c.sum(axis=1) for c in parts]
+    out = np.zeros(parts[0].shape, dtype=np.float64)
+    for c, total, term in zip(parts, totals, cauchy_terms(totals, references), strict=True):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where((total > 0)[:, None], c / total[:, None], 1.0 / c.shape[1])
+        out += term[:, None] * share
+    contrib32 = out.astype(np.float32)
+    return contrib32.sum(axis=1, dtype=np.float64), contrib32
+
+
+def cauchy_scores(scores: Sequence[np.ndarray], references: Sequence[dict[str, Any]]
+                  ) -> np.ndarray:
+    """The Cauchy ensemble score from the members' row scores alone (training's row scores)."""
+    return np.sum(cauchy_terms(scores, references), axis=0)
+
+
+def row_combiner(spec: dict[str, Any]
+                 ) -> Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+    """members' (T, F) contributions -> (scores, contributions), per an ensemble's config.json
+    `ensemble` section (versions before the Cauchy combiner have no `combiner`: robust_z)."""
+    members = spec["members"]
+    if spec.get("combiner", "robust_z") == "cauchy":
+        references = [m["reference"] for m in members]
+        return lambda parts: cauchy_rows(parts, references)
+    weights = spec_weights(members)
+    return lambda parts: combine_rows(parts, weights)

@@ -32,6 +32,7 @@ from schemas.config import DatasetConfig, scope_slug
 from tasks.common import IO_RETRIES, compute_device, run_logger, store_for
 from tasks.data.ingest import entity_rows, load_validated
 from tasks.data.scale import apply_scaler
+from tasks.evaluation.ensemble import row_combiner
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.scoring import CONTRIB_PREFIX, EnsembleMember, EnsembleScorer, OnnxScorer, score_rows
 from tasks.store import Store
@@ -197,7 +198,7 @@ def ensemble_scorer(cfg: DatasetConfig, store: Store, ref: VersionRef) -> Champi
     loaded = load_model(store, ref, None)  # verifies the members' manifests, builds no model
     parts = [(champion_scorer(cfg, store, member.ref), weight) for member, weight in loaded.members]
     scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w, p.loaded.row_rule)
-                               for p, w in parts])
+                             for p, w in parts], row_combiner(loaded.config["ensemble"]))
     backends = {p.backend for p, _ in parts}
     notes = [f"{p.loaded.ref.family}: {p.note}" for p, _ in parts if p.note]
     return ChampionScorer(loaded, scorer, "onnx" if backends == {"onnx"} else "torch",
