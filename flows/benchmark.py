@@ -37,9 +37,11 @@ from tasks.data.prepare import assign_splits
 from tasks.data.scale import apply_scaler
 from tasks.evaluation import loaders
 from tasks.evaluation.baselines import BaselineSeries, ChapterSettings, run_baselines
+from tasks.evaluation.drift import drift_report
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.evaluation.thresholds import fpr_by_entity
+from tasks.nightly.drift import version_reference
 from tasks.scoring import score_rows, scorer_of
 from tasks.training.register import choose_champion
 from tasks.versions import VersionRef, load_model
@@ -127,6 +129,40 @@ def evaluate_version(
     return out
 
 
+def selection_columns(selection: dict[str, Any] | None) -> dict[str, Any]:
+    """What the champion's choice rested on (prior rule): events, prior, margin, confidence."""
+    if not selection or selection.get("rule") != "prior":
+        return {}
+    return {"events": selection["events"], "prior": selection["prior"],
+            "prior_source": selection["prior_source"], "challenger": selection["challenger"],
+            "margin": selection["margin"], "confidence": selection["confidence"],
+            "switched": selection["switched"]}
+
+
+def score_split_drift(cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame) -> dict[str, Any]:
+    """The nightly drift check (tasks.evaluation.drift against the version's training
+    reference) over the whole score split as one batch, and what an operator would have
+    seen without it: the rows the calibrated threshold flags, and how many are normal."""
+    store = store_for(cfg)
+    _, reference = version_reference(store, ref)
+    if reference is None:
+        return {"drift": "no reference"}
+    loaded = load_model(store, ref, compute_device(cfg))
+    scaled = apply_scaler(frame, loaded.scaler)
+    scores, _ = score_rows(scorer_of(loaded), scaled, loaded.features, loaded.window,
+                           loaded.feature_scale, rule=loaded.row_rule)
+    keep = (frame["split"] == "score").to_numpy() & np.isfinite(scores)
+    limits, _ = thresholds_by_entity(scores, frame["entity"].to_numpy(), loaded.threshold)
+    flagged = (scores > limits)[keep]
+    normal = frame["label"].to_numpy()[keep] == 0
+    report = drift_report(reference, scaled.filter(pl.Series(keep)),
+                          list(reference["features"]), cfg.drift, scores[keep], flagged)
+    return {"drift": "drift" if report["drift"] else "stable",
+            "drift_reasons": "; ".join(report["reasons"]), "alerts": int(flagged.sum()),
+            "false_alerts": int((flagged & normal).sum()),
+            "normal_flagged": float((flagged & normal).sum() / max(int(normal.sum()), 1))}
+
+
 def interpretation_truth(report: loaders.LoadReport, frame: pl.DataFrame, n_features: int) -> np.ndarray | None:
     """SMD's cause dimensions as a (rows of `frame`, F) mask; None without interpretation labels."""
     if not report.interpretation:
@@ -162,16 +198,17 @@ def benchmark_series(
                      f"val_{champion['metric']}": c.metric(champion["metric"]),
                      "target_fpr": cfg.threshold.target_fpr, **metrics})
     best = next(r for r in rows if r.get("version") == champion["version"])
-    how = (f"by evidence: {run.selection['why']}" if run.selection
+    how = (f"by {champion['rule']}: {run.selection['why']}" if run.selection
            else f"by validation {champion['metric']}")
+    ref = next(c.ref for c in run.candidates if c.ref.version == champion["version"])
     rows.append({**best, "family": CHAMPION, "role": CHAMPION, "picked": best["family"],
-                 "note": how})
+                 "note": how, **selection_columns(run.selection),
+                 **score_split_drift(cfg, ref, frame)})
     log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
              champion["metric"], champion["value"])
     if options.baselines:
         chapter = ChapterSettings(**({} if options.chapter_epochs is None
                                      else {"epochs": options.chapter_epochs}))
-        ref = next(c.ref for c in run.candidates if c.ref.version == champion["version"])
         for row in run_baselines(baseline_series(cfg, ref), chapter=chapter):
             rows.append({"dataset": kind, "series": name, "picked": "", **row})
     return rows
