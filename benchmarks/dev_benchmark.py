@@ -73,13 +73,14 @@ def selected(spec: str) -> list[tuple[str, str]]:
 
 
 def run_series(kind: str, name: str, work_dir: Path, budget: dict[str, int],
-               families: tuple[str, ...], threads: int, baselines: bool = True) -> dict[str, Any]:
+               families: tuple[str, ...], threads: int, baselines: bool = True,
+               combiner: str | None = None) -> dict[str, Any]:
     """One series through the runner with baselines; its rows and its wall time."""
     runner_kind, root = ROOTS[kind]
     options = BenchmarkOptions(
         families=families, epochs=budget["epochs"], max_train_windows=budget["max_train_windows"],
         window=NAB_WINDOW if kind == "nab" else None, threads=threads, baselines=baselines,
-        chapter_epochs=budget["chapter_epochs"])
+        chapter_epochs=budget["chapter_epochs"], combiner=combiner)
     started = time.perf_counter()
     rows = benchmark_series(runner_kind, root, name, work_dir / kind, options)
     wall = time.perf_counter() - started
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chapter-epochs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores: 2)")
     parser.add_argument("--no-baselines", action="store_true", help="families and champion only")
+    parser.add_argument("--combiner", default=None, choices=("robust_z", "cauchy"),
+                        help="the ensemble's combiner (default: the config's)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: results/dev_benchmark[-quick].json); .md beside it")
     args = parser.parse_args(argv)
@@ -222,10 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dev-benchmark-") as tmp:
         for kind, name in selected(args.series):
             result = run_series(kind, name, Path(tmp), budget, families, args.threads,
-                                not args.no_baselines)
+                                not args.no_baselines, args.combiner)
             result["regret"] = regret(result)
             results.append(result)
-    report = {"settings": {**budget, "families": list(families), "threads": args.threads},
+    report = {"settings": {**budget, "families": list(families), "threads": args.threads,
+                           "combiner": args.combiner, "baselines": not args.no_baselines},
               "series": results, "groups": group_means(results),
               "total_wall_s": sum(r["wall_s"] for r in results)}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,7 @@ class BenchmarkOptions:
     threads: int = 1
     baselines: bool = False  # also PyOD's detectors and the chapter's LSTM-AE on the same rows
     chapter_epochs: int | None = None  # the chapter LSTM-AE's epochs (None: its own 20)
+    combiner: str | None = None  # the ensemble's combiner (None: the config's)
 
 
 def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetConfig:
@@ -87,6 +88,8 @@ def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetCo
         data["training"]["epochs"] = options.epochs
     if options.max_train_windows is not None:
         data["training"]["max_train_windows"] = options.max_train_windows
+    if options.combiner is not None:
+        data["ensemble"]["combiner"] = options.combiner
     if options.window is not None and cfg.window.length > 1:  # tables (window 1) stay rows
         data["window"]["length"] = options.window
     return parse_config(data, origin=f"benchmark({cfg.name})")
