@@ -248,6 +248,10 @@ class EnsembleConfig(_Strict):
         None, description="families to combine; default: every family of the run that "
         "registered with a verified ONNX graph")
     min_members: int = Field(2, ge=2, description="fewer usable members: no ensemble")
+    max_correlation: float | None = Field(
+        None, gt=0, le=1, description="members chosen for diversity: strongest on validation "
+        "first, then each whose rank correlation with every kept member on normal train rows "
+        "is at most this (None: every member)")
     combiner: Literal["robust_z", "cauchy"] = Field(
         "robust_z", description="robust_z: each member's scores over its IQR on normal train "
         "rows (the robust-z mean up to a constant); cauchy: each member's tail p-value against "

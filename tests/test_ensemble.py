@@ -180,7 +180,8 @@ def test_a_cauchy_ensemble_is_built_scored_at_night_and_explained_like_any_versi
     from tasks.scoring import score_rows, scorer_of
     from tasks.training.train import ROW_SCORES, candidate_key
 
-    data = tiny_config(tmp_path, families=FAMILIES, ensemble={"combiner": "cauchy"})
+    data = tiny_config(tmp_path, families=FAMILIES,
+                       ensemble={"combiner": "cauchy", "max_correlation": 0.5})  # keeps two
     materialize(parse_config(data).source.synthetic, data["source"]["path"])
     config = write_config(tmp_path, data)
     result = train_flow(config, run_id="cauchy")

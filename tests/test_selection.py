@@ -252,3 +252,16 @@ def test_tail_p_values_stay_ordered_beyond_the_normal_reference() -> None:
     assert p[0] == 1.0 and np.isnan(p[-1])
     assert (np.diff(p[:-1]) < 0).all()  # far beyond every train row, still strictly ordered
     assert abs(tail_pvalues(np.array([np.log(100)]), reference)[0] - 0.01) < 0.004
+
+
+def test_members_are_chosen_for_diversity() -> None:
+    from tasks.evaluation.ensemble import diverse_members, rank_correlation
+
+    rng = np.random.default_rng(10)
+    base = rng.normal(size=2000)
+    twin = base * 3 + 0.01 * rng.normal(size=2000)  # another scale, the same ranking
+    other = rng.normal(size=2000)
+    assert rank_correlation(base, twin) > 0.99 and abs(rank_correlation(base, other)) < 0.1
+    assert diverse_members([base, twin, other], 0.9) == [0, 2]  # the twin adds nothing
+    assert diverse_members([base, twin], 0.9) == [0, 1]  # but an ensemble keeps two
+    assert diverse_members([base, twin, other], 1.0) == [0, 1, 2]

@@ -173,3 +173,29 @@ def row_combiner(spec: dict[str, Any]
         return lambda parts: cauchy_rows(parts, references)
     weights = spec_weights(members)
     return lambda parts: combine_rows(parts, weights)
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two score vectors (finite rows of both)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    ra, rb = (np.argsort(np.argsort(x[ok], kind="stable")).astype(np.float64) for x in (a, b))
+    if ra.size < 2 or ra.std() == 0 or rb.std() == 0:
+        return 1.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def diverse_members(normal_scores: Sequence[np.ndarray], max_correlation: float) -> list[int]:
+    """Indices of the members kept, in the order given (strongest first): a member joins only
+    if its rank correlation with every member already kept, on normal rows, is at most
+    `max_correlation`. Two members that rank normal rows alike repeat one view (and weigh
+    it twice); at least two members are kept (the least correlated one is added back)."""
+    kept = [0] if normal_scores else []
+    for i in range(1, len(normal_scores)):
+        if all(rank_correlation(normal_scores[i], normal_scores[k]) <= max_correlation
+               for k in kept):
+            kept.append(i)
+    if len(kept) < 2 and len(normal_scores) >= 2:
+        rest = [i for i in range(len(normal_scores)) if i not in kept]
+        kept.append(min(rest, key=lambda i: rank_correlation(normal_scores[i],
+                                                             normal_scores[kept[0]])))
+    return kept

@@ -29,6 +29,7 @@ from tasks.evaluation.ensemble import (
     FORMULA,
     cauchy_scores,
     combine_scores,
+    diverse_members,
     member_weights,
     robust_normaliser,
     tail_reference,
@@ -79,6 +80,14 @@ def build_ensemble(cfg: DatasetConfig, run_id: str, members: list[TrainedCandida
     frames = [pl.from_arrow(store.read_parquet(m.file(ROW_SCORES))) for m in members]
     normal_train = ((frames[0]["split"] == "train") & (frames[0]["label"] == 0)).to_numpy()
     scores = [f["score"].to_numpy() for f in frames]
+    if cfg.ensemble.max_correlation is not None:  # strongest on validation first
+        metric = cfg.selection.metric
+        order = sorted(range(len(registered)), key=lambda i: -np.nan_to_num(
+            registered[i].metric(metric), nan=-np.inf))
+        keep = [order[i] for i in diverse_members([scores[i][normal_train] for i in order],
+                                                  cfg.ensemble.max_correlation)]
+        members, registered = [members[i] for i in keep], [registered[i] for i in keep]
+        frames, scores = [frames[i] for i in keep], [scores[i] for i in keep]
     norms = [robust_normaliser(s[normal_train]) for s in scores]
     cauchy = cfg.ensemble.combiner == "cauchy"
     if cauchy:  # each member's p-value reference; the members weigh the same
