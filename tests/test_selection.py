@@ -234,7 +234,7 @@ def test_the_cauchy_ensemble_keeps_a_catch_only_one_member_makes() -> None:
 
     references = [tail_reference(t) for t in train_totals]
     scores, contrib = cauchy_rows(rows, references)
-    assert np.argmax(scores) == lone and scores[lone] > 10 * np.sort(scores)[-2]
+    assert np.argmax(scores) == lone and np.expm1(scores[lone]) > 10 * np.expm1(np.sort(scores)[-2])
     assert np.array_equal(scores, contrib.sum(axis=1, dtype=np.float64))  # adds up
     assert np.argmax(contrib[lone]) == 1  # the explanation points at member 0's feature
     np.testing.assert_allclose(scores, cauchy_scores([r.sum(axis=1) for r in rows], references),
@@ -243,14 +243,15 @@ def test_the_cauchy_ensemble_keeps_a_catch_only_one_member_makes() -> None:
 
 
 def test_tail_p_values_stay_ordered_beyond_the_normal_reference() -> None:
-    from tasks.evaluation.ensemble import tail_pvalues, tail_reference
+    from tasks.evaluation.ensemble import tail_log_pvalues, tail_pvalues, tail_reference
 
     rng = np.random.default_rng(9)
     reference = tail_reference(rng.exponential(size=5000))
-    s = np.array([0.0, 0.5, 2.0, 6.0, 9.0, 30.0, np.nan])
-    p = tail_pvalues(s, reference)
-    assert p[0] == 1.0 and np.isnan(p[-1])
-    assert (np.diff(p[:-1]) < 0).all()  # far beyond every train row, still strictly ordered
+    s = np.array([0.0, 0.5, 2.0, 6.0, 9.0, 30.0, 900.0, 5000.0, np.nan])
+    log_p = tail_log_pvalues(s, reference)
+    assert log_p[0] == 0.0 and np.isnan(log_p[-1])
+    assert (np.diff(log_p[:-1]) < 0).all()  # far beyond every train row, still ordered
+    assert tail_pvalues(s[:1], reference)[0] == 1.0
     assert abs(tail_pvalues(np.array([np.log(100)]), reference)[0] - 0.01) < 0.004
 
 

@@ -88,17 +88,19 @@ def spec_weights(members: Sequence[dict[str, Any]]) -> np.ndarray:
 # normal train rows (an exponential tail beyond the top 1%, so the far tail stays ordered
 # instead of saturating at 1/n), and the p-values combine through the Cauchy (ACAT)
 # statistic, which is dominated by its smallest p-value: t_m = cot(p_m * pi / 2) >= 0
-# (about 2 / (pi p_m) for small p_m), score T = mean_m t_m. Contributions: each member's
-# t_m / M is split over the features in proportion to that member's own contributions, so
-# sum_f C_f = T exactly as for every other score.
+# (about 2 / (pi p_m) for small p_m), T = mean_m t_m. The score is log(1 + T), computed
+# from log p-values (log-sum-exp), so no row saturates however far out it lies (a drifted
+# member's normal rows must not tie with another member's real catch); it ranks rows as T
+# does. Contributions: the score split over members in proportion to their t_m, then over
+# features in proportion to each member's own contributions, so sum_f C_f = score.
 
-CAUCHY_FORMULA = ("score = mean_m cot(pi p_m / 2), p_m member m's tail p-value against its "
-                  "normal train row scores (exponential beyond the top 1%); contribution_f = "
-                  "sum_m cot(pi p_m / 2) / M * c_mf / s_m")
+CAUCHY_FORMULA = ("score = log(1 + mean_m cot(pi p_m / 2)), p_m member m's tail p-value "
+                  "against its normal train row scores (exponential beyond the top 1%); "
+                  "contribution_f = score * sum_m (t_m / sum t) * c_mf / s_m")
 TAIL_MASS = 0.01
 QUANTILE_LEVELS = 101
-MIN_P = 1e-12
-"""Smallest p-value used: keeps a float32 score finite (the statistic is then ~6e11)."""
+SMALL_P = 1e-8
+"""Below this p-value cot(pi p / 2) is 2 / (pi p) to float precision: taken in log space."""
 
 
 def tail_reference(normal_train_scores: np.ndarray, tail: float = TAIL_MASS,
@@ -120,26 +122,46 @@ def tail_reference(normal_train_scores: np.ndarray, tail: float = TAIL_MASS,
             "tail_scale": scale, "n": int(s.size)}
 
 
-def tail_pvalues(scores: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
-    """P(normal train score >= s): the empirical quantiles in the body, an exponential tail
-    beyond the top quantile; continuous and non-increasing in s; NaN stays NaN."""
+def tail_log_pvalues(scores: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
+    """log P(normal train score >= s): the empirical quantiles in the body, an exponential
+    tail beyond the top quantile (linear in s in log space, so never saturating);
+    continuous and non-increasing in s; NaN stays NaN."""
     s = np.asarray(scores, dtype=np.float64)
     q = np.asarray(reference["quantiles"])
-    probs = np.asarray(reference["probs"])
-    top = q[-1]
-    body = 1.0 - np.interp(s, q, probs, left=0.0)
-    with np.errstate(over="ignore", invalid="ignore"):
-        far = reference["tail"] * np.exp(-(s - top) / reference["tail_scale"])
-    p = np.where(s >= top, far, body)
-    return np.where(np.isnan(s), np.nan, np.clip(p, MIN_P, 1.0))
+    body = 1.0 - np.interp(s, q, np.asarray(reference["probs"]), left=0.0)
+    far = np.log(reference["tail"]) - (s - q[-1]) / reference["tail_scale"]
+    with np.errstate(divide="ignore"):
+        out = np.where(s >= q[-1], far, np.log(np.maximum(body, reference["tail"])))
+    return np.where(np.isnan(s), np.nan, np.minimum(out, 0.0))
 
 
-def cauchy_terms(scores: Sequence[np.ndarray], references: Sequence[dict[str, Any]]
-                 ) -> list[np.ndarray]:
-    """Each member's t_m / M = cot(pi p_m / 2) / M per row (0 where p_m = 1)."""
+def tail_pvalues(scores: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
+    """P(normal train score >= s) (tail_log_pvalues, exponentiated; 0 far out)."""
+    return np.exp(tail_log_pvalues(scores, reference))
+
+
+def _log_cauchy_terms(scores: Sequence[np.ndarray], references: Sequence[dict[str, Any]]
+                      ) -> np.ndarray:
+    """(M, T) log(t_m / M), t_m = cot(pi p_m / 2), from log p-values (exact, no overflow)."""
     m = len(scores)
-    return [1.0 / np.tan(np.pi * tail_pvalues(s, r) / 2) / m
-            for s, r in zip(scores, references, strict=True)]
+    out = []
+    for s, r in zip(scores, references, strict=True):
+        log_p = tail_log_pvalues(s, r)
+        p = np.exp(np.maximum(log_p, np.log(SMALL_P)))
+        with np.errstate(divide="ignore"):
+            exact = -np.log(np.tan(np.pi * p / 2))
+        out.append(np.where(log_p < np.log(SMALL_P), np.log(2 / np.pi) - log_p, exact)
+                   - np.log(m))
+    return np.asarray(out)
+
+
+def _score_and_shares(log_terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log(1 + T) per row, each member's share t_m / sum t per row) from log(t_m / M)."""
+    with np.errstate(invalid="ignore"):
+        top = np.max(log_terms, axis=0)
+        log_total = top + np.log(np.sum(np.exp(log_terms - top), axis=0))
+        shares = np.exp(log_terms - log_total)
+    return np.logaddexp(0.0, log_total), shares
 
 
 def cauchy_rows(contributions: Sequence[np.ndarray], references: Sequence[dict[str, Any]]
@@ -148,11 +170,12 @@ def cauchy_rows(contributions: Sequence[np.ndarray], references: Sequence[dict[s
     score is the sum of the stored contributions, so the explanation adds up."""
     parts = [np.asarray(c, dtype=np.float64) for c in contributions]
     totals = [c.sum(axis=1) for c in parts]
+    score, shares = _score_and_shares(_log_cauchy_terms(totals, references))
     out = np.zeros(parts[0].shape, dtype=np.float64)
-    for c, total, term in zip(parts, totals, cauchy_terms(totals, references), strict=True):
+    for c, total, share in zip(parts, totals, shares, strict=True):
         with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where((total > 0)[:, None], c / total[:, None], 1.0 / c.shape[1])
-        out += term[:, None] * share
+            within = np.where((total > 0)[:, None], c / total[:, None], 1.0 / c.shape[1])
+        out += (score * share)[:, None] * within
     contrib32 = out.astype(np.float32)
     return contrib32.sum(axis=1, dtype=np.float64), contrib32
 
@@ -160,7 +183,7 @@ def cauchy_rows(contributions: Sequence[np.ndarray], references: Sequence[dict[s
 def cauchy_scores(scores: Sequence[np.ndarray], references: Sequence[dict[str, Any]]
                   ) -> np.ndarray:
     """The Cauchy ensemble score from the members' row scores alone (training's row scores)."""
-    return np.sum(cauchy_terms(scores, references), axis=0)
+    return _score_and_shares(_log_cauchy_terms(scores, references))[0]
 
 
 def row_combiner(spec: dict[str, Any]
