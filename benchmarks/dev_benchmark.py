@@ -73,13 +73,14 @@ def selected(spec: str) -> list[tuple[str, str]]:
 
 
 def run_series(kind: str, name: str, work_dir: Path, budget: dict[str, int],
-               families: tuple[str, ...], threads: int, baselines: bool = True) -> dict[str, Any]:
+               families: tuple[str, ...], threads: int, baselines: bool = True,
+               combiner: str | None = None) -> dict[str, Any]:
     """One series through the runner with baselines; its rows and its wall time."""
     runner_kind, root = ROOTS[kind]
     options = BenchmarkOptions(
         families=families, epochs=budget["epochs"], max_train_windows=budget["max_train_windows"],
         window=NAB_WINDOW if kind == "nab" else None, threads=threads, baselines=baselines,
-        chapter_epochs=budget["chapter_epochs"])
+        chapter_epochs=budget["chapter_epochs"], combiner=combiner)
     started = time.perf_counter()
     rows = benchmark_series(runner_kind, root, name, work_dir / kind, options)
     wall = time.perf_counter() - started
@@ -124,6 +125,15 @@ def group_means(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     return out
 
 
+def best_fixed(detectors: dict[str, dict[str, Any]]) -> str | None:
+    """The candidate (a family or the ensemble) with the best mean score-split PR-AUC over a
+    group: what using one candidate for every series would have scored (hindsight, for the
+    table only)."""
+    fams = {d: m for d, m in detectors.items()
+            if m.get("role") == "family" and m.get("pr_auc") is not None}
+    return max(fams, key=lambda d: fams[d]["pr_auc"]) if fams else None
+
+
 def _mean(values: list[Any]) -> float | None:
     ok = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(ok)) if ok else None
@@ -151,15 +161,30 @@ def markdown(report: dict[str, Any]) -> str:
                 worst = min(gaps, key=gaps.get)
                 lines.append(f"Champion minus the strongest baseline ({worst}), {metric}: "
                              f"{gaps[worst]:+.3f}.")
+        fixed = best_fixed(dets)
+        if fixed and champ.get("pr_auc") is not None:
+            lines.append(f"Best fixed candidate ({fixed}, the same for every series): "
+                         f"{_fmt(dets[fixed]['pr_auc'])} PR-AUC; champion minus it: "
+                         f"{champ['pr_auc'] - dets[fixed]['pr_auc']:+.3f}.")
         lines += [f"Mean selection regret: {_fmt(dets['_regret']['mean'])}.", ""]
-    lines += ["### Per series", "", "| series | champion | best family (hindsight) | regret | "
-              "champion PR-AUC | wall s |", "|---|---|---|---:|---:|---:|"]
+    lines += ["### Per series", "", "Evidence: labelled validation events, the prior (and "
+              "where it came from), the challenger's margin (validation gain) and the share of "
+              "bootstraps it beat the prior in. Drift: the nightly drift check over the score "
+              "split; alerts: score rows over the calibrated threshold (normal ones in brackets).",
+              "", "| series | champion | events | prior (source) | challenger | margin | "
+              "confidence | best family (hindsight) | regret | champion PR-AUC | drift | alerts "
+              "(normal) | wall s |", "|---|---|---:|---|---|---:|---:|---|---:|---:|---|---:|---:|"]
     for s in report["series"]:
         champ = next((r for r in s["rows"] if r.get("role") == CHAMPION), {})
         reg = s["regret"]
+        source = (champ.get("prior_source") or "").replace("shipped:", "")
         lines.append(f"| {s['kind']}:{s['series'].split('/')[-1]} | {reg['champion']} | "
-                     f"{reg['best_family']} | {_fmt(reg['regret'])} | {_fmt(champ.get('pr_auc'))} | "
-                     f"{s['wall_s']:.0f} |")
+                     f"{champ.get('events', 'n/a')} | {champ.get('prior', 'n/a')} ({source}) | "
+                     f"{champ.get('challenger') or '–'} | {_fmt(champ.get('margin'))} | "
+                     f"{_fmt(champ.get('confidence'))} | {reg['best_family']} | "
+                     f"{_fmt(reg['regret'])} | {_fmt(champ.get('pr_auc'))} | "
+                     f"{champ.get('drift', 'n/a')} | {champ.get('alerts', 'n/a')} "
+                     f"({champ.get('false_alerts', 'n/a')}) | {s['wall_s']:.0f} |")
     total = sum(s["wall_s"] for s in report["series"])
     lines += ["", f"Total wall: {total:.0f} s ({total / 60:.1f} min) for {len(report['series'])} series."]
     return "\n".join(lines)
@@ -179,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chapter-epochs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores: 2)")
     parser.add_argument("--no-baselines", action="store_true", help="families and champion only")
+    parser.add_argument("--combiner", default=None, choices=("robust_z", "cauchy"),
+                        help="the ensemble's combiner (default: the config's)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: results/dev_benchmark[-quick].json); .md beside it")
     args = parser.parse_args(argv)
@@ -198,10 +225,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="dev-benchmark-") as tmp:
         for kind, name in selected(args.series):
             result = run_series(kind, name, Path(tmp), budget, families, args.threads,
-                                not args.no_baselines)
+                                not args.no_baselines, args.combiner)
             result["regret"] = regret(result)
             results.append(result)
-    report = {"settings": {**budget, "families": list(families), "threads": args.threads},
+    report = {"settings": {**budget, "families": list(families), "threads": args.threads,
+                           "combiner": args.combiner, "baselines": not args.no_baselines},
               "series": results, "groups": group_means(results),
               "total_wall_s": sum(r["wall_s"] for r in results)}
     out.parent.mkdir(parents=True, exist_ok=True)

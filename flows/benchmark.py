@@ -38,9 +38,11 @@ from tasks.data.ingest import ingest_source
 from tasks.data.layer import load_validated
 from tasks.data.prepare import assign_splits
 from tasks.data.scale import apply_scaler
+from tasks.evaluation.drift_statistics import drift_report
 from tasks.evaluation.metrics import evaluate, hit_rate, interpretation_mask
 from tasks.evaluation.normalise import thresholds_by_entity
 from tasks.evaluation.thresholds import fpr_by_entity
+from tasks.nightly.drift import version_reference
 from tasks.scoring import (
     ScoredRows,
     VersionScorer,
@@ -82,6 +84,7 @@ class BenchmarkOptions:
     threads: int = 1
     baselines: bool = False  # also PyOD's detectors and the chapter's LSTM-AE on the same rows
     chapter_epochs: int | None = None  # the chapter LSTM-AE's epochs (None: its own 20)
+    combiner: str | None = None  # the ensemble's combiner (None: the config's)
 
 
 def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetConfig:
@@ -93,6 +96,8 @@ def benchmark_config(cfg: DatasetConfig, options: BenchmarkOptions) -> DatasetCo
         data["training"]["epochs"] = options.epochs
     if options.max_train_windows is not None:
         data["training"]["max_train_windows"] = options.max_train_windows
+    if options.combiner is not None:
+        data["ensemble"]["combiner"] = options.combiner
     if options.window is not None and cfg.window.length > 1:  # tables (window 1) stay rows
         data["window"]["length"] = options.window
     return parse_config(data, origin=f"benchmark({cfg.name})")
@@ -151,6 +156,41 @@ def exported(cfg: DatasetConfig, ref: VersionRef) -> float:
     return float("nan") if outcome is None else float(bool(outcome.get("exported")))
 
 
+def selection_columns(selection: dict[str, Any] | None) -> dict[str, Any]:
+    """What the champion's choice rested on (prior rule): events, prior, margin, confidence."""
+    if not selection or selection.get("rule") != "prior":
+        return {}
+    return {"events": selection["events"], "prior": selection["prior"],
+            "prior_source": selection["prior_source"], "challenger": selection["challenger"],
+            "margin": selection["margin"], "confidence": selection["confidence"],
+            "switched": selection["switched"]}
+
+
+def score_split_drift(cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame,
+                      context: pl.DataFrame) -> dict[str, Any]:
+    """The nightly drift check (tasks.evaluation.drift_statistics against the version's
+    training reference) over the whole score split as one batch, scored by tasks.scoring's one
+    path, and what an operator would have seen without it: the rows the calibrated threshold
+    flags, and how many are normal."""
+    store = store_for(cfg)
+    _, reference = version_reference(store, ref)
+    if reference is None:
+        return {"drift": "no reference"}
+    version = version_scorer(cfg, ref, store)
+    scored = score_version(version, frame, context)
+    rows, scores = scored.rows, scored.scores
+    keep = (rows["split"] == "score").to_numpy() & np.isfinite(scores)
+    limits, _ = thresholds_by_entity(scores, rows["entity"].to_numpy(), version.loaded.threshold)
+    flagged = (scores > limits)[keep]
+    normal = rows["label"].to_numpy()[keep] == 0
+    report = drift_report(reference, rows.filter(pl.Series(keep)),
+                          list(reference["features"]), cfg.drift, scores[keep], flagged)
+    return {"drift": "drift" if report["drift"] else "stable",
+            "drift_reasons": "; ".join(report["reasons"]), "alerts": int(flagged.sum()),
+            "false_alerts": int((flagged & normal).sum()),
+            "normal_flagged": float((flagged & normal).sum() / max(int(normal.sum()), 1))}
+
+
 def interpretation_truth(report: loaders.LoadReport, frame: pl.DataFrame, n_features: int) -> np.ndarray | None:
     """SMD's cause dimensions as a (rows of `frame`, F) mask; None without interpretation labels."""
     if not report.interpretation:
@@ -187,16 +227,17 @@ def benchmark_series(
                      "target_fpr": cfg.threshold.target_fpr, **metrics,
                      "exported": exported(cfg, c.ref)})
     best = next(r for r in rows if r.get("version") == champion["version"])
-    how = (f"by evidence: {run.selection['why']}" if run.selection
+    how = (f"by {champion['rule']}: {run.selection['why']}" if run.selection
            else f"by validation {champion['metric']}")
+    ref = next(c.ref for c in run.candidates if c.ref.version == champion["version"])
     rows.append({**best, "family": CHAMPION, "role": CHAMPION, "picked": best["family"],
-                 "note": how})
+                 "note": how, **selection_columns(run.selection),
+                 **score_split_drift(cfg, ref, frame, context)})
     log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
              champion["metric"], champion["value"])
     if options.baselines:
         chapter = ChapterSettings(**({} if options.chapter_epochs is None
                                      else {"epochs": options.chapter_epochs}))
-        ref = next(c.ref for c in run.candidates if c.ref.version == champion["version"])
         for row in run_baselines(baseline_series(cfg, ref), chapter=chapter):
             rows.append({"dataset": kind, "series": name, "picked": "", **row})
     return rows

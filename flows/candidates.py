@@ -31,7 +31,7 @@ from tasks.training.calibrate import Calibration, calibrate_candidate
 from tasks.training.ensemble import build_ensemble, ensemble_members, register_ensemble
 from tasks.training.export import export_candidate
 from tasks.training.register import Candidate, register_candidate
-from tasks.training.select import selection_evidence
+from tasks.training.select import prior_selection, selection_evidence
 from tasks.training.train import TrainedCandidate, train_family
 from tasks.training.training_report import report_candidate
 
@@ -118,6 +118,9 @@ def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
         ((g, "selection"), (scopes[g], prepared[g], run_id, cands))
         for g, cands in contenders.items()
         if scopes[g].selection.rule == "evidence" and len(cands) > 1)), failed, tolerate_failures)
+    if cfg.selection.rule == "prior":
+        evidence = {(g, "selection"): d
+                    for g, d in prior_selection(cfg, run_id, contenders).items()}
 
     runs = []
     for g in groups:

@@ -190,7 +190,9 @@ class SplitsConfig(_Strict):
 class TrainingConfig(_Strict):
     """Settings of the shared training engine (every family uses the same loop)."""
 
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(5, ge=1, description="5, with max_train_windows 5000: the budget "
+                        "benchmarks/RESULTS.md measured (the dev benchmark), so a config "
+                        "without [training] gets the measured numbers")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -205,7 +207,9 @@ class TrainingConfig(_Strict):
     )
     amp: bool = True
     compile: bool = False
-    max_train_windows: int | None = Field(None, ge=1)
+    max_train_windows: int | None = Field(5000, ge=1, description="train on a random sample of "
+                                          "this many windows (holdout included): the "
+                                          "benchmarked budget")
 
 
 class FamilyConfig(_Strict):
@@ -234,27 +238,39 @@ class ThresholdConfig(_Strict):
 
 
 class SelectionConfig(_Strict):
-    """How the champion is picked. "metric": the validation metric (a key of
+    """How the champion is picked. "prior": a prior champion (shipped per kind of data,
+    pooled over a fleet's scopes) kept unless a challenger beats it on the scope's own
+    validation events with confidence. "metric": the validation metric (a key of
     tasks.evaluation.metrics.evaluate), higher wins. "evidence": real and injected labels
     combined, falling back to the ensemble when they do not separate (README)."""
 
     metric: Literal["pr_auc", "roc_auc", "best_f1", "vus_pr", "pa_k_auc", "event_recall", "f1"] = (
         "pr_auc"
     )
-    rule: Literal["metric", "evidence"] = Field(
-        "metric", description="metric by default: on the full dev benchmark (11 series) the "
-        "evidence rule's champion averaged 0.233 / 0.573 / 0.868 score PR-AUC (SMD+ASD / NAB / "
-        "ODDS) against the metric rule's 0.297 / 0.599 / 0.868 on the same versions "
-        "(benchmarks/RESULTS.md)")
+    rule: Literal["prior", "metric", "evidence"] = Field(
+        "prior", description="prior by default: leaving each dev series out, the prior its "
+        "kind's other series gave scored 0.555 / 0.620 score PR-AUC (multivariate / "
+        "univariate) where the metric rule's champion scored 0.297 / 0.599 "
+        "(benchmarks/results/selection_priors.md)")
+    kind: Literal["multivariate", "univariate", "table"] | None = Field(
+        None, description="which shipped prior (schemas/selection_priors.json); default: "
+        "inferred, a window of 1 is a table, one feature univariate, else multivariate")
+    prior: str | None = Field(None, description="a family to use as the prior instead of the "
+                              "shipped ranking's first")
     injected_events: int = Field(20, ge=0, description="synthetic anomalies injected on normal "
                                  "validation stretches (the kinds in turn)")
     injected_weight: float = Field(0.25, ge=0, description="an injected event's weight "
                                    "against a real one")
-    bootstrap: int = Field(200, ge=10, description="event resamples behind the fallback test")
-    confidence: float = Field(0.9, gt=0.5, lt=1, description="share of resamples the top "
-                              "candidate must beat the ensemble in")
-    min_events: float = Field(3.0, ge=0, description="weighted events below which nothing "
-                              "is told apart (the ensemble is chosen)")
+    bootstrap: int = Field(500, ge=10, description="resamples behind the confidence of a "
+                           "challenger (prior rule) or of the fallback test (evidence rule)")
+    confidence: float = Field(0.9, gt=0.5, lt=1, description="share of resamples a challenger "
+                              "must beat the prior in (corrected for the number of challengers: "
+                              "1 - (1 - confidence) / (candidates - 1)); the evidence rule's "
+                              "top candidate must beat the ensemble in it")
+    min_events: float = Field(3.0, ge=0, description="labelled events below which the prior "
+                              "(the ensemble, for the evidence rule) is kept")
+    min_margin: float = Field(0.0, ge=0, description="validation gain a challenger must lead "
+                              "the prior by (prior rule)")
     seed: int = 0
 
 
@@ -266,9 +282,15 @@ class EnsembleConfig(_Strict):
         None, description="families to combine; default: every family of the run that "
         "registered with a verified ONNX graph")
     min_members: int = Field(2, ge=2, description="fewer usable members: no ensemble")
-    combiner: Literal["robust_z"] = Field(
-        "robust_z", description="each member's scores over its IQR on normal train rows "
-        "(the robust-z mean up to a constant)")
+    max_correlation: float | None = Field(
+        None, gt=0, le=1, description="members chosen for diversity: strongest on validation "
+        "first, then each whose rank correlation with every kept member on normal train rows "
+        "is at most this (None: every member)")
+    combiner: Literal["robust_z", "cauchy"] = Field(
+        "robust_z", description="robust_z: each member's scores over its IQR on normal train "
+        "rows (the robust-z mean up to a constant); cauchy: each member's tail p-value against "
+        "its normal train rows, combined by the Cauchy statistic, so one member's lone catch "
+        "is kept (tasks.evaluation.ensemble)")
 
 
 class ScoringConfig(_Strict):

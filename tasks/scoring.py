@@ -34,7 +34,7 @@ float32 summation order in numpy, so a scoring worker needs no torch at all (the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,7 @@ from tasks.common import compute_device, run_logger, store_for
 from tasks.data.layer import load_validated
 from tasks.data.scale import apply_scaler
 from tasks.data.window import window_starts
-from tasks.evaluation.ensemble import combine_rows
+from tasks.evaluation.ensemble import row_combiner
 from tasks.store import Store
 from tasks.versions import (
     ONNX,
@@ -119,6 +119,8 @@ class EnsembleScorer:
     combine in numpy (tasks.evaluation.ensemble), so either path gives the same rule."""
 
     members: list[EnsembleMember]
+    combine: Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]
+    """members' contributions -> (scores, contributions): the version's own combiner."""
 
 
 def step_means(elements: np.ndarray) -> np.ndarray:
@@ -251,7 +253,7 @@ def score_rows(
         parts = [normalised(raw_contributions(m.scorer, scaled, features, length, batch_size,
                                               rule=m.rule), m.feature_scale)[1]
                  for m in scorer.members]
-        return combine_rows(parts, [m.weight for m in scorer.members])
+        return scorer.combine(parts)
     raw = raw_contributions(scorer, scaled, features, length, batch_size, rule=rule)
     return normalised(raw, feature_scale)
 
@@ -317,7 +319,8 @@ def _scorer_for(cfg: DatasetConfig, store: Store, loaded: LoadedModel) -> Versio
     if loaded.is_ensemble:  # members were loaded (and verified) with the ensemble: reuse them
         parts = [(_scorer_for(cfg, store, member), weight) for member, weight in loaded.members]
         scorer = EnsembleScorer([EnsembleMember(p.scorer, p.loaded.feature_scale, w,
-                                                p.loaded.row_rule) for p, w in parts])
+                                                p.loaded.row_rule) for p, w in parts],
+                                row_combiner(loaded.config["ensemble"]))
         backends = {p.backend for p, _ in parts}
         notes = [f"{p.ref.family}: {p.note}" for p, _ in parts if p.note]
         return VersionScorer(loaded, scorer, "onnx" if backends == {"onnx"} else "torch",

@@ -46,7 +46,14 @@ def test_odds_cardio_through_the_real_pipeline(tmp_path, prefect_harness):
     for column in ("roc_auc", "pr_auc", "vus_pr", "best_f1", "pa_f1", "fit_s", "score_rows_per_s"):
         assert np.isfinite(first[column]), column
     assert first["roc_auc"] > 0.7  # cardio is easy; a broken pipeline scores ~0.5
-    assert table.row(1, named=True)["picked"] == "dense_ae"
+    champion = table.row(1, named=True)
+    assert champion["picked"] == "dense_ae"
+    # what the choice rested on, and the nightly drift check over the score split
+    assert champion["prior"] == "dense_ae" and champion["prior_source"] == "shipped:table"
+    assert champion["events"] > 0 and champion["switched"] is False
+    assert champion["drift"] in ("drift", "stable")
+    assert champion["alerts"] >= champion["false_alerts"] >= 0
+    assert (champion["drift"] == "drift") == bool(champion["drift_reasons"])
     assert 0.0 <= first["fpr"] <= 0.15  # target 0.05 on unseen normal rows
 
     text = format_table(table)

@@ -54,3 +54,16 @@ def test_unknown_family_lists_available_ones() -> None:
         get_family("no_such_family")
     with pytest.raises(ValueError, match="latent"):
         build_model("dense_ae", 3, 4, {"latent": -1})
+
+
+def test_without_a_training_section_the_benchmarked_budget_is_used() -> None:
+    """RESULTS.md measured `--epochs 5 --max-train-windows 5000`; a config that says nothing
+    and `nightowl benchmark` without flags both get exactly that."""
+    from flows.benchmark import BenchmarkOptions, benchmark_config
+
+    data = demo_dict()
+    del data["training"]
+    cfg = parse_config(data)
+    assert (cfg.training.epochs, cfg.training.max_train_windows) == (5, 5000)
+    bench = benchmark_config(cfg, BenchmarkOptions())
+    assert (bench.training.epochs, bench.training.max_train_windows) == (5, 5000)

@@ -28,7 +28,17 @@ def test_regret_is_best_family_in_hindsight_minus_champion_and_means_are_per_gro
     assert groups["ODDS"]["pyod KNN"]["n"] == 1 and groups["ODDS"]["usad"]["pr_auc"] is None
     text = markdown({"settings": {}, "series": [a, b, c], "groups": groups})
     assert "Champion minus the strongest baseline (pyod KNN), pr_auc: +0.050." in text
-    assert "| smd:s | pca | knn | 0.200 | 0.300 | 10 |" in text
+    # knn's mean over SMD+ASD (0.55) beats pca's (0.25): the best fixed candidate
+    assert "Best fixed candidate (knn, the same for every series): 0.550 PR-AUC; champion " \
+           "minus it: -0.100." in text
+    assert "| smd:s | pca | n/a | n/a () | – | n/a | n/a | knn | 0.200 | 0.300 | n/a | n/a " \
+           "(n/a) | 10 |" in text
+    a["rows"][-2].update(events=4, prior="pca", prior_source="shipped:multivariate",
+                         challenger="knn", margin=0.12, confidence=0.8, drift="drift",
+                         alerts=900, false_alerts=880)
+    text = markdown({"settings": {}, "series": [a], "groups": group_means([a])})
+    assert ("| smd:s | pca | 4 | pca (multivariate) | knn | 0.120 | 0.800 | knn | 0.200 | "
+            "0.300 | drift | 900 (880) | 10 |") in text
 
 
 def test_series_filter_names_what_it_knows() -> None:

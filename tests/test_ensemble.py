@@ -165,3 +165,44 @@ def test_the_run_records_its_selection_evidence(trained):
     assert "combined =" in evidence["statement"] and isinstance(evidence["fallback"], bool)
     assert evidence["why"] and result["champion"]["family"] == evidence["chosen"]
     assert result["champion"]["selection"]["chosen"] == evidence["chosen"]
+
+
+def test_a_cauchy_ensemble_is_built_scored_at_night_and_explained_like_any_version(
+        prefect_harness, tmp_path):
+    """`[ensemble] combiner = "cauchy"`: member p-value references in its config.json, and
+    the night's scores (members rescored, combined in numpy) are training's row scores."""
+
+    from flows.nightly import nightly_flow
+    from flows.train import train_flow
+    from tasks.data.layer import load_validated
+    from tasks.scoring import score_version, version_scorer
+    from tasks.training.train import ROW_SCORES, candidate_key
+
+    data = tiny_config(tmp_path, families=FAMILIES,
+                       ensemble={"combiner": "cauchy", "max_correlation": 0.5})  # keeps two
+    materialize(parse_config(data).source.synthetic, data["source"]["path"])
+    config = write_config(tmp_path, data)
+    result = train_flow(config, run_id="cauchy")
+    assert result["selection"]["rule"] == "prior"  # the default rule, with its record
+    cfg, store = load_config(config), Store(load_config(config).store.root)
+    (ensemble,) = [c for c in result["candidates"] if c["family"] == ENSEMBLE]
+    ref = VersionRef("tiny", ENSEMBLE, ensemble["version"])
+    spec = json.loads(load_version_files(store, ref, [CONFIG])[CONFIG])["ensemble"]
+    assert spec["combiner"] == "cauchy" and all("reference" in m for m in spec["members"])
+    # the version scores the rows training scored, to float32 precision
+    trained_rows = pl.from_arrow(store.read_parquet(
+        f"{candidate_key(cfg, 'cauchy', ENSEMBLE)}/{ROW_SCORES}"))
+    frame = load_validated(store, cfg).filter(  # the rows training scored
+        pl.col("timestamp") <= trained_rows["timestamp"].max())
+    scored = score_version(version_scorer(cfg, ref, store), frame)  # members with torch
+    assert scored.rows["timestamp"].equals(trained_rows["timestamp"])
+    scores, contrib = scored.scores, scored.contributions
+    ok = np.isfinite(scores)
+    np.testing.assert_allclose(scores[ok], trained_rows["score"].to_numpy()[ok], rtol=2e-3)
+    np.testing.assert_allclose(contrib.sum(axis=1, dtype=np.float64), scores, rtol=1e-6)
+    set_champion(store, ref, "pr_auc", ensemble["metrics"]["pr_auc"])
+    nightly_flow(config, NIGHTS[0])
+    night = read_scores(store, cfg, NIGHTS[0])
+    assert night.height == 48 and (night["model_family"] == ENSEMBLE).all()
+    night_contrib = night.select(pl.col("^contrib__.*$")).to_numpy().astype(np.float64)
+    np.testing.assert_allclose(night_contrib.sum(axis=1), night["score"].to_numpy(), rtol=1e-6)

@@ -131,3 +131,22 @@ def test_runner_independence_thread_pool_vs_dask_local_cluster(prefect_harness, 
     assert groups_t == groups_d == {"machine-00", "machine-01"}
     assert len(weights_t) == 4 and weights_t == weights_d
     assert scores_t.height == 2 * 48 and scores_t.equals(scores_d)
+
+
+def test_each_scope_records_the_evidence_behind_its_champion(fleet):
+    """The prior rule in a fleet: the kind's shipped prior, challenged by the entities'
+    validation events pooled, then by each scope; every pointer says what it rested on."""
+    _, result, store = fleet
+    for scope, summary in result["scopes"].items():
+        record, champion = summary["selection"], summary["champion"]
+        assert record["rule"] == "prior" and record["kind"] == "multivariate"
+        assert record["prior_source"] == "fleet"
+        assert record["prior_provenance"]["from"] == "shipped:multivariate"
+        assert record["prior_provenance"]["scopes"] == 4  # the entities, not the fallback again
+        assert record["chosen"] == champion["family"] and record["events"] >= 1
+        assert set(record["candidates"]) == {"dense_ae", "pca", "ensemble"}
+        dataset = "synthetic" if scope == "*" else f"synthetic/groups/{scope}"
+        pointer = store.read_json(f"models/{dataset}/CHAMPION.json")
+        assert pointer["rule"] == "prior"
+        assert {k: pointer["selection"][k] for k in ("events", "prior", "why")} == {
+            k: record[k] for k in ("events", "prior", "why")}

@@ -20,7 +20,7 @@ from schemas.config import DatasetConfig, SplitsConfig, TimeRange, load_config, 
 from tasks.common import store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.data.synthetic import materialize
-from tasks.evaluation.ensemble import combine_rows
+from tasks.evaluation.ensemble import row_combiner
 from tasks.nightly.score import commit_night, day_start, plan_night, read_scores, score_shard
 from tasks.scoring import (
     CONTRIB_PREFIX,
@@ -176,8 +176,8 @@ def test_an_ensemble_scores_through_the_same_function(trained) -> None:
     scored = score_version(version, rows, context)
     members = [score_version(version_scorer(cfg, m.ref, store), rows, context)
                for m, _ in version.loaded.members]
-    expected, contrib = combine_rows([m.contributions for m in members],
-                                     [w for _, w in version.loaded.members])
+    combine = row_combiner(version.loaded.config["ensemble"])
+    expected, contrib = combine([m.contributions for m in members])
     np.testing.assert_array_equal(scored.scores, expected)
     np.testing.assert_array_equal(scored.contributions, contrib)
 

@@ -29,8 +29,8 @@ The rule ("evidence"):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +64,8 @@ class SelectionSettings:
     seed: int = 0
     fallback: str = "ensemble"
     min_events: float = 3.0
+    min_margin: float = 0.0
+    normal_block: int = 100
 
 
 def event_ids(labels: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
@@ -128,20 +130,33 @@ def _point(slice_: LabelledSlice, name: str) -> tuple[float, float]:
     return ap, float(gain(ap, float(np.mean(slice_.labels))))
 
 
-def _resampled_weights(slice_: LabelledSlice, counts: np.ndarray) -> np.ndarray:
-    """(B, n) row weights: normal rows 1, an event's rows the times it was drawn."""
+def _resampled_weights(slice_: LabelledSlice, counts: np.ndarray,
+                       normal_counts: np.ndarray | None = None, block: int = 0) -> np.ndarray:
+    """(B, n) row weights: an event's rows the times it was drawn; normal rows 1, or with
+    `normal_counts` the times their block of `block` consecutive normal rows was drawn."""
     pos = slice_.events >= 0
     w = np.ones((counts.shape[0], slice_.labels.size))
     w[:, pos] = counts[:, slice_.events[pos]]
+    if normal_counts is not None:
+        w[:, ~pos] = normal_counts[:, normal_blocks(slice_, block)]
     return w
 
 
-def _boot_gains(slice_: LabelledSlice, names: list[str], counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Per candidate, its gain on each resample of the slice's events (chunked over B)."""
+def normal_blocks(slice_: LabelledSlice, block: int) -> np.ndarray:
+    """Block id of each normal row: consecutive normal rows, `block` at a time (neighbouring
+    rows share windows, so they are resampled together)."""
+    return np.arange(int((slice_.events < 0).sum())) // block
+
+
+def _boot_gains(slice_: LabelledSlice, names: list[str], counts: np.ndarray,
+                normal_counts: np.ndarray | None = None, block: int = 0) -> dict[str, np.ndarray]:
+    """Per candidate, its gain on each resample of the slice's events (and, with
+    `normal_counts`, of its blocks of normal rows); chunked over B."""
     out = {n: np.empty(counts.shape[0]) for n in names}
     step = max(1, MAX_CELLS // max(slice_.labels.size, 1))
     for i in range(0, counts.shape[0], step):
-        w = _resampled_weights(slice_, counts[i:i + step])
+        nc = None if normal_counts is None else normal_counts[i:i + step]
+        w = _resampled_weights(slice_, counts[i:i + step], nc, block)
         prevalence = (w * slice_.labels).sum(axis=1) / w.sum(axis=1)
         for n in names:
             out[n][i:i + step] = gain(average_precision(slice_.labels, slice_.scores[n], w),
@@ -216,3 +231,147 @@ def select(real: LabelledSlice, injected: LabelledSlice | None,
             "why": f"{top} beats the {settings.fallback} in only {p:.0%} of "
                    f"{settings.bootstrap} event bootstraps (< {settings.confidence:.0%}): "
                    f"the margin is inside the noise"}
+
+
+# --- The prior rule: keep a champion learned from wider evidence unless this scope's events
+# say otherwise. One test at every level: the shipped prior per kind of data (the benchmark
+# corpus' validation numbers), then the fleet's pooled events, then the scope's own events.
+
+PRIOR_RULE = ("keep the prior champion unless the candidate with the best validation gain "
+              "((PR-AUC - positive share) / (1 - positive share), event-weighted mean over the "
+              "slices) beats it in >= 1 - (1 - confidence) / (candidates - 1) of bootstraps "
+              "(events, and blocks of normal rows, resampled), on >= min_events labelled events "
+              "and by >= min_margin")
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Who is champion before this evidence is seen: a ranking (the first one present among
+    the candidates is the prior), where it came from, and the numbers behind it."""
+
+    ranking: tuple[str, ...]
+    source: str
+    provenance: dict[str, object] = field(default_factory=dict)
+
+    def pick(self, available: Sequence[str]) -> str | None:
+        """The first ranked family present; None when none of them is."""
+        return next((name for name in self.ranking if name in available), None)
+
+
+def validation_slice(splits: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                     scores: Mapping[str, np.ndarray], name: str = "validation") -> LabelledSlice:
+    """The rows a choice may see: validation rows with a finite score from every candidate.
+    Score-split rows never reach a choice, whatever the caller hands in."""
+    keep = np.asarray(splits) == "validation"
+    for s in scores.values():
+        keep &= np.isfinite(np.asarray(s, dtype=np.float64))
+    y = np.asarray(labels).astype(np.int8)[keep]
+    return LabelledSlice(name, y, event_ids(y, np.asarray(groups)[keep]),
+                         {k: np.asarray(v, dtype=np.float64)[keep] for k, v in scores.items()})
+
+
+def pooled_gains(slices: Sequence[LabelledSlice], names: Sequence[str],
+                 counts: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
+                 block: int = 0) -> dict[str, np.ndarray]:
+    """Per candidate, the event-weighted mean gain over slices (each slice's own scores, so
+    models of different scopes never share a scale); with `counts` per slice ((B, events),
+    (B, normal blocks)) one value per resample, else the point value (shape (1,))."""
+    total = {n: 0.0 for n in names}
+    weight = 0
+    for i, s in enumerate(slices):
+        if s.n_events == 0:
+            continue
+        c = None if counts is None else counts[i]
+        if c is None:
+            prevalence = float(np.mean(s.labels))
+            gains = {n: np.atleast_1d(gain(average_precision(s.labels, s.scores[n]), prevalence))
+                     for n in names}
+        else:
+            gains = _boot_gains(s, list(names), c[0], c[1], block)
+        total = {n: total[n] + s.n_events * gains[n] for n in names}
+        weight += s.n_events
+    if weight == 0:
+        return {n: np.array([np.nan]) for n in names}
+    return {n: np.atleast_1d(total[n] / weight) for n in names}
+
+
+def _draws(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
+    """(b, n) counts: n items drawn n times with replacement, b times."""
+    return rng.multinomial(n, np.full(n, 1 / n), size=b)
+
+
+def p_better(challenger: str, incumbent: str, slices: Sequence[LabelledSlice],
+             settings: SelectionSettings) -> float:
+    """Share of bootstraps in which the challenger's pooled gain beats the incumbent's; a
+    tie counts as no. Each slice's events are resampled, and its normal rows in blocks of
+    `normal_block` (fixing the normal rows made a lucky draw of noise look certain)."""
+    rng = np.random.default_rng(settings.seed)
+    counts = []
+    for s in slices:
+        blocks = int(normal_blocks(s, settings.normal_block).max(initial=-1)) + 1
+        counts.append((_draws(rng, s.n_events, settings.bootstrap),
+                       _draws(rng, blocks, settings.bootstrap)) if s.n_events and blocks else None)
+    values = pooled_gains(slices, [challenger, incumbent], counts, settings.normal_block)
+    return float(np.mean(values[challenger] > values[incumbent]))
+
+
+def challenge(slices: Sequence[LabelledSlice], prior: Prior,
+              settings: SelectionSettings = SelectionSettings()) -> dict[str, object]:
+    """The prior rule (PRIOR_RULE): what is chosen and the record an operator reads: events,
+    the prior and its source, the challenger, margin, confidence and why."""
+    names = [n for n in slices[0].scores if all(n in s.scores for s in slices)]
+    events = sum(s.n_events for s in slices)
+    point = {n: float(v[0]) for n, v in pooled_gains(slices, names).items()}
+    finite = [n for n in names if np.isfinite(point[n])]
+    incumbent = prior.pick(finite) or prior.pick(names)
+    if incumbent is None:
+        raise ValueError(f"none of the prior's families {list(prior.ranking)} is a candidate "
+                         f"here (candidates: {names}); set [selection] prior to one of them")
+    record: dict[str, object] = {
+        "rule": "prior", "statement": PRIOR_RULE, "prior": incumbent,
+        "prior_source": prior.source, "prior_provenance": prior.provenance, "events": events,
+        "slices": len(slices), "bootstrap": settings.bootstrap,
+        "required_confidence": settings.confidence, "min_events": settings.min_events,
+        "min_margin": settings.min_margin, "seed": settings.seed,
+        "candidates": {n: {"gain": point[n]} for n in names}}
+    if not finite:
+        return {**record, "challenger": None, "margin": None, "confidence": None,
+                "chosen": incumbent, "switched": False,
+                "why": "no labelled validation events: the prior is kept"}
+    challenger = max(finite, key=lambda n: point[n])
+    # the challenger is the best of several: each rival had its chance to look lucky
+    required = 1 - (1 - settings.confidence) / max(1, len(finite) - 1)
+    record["required_confidence"] = required
+    margin = point[challenger] - point[incumbent] if incumbent in finite else float("inf")
+    record |= {"challenger": challenger, "margin": margin}
+    if challenger == incumbent:
+        return {**record, "confidence": None, "chosen": incumbent, "switched": False,
+                "why": f"the prior {incumbent} has the best validation gain itself"}
+    if events < settings.min_events:
+        return {**record, "confidence": None, "chosen": incumbent, "switched": False,
+                "why": f"{events} labelled events < {settings.min_events:g}: too few to overrule "
+                       f"the prior {incumbent} ({challenger} leads by {margin:.3f})"}
+    p = p_better(challenger, incumbent, slices, settings)
+    record["confidence"] = p
+    if p >= required and margin >= settings.min_margin:
+        return {**record, "chosen": challenger, "switched": True,
+                "why": f"{challenger} beats the prior {incumbent} by {margin:.3f} gain in {p:.0%} "
+                       f"of {settings.bootstrap} bootstraps of {events} events "
+                       f"(>= {required:.1%})"}
+    return {**record, "chosen": incumbent, "switched": False,
+            "why": f"{challenger} leads the prior {incumbent} by {margin:.3f} gain but beats it "
+                   f"in only {p:.0%} of {settings.bootstrap} bootstraps of {events} events "
+                   f"(< {required:.1%}) or by less than {settings.min_margin:g}: "
+                   f"inside the noise, the prior is kept"}
+
+
+def pooled_prior(slices: Sequence[LabelledSlice], shipped: Prior,
+                 settings: SelectionSettings = SelectionSettings()) -> Prior:
+    """The fleet's prior: the shipped one, challenged with every scope's validation events
+    at once (the same test); each scope then challenges this one with its own events."""
+    decision = challenge(slices, shipped, settings)
+    chosen = str(decision["chosen"])
+    return Prior((chosen, *(n for n in shipped.ranking if n != chosen)), "fleet", {
+        "scopes": len(slices), "events": decision["events"], "from": shipped.source,
+        "challenger": decision["challenger"], "margin": decision["margin"],
+        "confidence": decision["confidence"], "why": decision["why"]})

@@ -25,7 +25,16 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, process_lock, run_logger, store_for
 from tasks.data.prepare import PreparedData
-from tasks.evaluation.ensemble import FORMULA, combine_scores, member_weights, robust_normaliser
+from tasks.evaluation.ensemble import (
+    CAUCHY_FORMULA,
+    FORMULA,
+    cauchy_scores,
+    combine_scores,
+    diverse_members,
+    member_weights,
+    robust_normaliser,
+    tail_reference,
+)
 from tasks.store import json_bytes, sha256_bytes
 from tasks.training.calibrate import Calibration
 from tasks.training.export import EXPORT
@@ -62,20 +71,37 @@ def build_ensemble(cfg: DatasetConfig, run_id: str, members: list[TrainedCandida
     frames = [pl.from_arrow(store.read_parquet(m.file(ROW_SCORES))) for m in members]
     normal_train = ((frames[0]["split"] == "train") & (frames[0]["label"] == 0)).to_numpy()
     scores = [f["score"].to_numpy() for f in frames]
+    if cfg.ensemble.max_correlation is not None:  # strongest on validation first
+        metric = cfg.selection.metric
+        order = sorted(range(len(registered)), key=lambda i: -np.nan_to_num(
+            registered[i].metric(metric), nan=-np.inf))
+        keep = [order[i] for i in diverse_members([scores[i][normal_train] for i in order],
+                                                  cfg.ensemble.max_correlation)]
+        members, registered = [members[i] for i in keep], [registered[i] for i in keep]
+        frames, scores = [frames[i] for i in keep], [scores[i] for i in keep]
     norms = [robust_normaliser(s[normal_train]) for s in scores]
-    weights = member_weights([n["scale"] for n in norms])
-    combined = combine_scores(scores, weights)
+    cauchy = cfg.ensemble.combiner == "cauchy"
+    if cauchy:  # each member's p-value reference; the members weigh the same
+        references = [tail_reference(s[normal_train]) for s in scores]
+        weights = np.full(len(scores), 1.0 / len(scores))
+        combined = cauchy_scores(scores, references)
+        extra = [{"reference": r} for r in references]
+    else:
+        weights = member_weights([n["scale"] for n in norms])
+        combined = combine_scores(scores, weights)
+        extra = [{} for _ in scores]
     spec = []
-    for cand, norm, weight in zip(registered, norms, weights, strict=True):
+    for cand, norm, weight, more in zip(registered, norms, weights, extra, strict=True):
         manifest = store.read_bytes(f"{cand.ref.key}/{MANIFEST}")
         spec.append({**cand.ref.to_json(), "manifest_sha256": sha256_bytes(manifest),
-                     "weight": float(weight), **norm})
+                     "weight": float(weight), **norm, **more})
     key = candidate_key(cfg, run_id, ENSEMBLE)
     frame = frames[0].select("timestamp", "entity", "split", "label").with_columns(
         pl.Series("score", combined, dtype=pl.Float64))
     store.write_parquet(f"{key}/{ROW_SCORES}", frame.to_arrow())
     store.write_bytes(f"{key}/{FIT}", json_bytes({
-        "family": ENSEMBLE, "combiner": cfg.ensemble.combiner, "formula": FORMULA,
+        "family": ENSEMBLE, "combiner": cfg.ensemble.combiner,
+        "formula": CAUCHY_FORMULA if cauchy else FORMULA,
         "members": spec, "feature_scale": None,
         "arguments": {"family": ENSEMBLE, "window": cfg.window.length,
                       "n_features": len(cfg.columns.features)}}))

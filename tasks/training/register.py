@@ -42,6 +42,11 @@ COPIED = (THRESHOLD, DRIFT_REFERENCE)
 OPTIONAL = (ONNX, REPORT)
 MEMBER_FIELDS = ("dataset", "family", "version", "manifest_sha256")
 PLOTS = "plots"
+SELECTION_RECORD = (
+    "rule", "statement", "candidates", "chosen", "why", "kind", "prior", "prior_source",
+    "prior_provenance", "events", "challenger", "margin", "confidence", "required_confidence",
+    "switched", "top", "fallback", "real_events", "injected_events", "injected_kinds")
+"""What of a selection decision the champion pointer keeps (both rules' keys)."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,10 @@ def champion_generations(cfg: DatasetConfig, groups: list[str | None]) -> dict[s
 def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
                     expected_generation: int | None = None,
                     selection: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The candidate the selection evidence chose (`[selection] rule = "evidence"`), else the
-    best by the configured metric, becomes champion; NaN metrics never win.
+    """The candidate the selection stage chose (`[selection] rule = "prior"` or
+    "evidence"), else the best by the configured metric, becomes champion; NaN metrics
+    never win. The pointer keeps the evidence behind the choice (events, prior, margin,
+    confidence, why).
 
     With `expected_generation` (what the run read when it started) the pointer moves only
     if nobody promoted meanwhile; a run that lost that race keeps the newer champion and
@@ -144,11 +151,9 @@ def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
     details: dict[str, Any] = {
         "candidates": {c.family: {"version": c.ref.version, metric: c.metric(metric),
                                   "metrics": dict(c.metrics)} for c in candidates},
-        "rule": "evidence" if by_evidence else "metric"}
+        "rule": selection.get("rule", "evidence") if by_evidence else "metric"}
     if selection:
-        details["selection"] = {k: selection[k] for k in (
-            "statement", "candidates", "top", "chosen", "fallback", "why", "real_events",
-            "injected_events", "injected_kinds") if k in selection}
+        details["selection"] = {k: selection[k] for k in SELECTION_RECORD if k in selection}
     store = store_for(cfg)
     logger = run_logger(__name__)
     try:
@@ -163,6 +168,6 @@ def choose_champion(cfg: DatasetConfig, candidates: list[Candidate],
                 "candidate": {**best.ref.to_json(), metric: best.metric(metric)}}
     logger.info("champion of %s: %s/%s (%s=%.4f; by %s)", cfg.label, best.family,
                 best.ref.version, metric, best.metric(metric), details["rule"])
-    why = (f"chosen by the selection evidence: {selection['why']}" if by_evidence
+    why = (f"chosen by the {details['rule']} rule: {selection['why']}" if by_evidence
                           else f"best {metric} of this run")
     return {**pointer, "promoted": True, "reason": why}

@@ -1,5 +1,12 @@
 """Selection stage: the evidence that picks a scope's champion when labels are few.
 
+The default rule ("prior", tasks.evaluation.selection.challenge) reads the validation row
+scores training already wrote for every candidate (row_scores.parquet; only rows of the
+validation split reach it) and keeps a prior champion unless a challenger beats it with
+confidence: the shipped prior of the kind of data (tasks.evaluation.priors), challenged
+first by every scope of the dataset at once (a fleet's pooled prior), then by each scope.
+
+The opt-in "evidence" rule:
 Every registered candidate of the scope (the ensemble too) scores its validation rows
 twice: as they are (real labels) and with synthetic anomalies injected on their normal
 stretches (tasks.evaluation.injection; injected labels). Only validation rows are ever
@@ -24,7 +31,16 @@ from schemas.config import DatasetConfig
 from tasks.common import run_logger, store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.evaluation.injection import inject
-from tasks.evaluation.selection import LabelledSlice, SelectionSettings, event_ids, select
+from tasks.evaluation.priors import configured_prior, infer_kind
+from tasks.evaluation.selection import (
+    LabelledSlice,
+    SelectionSettings,
+    challenge,
+    event_ids,
+    pooled_prior,
+    select,
+    validation_slice,
+)
 from tasks.scoring import VersionScorer, full_history, score_version, version_scorer
 from tasks.store import Store
 from tasks.training.register import Candidate
@@ -76,6 +92,58 @@ def training_scores(store: Store, cfg: DatasetConfig, run_id: str, version: Vers
     rows = pl.from_arrow(store.read_parquet(key, ["timestamp", "entity", "score"]))
     scores = np.where(full_history(rows, version.loaded.window), rows["score"].to_numpy(), np.nan)
     return scores[(rows["timestamp"] >= start).to_numpy()]
+
+
+def prior_settings(cfg: DatasetConfig) -> SelectionSettings:
+    """The prior rule's settings; normal rows are resampled a window at a time (>= 25 rows)."""
+    s = cfg.selection
+    return SelectionSettings(bootstrap=s.bootstrap, confidence=s.confidence, seed=s.seed,
+                             min_events=s.min_events, min_margin=s.min_margin,
+                             normal_block=max(cfg.window.length, 25))
+
+
+def scope_slice(cfg: DatasetConfig, run_id: str, candidates: list[Candidate]) -> LabelledSlice:
+    """A scope's validation rows with every candidate's score, from the row scores training
+    (and the ensemble stage) wrote: the scores calibration judged, no model runs again."""
+    store = store_for(cfg)
+    frames = {c.family: pl.from_arrow(store.read_parquet(
+        f"{candidate_key(cfg, run_id, c.family)}/{ROW_SCORES}")) for c in candidates}
+    first = next(iter(frames.values()))
+    for family, frame in frames.items():
+        if not frame["timestamp"].equals(first["timestamp"]):
+            raise ValueError(f"{cfg.label}: {family}'s row scores are not on the rows of the "
+                             f"other candidates; cannot compare them")
+    return validation_slice(first["split"].to_numpy(), first["label"].to_numpy(),
+                            first["entity"].to_numpy(),
+                            {f: frame["score"].to_numpy() for f, frame in frames.items()},
+                            cfg.label)
+
+
+@task(name="selection-prior", cache_policy=NO_CACHE)
+def prior_selection(cfg: DatasetConfig, run_id: str,
+                    contenders: dict[str | None, list[Candidate]]) -> dict[str | None, dict[str, Any]]:
+    """Each scope's choice under the prior rule (written to its selection.json): the kind's
+    shipped prior, challenged by all scopes' validation events pooled when there are
+    several, then by each scope's own."""
+    store = store_for(cfg)
+    kind = cfg.selection.kind or infer_kind(len(cfg.columns.features), cfg.window.length)
+    settings = prior_settings(cfg)
+    slices = {g: scope_slice(cfg.for_group(g), run_id, c) for g, c in contenders.items() if c}
+    prior = configured_prior(kind, cfg.selection.prior)
+    fleet = [s for g, s in slices.items() if g is not None]  # the fallback scope holds the
+    if len(fleet) > 1:                                        # same events again: not pooled
+        prior = pooled_prior(fleet, prior, settings)
+    decisions = {}
+    for group, slice_ in slices.items():
+        scoped = cfg.for_group(group)
+        decision = _finite({**challenge([slice_], prior, settings), "kind": kind,
+                            "settings": asdict(settings)})
+        store.write_json(selection_key(scoped, run_id), decision)
+        run_logger(__name__).info("%s: selection kept %s" if not decision["switched"]
+                                  else "%s: selection chose %s", scoped.label,
+                                  decision["chosen"])
+        decisions[group] = decision
+    return decisions
 
 
 def eligible_rows(frame: pl.DataFrame, window: int) -> np.ndarray:

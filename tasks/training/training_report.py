@@ -338,6 +338,23 @@ def _champion_of(candidates: list[Candidate], champion: dict[str, Any]) -> Candi
                  if (c.family, c.ref.version) == (champion["family"], champion["version"])), None)
 
 
+def selection_lines(champion: dict[str, Any]) -> list[str]:
+    """How much the evidence behind the champion is worth: events, prior, margin, confidence."""
+    record = champion.get("selection") or {}
+    if record.get("rule") != "prior":
+        return []
+    confidence = record.get("confidence")
+    margin = record.get("margin")
+    return ["| chosen by | labelled events | prior (source) | challenger | margin (gain) "
+            "| confidence (needed) |", "|---|---:|---|---|---:|---|",
+            f"| prior rule | {record.get('events')} | {record.get('prior')} "
+            f"({record.get('prior_source')}) | {record.get('challenger') or '–'} "
+            f"| {_fmt(margin) if margin is not None else '–'} "
+            f"| {f'{confidence:.0%}' if confidence is not None else '–'} "
+            f"({record.get('required_confidence', 0):.1%}) |", "",
+            f"Why: {record.get('why')}.", ""]
+
+
 def run_markdown(cfg: DatasetConfig, candidates: list[Candidate], champion: dict[str, Any]) -> str:
     """The run summary shown in the Prefect UI: champion (linked, with its score timeline),
     per-family metrics, and where each family's report and plots are."""
@@ -357,7 +374,7 @@ def run_markdown(cfg: DatasetConfig, candidates: list[Candidate], champion: dict
                     f"{champion['value']:.4f} on the labelled validation slice).")
     timeline = image_src(cfg, store, f"{best.ref.key}/{PLOTS}/timeline.png")
     lines = [
-        f"# Training run — {cfg.name}", "", headline, "",
+        f"# Training run — {cfg.name}", "", headline, "", *selection_lines(champion),
         "| family | version | " + " | ".join(METRIC_NAMES[k] for k in keys) + " |",
         "|---|---|" + "---|" * len(keys),
     ]
