@@ -2,7 +2,12 @@
 
 Dependencies point one way: flows -> tasks -> (models, schemas). Inside tasks/,
 training and nightly never import each other; data and evaluation are the
-floor they both stand on; evaluation is pure (no Prefect, no store).
+floor they both stand on; evaluation is pure (no Prefect, no store). feedback
+(operators' labels) stands on data and the store; its review reads what the nightly
+path published (alert logs, the night's plot), while the labels table itself
+imports neither nightly nor training, so training can read labels without
+reaching the nightly path; nightly never imports feedback (labels flow back
+through training, not into tonight's scoring).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ def imports_of(path: Path) -> set[str]:
 
 
 def modules(folder: str) -> list[Path]:
-    return sorted((REPO / folder).rglob("*.py"))
+    """The Python files of a folder (recursively), or the one file named."""
+    path = REPO / folder
+    return [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))
 
 
 def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
@@ -41,9 +48,14 @@ def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
     ("schemas", ("tasks", "flows", "models", "prefect")),
     ("tasks", ("flows",)),
     ("tasks/training", ("tasks.nightly",)),
-    ("tasks/nightly", ("tasks.training",)),
-    ("tasks/data", ("tasks.training", "tasks.nightly", "tasks.versions", "tasks.scoring")),
+    ("tasks/nightly", ("tasks.training", "tasks.feedback")),
+    ("tasks/feedback", ("tasks.training",)),
+    ("tasks/feedback/labels.py", ("tasks.nightly", "tasks.training", "tasks.feedback.review")),
+    ("tasks/feedback/imports.py", ("tasks.nightly", "tasks.training", "tasks.feedback.review")),
+    ("tasks/data", ("tasks.training", "tasks.nightly", "tasks.versions", "tasks.scoring",
+                    "tasks.feedback")),
     ("tasks/evaluation", ("tasks.training", "tasks.nightly", "tasks.data", "tasks.versions",
+                          "tasks.feedback",
                           "tasks.scoring", "tasks.store", "tasks.common", "prefect")),
 ])
 def test_dependencies_point_one_way(folder: str, forbidden: tuple[str, ...]) -> None:
@@ -53,13 +65,13 @@ def test_dependencies_point_one_way(folder: str, forbidden: tuple[str, ...]) -> 
 def test_every_stage_module_lives_in_a_room() -> None:
     shared = {"__init__.py", "common.py", "store.py", "versions.py", "scoring.py", "ui.py"}
     top = {p.name for p in (REPO / "tasks").glob("*.py")}
-    assert top == shared, "a new stage belongs in tasks/data, training, nightly or evaluation"
+    assert top == shared, "a new stage belongs in tasks/data, training, nightly, evaluation or feedback"
 
 
 NIGHTLY_PATH = ["flows/nightly.py", "flows/common.py", "flows/cli.py", "flows/runners.py",
                 "tasks/ui.py", "tasks/common.py",
                 "tasks/store.py", "tasks/versions.py", "tasks/scoring.py", "tasks/nightly",
-                "tasks/data", "tasks/evaluation/drift.py", "tasks/evaluation/normalise.py",
+                "tasks/data", "tasks/feedback", "flows/review.py", "tasks/evaluation/drift.py", "tasks/evaluation/normalise.py",
                 "schemas"]
 TRAINING_ONLY = ("torch", "models", "safetensors", "sklearn", "scipy", "matplotlib", "onnx.",
                  "onnxscript")
