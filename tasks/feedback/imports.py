@@ -29,6 +29,9 @@ def read_incidents(cfg: DatasetConfig, path: str | Path) -> tuple[list[dict[str,
     except (OSError, pl.exceptions.PolarsError) as err:
         raise LabelError(f"{path}: not a readable CSV file: {str(err).splitlines()[0]}") from None
     mapping = {field: column for field, column in columns.model_dump().items() if column}
+    # The optional `note` column may be absent unless the config names it explicitly.
+    if "note" not in columns.model_fields_set and mapping.get("note") not in frame.columns:
+        mapping.pop("note", None)
     missing = sorted({c for c in mapping.values() if c not in frame.columns})
     if missing:
         raise LabelError(f"{path}: column(s) {missing} missing (mapped in [feedback."

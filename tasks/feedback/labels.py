@@ -143,8 +143,8 @@ def parse_request(data: dict[str, Any], where: str) -> LabelRequest:
 def _field_errors(err: ValidationError, where: str) -> list[str]:
     found = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "period"
-        found.append(f"{where}: field '{field}': {e['msg']}")
+        field = ".".join(str(p) for p in e["loc"]) or "end"  # the one whole-model rule: order
+        found.append(f"{where}: field '{field}': {e['msg'].removeprefix('Value error, ')}")
     return found
 
 
