@@ -23,8 +23,13 @@ from prefect.runtime import flow_run
 
 from flows.common import resolve_config
 from tasks.common import artifact_key
-from tasks.feedback.review import (ReviewInput, ReviewSegment, prepare_review, record_review,
-                                   review_form)
+from tasks.feedback.review import (
+    ReviewInput,
+    ReviewSegment,
+    prepare_review,
+    record_review,
+    review_form,
+)
 
 
 @flow(name="nightowl-review", log_prints=True)

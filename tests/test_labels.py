@@ -1,40 +1,30 @@
-"""The labels table and its ways in that need no server: Python, CLI, incident import, the
-review form's answers; bad input (named row and field, nothing written); exactly once; two
-writers at once; the same on S3 (delta-rs through the Store's endpoint and keys)."""
+"""The labels table and its ways in that need no server: Python, CLI, incident import; bad
+input (named row and field, nothing written); exactly once; two writers at once; the same on
+S3 (delta-rs through the Store's endpoint and keys). The review: tests/test_review*.py."""
 
 from __future__ import annotations
 
 import re
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from schemas.config import DatasetConfig, parse_config
+from schemas.config import DatasetConfig
 from tasks.feedback.imports import import_labels
-from tasks.feedback.labels import (LabelError, current_labels, delta_location, label,
-                                   label_history, labels_key, require_dataset)
+from tasks.feedback.labels import (
+    LabelError,
+    current_labels,
+    delta_location,
+    label,
+    label_history,
+    labels_key,
+    require_dataset,
+)
 from tasks.store import Store
-from tests.tiny import tiny_config, write_config
-
-ENTITY = "machine-00"
-DAY1 = "2026-01-06T01:00:00"  # inside the tiny data (2026-01-05 .. 2026-01-10, 30 min rows)
-DAY1_END = "2026-01-06T03:00:00"
-
-
-def ingested(root: Path, **overrides) -> tuple[DatasetConfig, str]:
-    """A tiny dataset with its validated layer filled (no model needed for labels)."""
-    from tasks.data.ingest import ingest_source
-    from tasks.data.synthetic import materialize
-
-    data = tiny_config(root, **overrides)
-    cfg = parse_config(data)
-    materialize(cfg.source.synthetic, cfg.source.path)
-    ingest_source.fn(cfg)
-    return cfg, write_config(root, data)
+from tests.labelled import DAY1, DAY1_END, ENTITY, ingested, without_labels
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +35,7 @@ def tiny(tmp_path_factory) -> tuple[DatasetConfig, str]:
 @pytest.fixture
 def fresh(tiny) -> DatasetConfig:
     """The tiny dataset with an empty labels table (the validated layer is shared)."""
-    cfg, _ = tiny
-    store = Store(cfg.store.root)
-    if store.exists(labels_key(cfg)):
-        store.fs.rm(store.path(labels_key(cfg)), recursive=True)
-    return cfg
+    return without_labels(tiny[0])
 
 
 def test_one_answer_per_key_latest_wins_every_answer_kept(fresh):
@@ -210,37 +196,6 @@ def test_cli_label_import_and_list(tiny, fresh, tmp_path):
     rows = pl.read_csv(listed.stdout.encode())
     assert sorted(rows["verdict"].to_list()) == ["anomaly", "normal"]
     assert set(rows["who"].to_list()) >= {"ops"}
-
-
-def test_review_answers_become_labels_periods_from_the_listing(fresh):
-    from tasks.feedback.review import (MissedIncident, ReviewInput, ReviewSegment,
-                                       SegmentAnswer, answers_as_labels, record_review)
-
-    listed = [ReviewSegment(id=f"{ENTITY}@2026-01-06T0{h}:00:00", entity=ENTITY,
-                            start=datetime(2026, 1, 6, h), end=datetime(2026, 1, 6, h, 30),
-                            rows=2, peak_score=3.0, x_threshold=2.0, top_features=["s00"],
-                            model_version="v1") for h in (1, 2, 3)]
-    form = ReviewInput(reviewer="ana", segments=[
-        SegmentAnswer(segment=listed[0].id, entity=ENTITY, start=datetime(2020, 1, 1),
-                      end=datetime(2020, 1, 1), answer="confirm"),  # edited times are ignored
-        SegmentAnswer(segment=listed[1].id, entity=ENTITY, start=listed[1].start,
-                      end=listed[1].end, answer="dismiss", note="restart"),
-        SegmentAnswer(segment=listed[2].id, entity=ENTITY, start=listed[2].start,
-                      end=listed[2].end)],  # skipped
-        missed=[MissedIncident(entity=ENTITY, start=datetime(2026, 1, 7, 4),
-                               end=datetime(2026, 1, 7, 5), note="missed leak")])
-    requests, _ = answers_as_labels(listed, form, "run-1")
-    assert [(r.segment_id, r.verdict) for r in requests][:2] == [
-        (listed[0].id, "anomaly"), (listed[1].id, "normal")]
-    assert requests[0].start == datetime(2026, 1, 6, 1, tzinfo=UTC)
-    assert requests[2].verdict == "anomaly" and requests[2].note == "missed leak"
-    assert record_review.fn(fresh, listed, form, "run-1").written == 3
-    assert record_review.fn(fresh, listed, form, "run-1").written == 0  # submitted twice
-    stranger = form.model_copy(update={"segments": [SegmentAnswer(
-        segment="machine-00@2026-01-01T00:00:00", entity=ENTITY, start=listed[0].start,
-        end=listed[0].end, answer="confirm")]})
-    with pytest.raises(LabelError, match="were not listed in this review"):
-        answers_as_labels(listed, stranger, "run-2")
 
 
 @pytest.mark.integration

@@ -7,35 +7,21 @@ refused and writes nothing; a review nobody answers expires as a failed run, not
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import httpx
-import polars as pl
 import pytest
 
+from tests.labelled import ENTITY, NIGHT, alert_log, ingested
 from tests.prefect_server import BIN, running_server, wait_for
-from tests.test_labels import ENTITY, ingested
 
 pytestmark = [pytest.mark.integration]
-NIGHT = datetime(2026, 1, 9)
 
 
 def night_with_alerts(cfg) -> list[str]:
-    """The night's alert log as the nightly flow writes it (no webhook: logged, not sent):
-    three anomalous segments of the tiny machine. Their ids, highest peak first."""
-    from tasks.common import store_for
-    from tasks.nightly.alert import send_alerts
-    from tasks.scoring import CONTRIB_PREFIX
-
-    times = [NIGHT + timedelta(minutes=30 * i) for i in range(48)]
-    peaks = {6: 5.0, 7: 4.0, 20: 3.0, 30: 2.0, 31: 2.5}  # row -> score; threshold 1
-    scores = pl.DataFrame({
-        "timestamp": times, "entity": [ENTITY] * 48,
-        "score": [peaks.get(i, 0.1) for i in range(48)], "threshold": [1.0] * 48,
-        "is_anomaly": [i in peaks for i in range(48)], "model_version": ["v-test"] * 48,
-        **{f"{CONTRIB_PREFIX}s0{k}": [float(k + 1)] * 48 for k in range(3)}})
-    summary = send_alerts(store_for(cfg), cfg, NIGHT.date(), scores, None)
-    assert summary.segments == 3
+    """Three anomalous segments of the tiny machine in the night's alert log; their ids,
+    highest peak first."""
+    alert_log(cfg, {6: 5.0, 7: 4.0, 20: 3.0, 30: 2.0, 31: 2.5})
     return [f"{ENTITY}@{NIGHT + timedelta(minutes=30 * i):%Y-%m-%dT%H:%M:%S}" for i in (6, 30, 20)]
 
 

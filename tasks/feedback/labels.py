@@ -56,6 +56,14 @@ class LabelError(ValueError):
     """Labels that cannot be written; the message names each bad row and field."""
 
 
+def login_name() -> str:
+    """Who runs this process: the default `who` of a label (a container may have no user)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 class LabelRequest(BaseModel):
     """One answer about one period of one entity, as every way in hands it over."""
 
@@ -65,7 +73,7 @@ class LabelRequest(BaseModel):
     start: datetime
     end: datetime = Field(..., description="included; equal to start for a single instant")
     verdict: Verdict
-    who: str = Field(default_factory=getpass.getuser, min_length=1, max_length=200)
+    who: str = Field(default_factory=login_name, min_length=1, max_length=200)
     note: str | None = Field(None, max_length=5000)
     segment: str | None = Field(None, max_length=500, description="the alert segment id it "
                                 "answers; none: the period itself (`entity@start/end`)")
@@ -282,11 +290,9 @@ def label(cfg: DatasetConfig, entity: str, start: datetime | str, end: datetime 
           source: Source = "cli", store: Store | None = None) -> LabelsWritten:
     """Record one answer (the CLI's `nightowl label` and a notebook's way in)."""
     values = {"entity": entity, "start": start, "end": end, "verdict": verdict, "note": note,
-              "segment": segment, "key": key}
-    if who is not None:
-        values["who"] = who
-    request = parse_request(values, f"label {entity} {start}..{end}")
-    return record_labels(cfg, [request], source, [f"label {entity} {start}..{end}"], store)
+              "segment": segment, "key": key, "who": who or login_name()}
+    where = f"label {entity} {start}..{end}"
+    return record_labels(cfg, [parse_request(values, where)], source, [where], store)
 
 
 def require_dataset(cfg: DatasetConfig, dataset: str) -> None:

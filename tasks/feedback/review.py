@@ -23,7 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.config import DatasetConfig
 from tasks import ui
 from tasks.common import IO_RETRIES, artifact_key, run_logger, store_for
-from tasks.feedback.labels import LabelError, LabelRequest, LabelsWritten, as_requests, record_labels
+from tasks.feedback.labels import (
+    LabelError,
+    LabelRequest,
+    LabelsWritten,
+    as_requests,
+    record_labels,
+)
 from tasks.nightly.alert import peak_ratio
 from tasks.nightly.report import SEGMENTS_PLOT, night_report_key
 from tasks.store import Store
