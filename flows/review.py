@@ -7,7 +7,10 @@
 Suspended, the run holds no worker: its process exits, and the deployment's worker starts
 it again when the form is submitted (Resume in the UI, or `prefect.flow_runs.resume_flow_run`
 with `run_input`); the steps before the form are cached for that run, so it resumes on the
-same segments. Suspending needs a deployment (`review` in flows/deploy.py and
+same segments (the cache lives in Prefect's result storage: local by default, so workers on
+several hosts need a shared one, `PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`; without it a run
+resumed elsewhere lists the night again, and answers to a segment no longer listed are
+refused). Suspending needs a deployment (`review` in flows/deploy.py and
 infra/prefect.yaml). A review nobody answers within `[feedback] review_timeout_hours` is
 failed by the server ("paused and never resumed"); nothing is written.
 """
