@@ -6,8 +6,12 @@ import json
 import os
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from schemas.config import DatasetConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="nightowl: nightly deep anomaly detection on Prefect")
@@ -176,6 +180,83 @@ def benchmark(
     if out:
         table.write_csv(out)
         typer.echo(f"wrote {out}")
+
+
+# -- labels: operators' answers (tasks/feedback) -------------------------------------------
+
+
+def _label_config(config: Path | None) -> DatasetConfig:
+    """The config, or exit 2 naming the bad field."""
+    from flows.common import resolve_config
+    from schemas.config import ConfigError
+
+    try:
+        return resolve_config(str(config) if config else None)
+    except ConfigError as err:
+        typer.echo(f"invalid: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("label")
+def label_command(
+    dataset: str = typer.Argument(..., help="the dataset's name (must be the config's)"),
+    entity: str = typer.Argument(..., help="entity (machine, series) the label is about"),
+    start: str = typer.Argument(..., help="first instant, ISO 8601 (no offset: UTC)"),
+    end: str = typer.Argument(..., help="last instant, included"),
+    verdict: str = typer.Argument(..., help="anomaly, normal (a false alarm) or unsure"),
+    note: str | None = typer.Option(None, help="free text kept with the label"),
+    who: str | None = typer.Option(None, help="who answers (default: the login name)"),
+    segment: str | None = typer.Option(None, help="the alert segment id it answers"),
+    request_id: str | None = typer.Option(None, help="idempotency key: a retried command with "
+                                          "the same id writes once"),
+    config: Path | None = ConfigArg,
+) -> None:
+    """Record an operator's verdict about one period of one entity in the labels table."""
+    _quiet_defaults()
+    from tasks.feedback.labels import LabelError, label, require_dataset
+
+    cfg = _label_config(config)
+    try:
+        require_dataset(cfg, dataset)
+        done = label(cfg, entity, start, end, verdict, note=note, who=who, segment=segment,
+                     key=request_id)
+    except LabelError as err:
+        typer.echo(f"invalid: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{done.written} label written ({done.duplicates} already there) to {done.table} "
+               f"(version {done.version})")
+
+
+@app.command("label-import")
+def label_import_command(
+    path: Path = typer.Argument(..., help="incident export (CSV); columns mapped in "
+                                "[feedback.import_columns]"),
+    config: Path | None = ConfigArg,
+) -> None:
+    """Record every row of an incident export as a label: all rows, or none when one is bad."""
+    _quiet_defaults()
+    from tasks.feedback.imports import import_labels
+    from tasks.feedback.labels import LabelError
+
+    cfg = _label_config(config)
+    try:
+        done = import_labels(cfg, path)
+    except LabelError as err:
+        typer.echo(f"invalid: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{done.requested} rows: {done.written} new label(s), {done.duplicates} already "
+               f"there, in {done.table} (version {done.version})")
+
+
+@app.command("labels")
+def labels_command(config: Path | None = ConfigArg,
+                   history: bool = typer.Option(False, help="every answer, not just the latest")
+                   ) -> None:
+    """Print the current labels (latest answer per segment) as CSV."""
+    from tasks.feedback.labels import current_labels, label_history
+
+    cfg = _label_config(config)
+    typer.echo((label_history(cfg) if history else current_labels(cfg)).write_csv(), nl=False)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Deployments of the nightly operation, served locally by `nightowl serve`.
 
-Four deployments, the same ones infra/prefect.yaml declares for work pools:
+Five deployments, the same ones infra/prefect.yaml declares for work pools:
 nightly (cron), train (manual or UI), retrain (on `nightowl.drift.detected`
-for this dataset) and backfill (manual, a date range). Built only when asked:
+for this dataset), backfill (manual, a date range) and review (cron, after the
+nightly: a suspended run waiting for the operator's form; suspending needs a deployment). Built only when asked:
 importing this module builds nothing.
 """
 
@@ -16,6 +17,7 @@ from tasks.nightly.drift import EVENT
 
 log = logging.getLogger(__name__)
 NIGHTLY_CRON = "0 2 * * *"
+REVIEW_CRON = "0 6 * * *"  # the night before, once the nightly run has alerted
 
 
 def retrain_trigger(dataset: str) -> Any:
@@ -36,6 +38,7 @@ def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> li
     """RunnerDeployments for `prefect.serve` (config path is passed to every flow run)."""
     from flows.nightly import backfill_flow, nightly_flow
     from flows.retrain import retrain_flow
+    from flows.review import review_flow
     from flows.train import train_flow
 
     cfg = resolve_config(config)
@@ -47,6 +50,7 @@ def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> li
         retrain_flow.to_deployment(name="retrain", parameters=params, tags=[*tags, "gpu"],
                                    triggers=[retrain_trigger(cfg.name)]),
         backfill_flow.to_deployment(name="backfill", parameters=params, tags=tags),
+        review_flow.to_deployment(name="review", cron=REVIEW_CRON, parameters=params, tags=tags),
     ]
 
 

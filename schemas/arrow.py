@@ -56,3 +56,32 @@ def validated_table_schema(cfg: DatasetConfig) -> pa.Schema:
     return pa.schema([*base, pa.field(DAY, pa.date32(), nullable=False),
                       pa.field(SOURCES, pa.list_(pa.string()), nullable=False)],
                      metadata=base.metadata)
+
+
+UTC_TIME = pa.timestamp("us", tz="UTC")
+
+
+def labels_schema() -> pa.Schema:
+    """Schema of the labels Delta table `labels/<ds>/` (tasks/feedback/labels.py).
+
+    One row per answer, never updated: `label_id` is the idempotency key's hash (a
+    re-submitted request writes nothing), `segment` what the answer is about (an alert's
+    segment id, or `entity@start/end` for a period an operator named), `start`/`end` the
+    labelled period, both ends included, in UTC; the latest `recorded_at` per segment is
+    the current verdict, the older rows are the audit trail.
+    """
+    fields = [
+        pa.field("label_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field(ENTITY, pa.string(), nullable=False),
+        pa.field("start", UTC_TIME, nullable=False),
+        pa.field("end", UTC_TIME, nullable=False),
+        pa.field("verdict", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("who", pa.string(), nullable=False),
+        pa.field("recorded_at", UTC_TIME, nullable=False),
+        pa.field("segment", pa.string(), nullable=False),
+        pa.field("note", pa.string(), nullable=True),
+        pa.field("request", pa.string(), nullable=False),
+    ]
+    return pa.schema(fields, metadata={b"nightowl.layer": b"labels"})

@@ -335,6 +335,45 @@ class RetrainConfig(_Strict):
     min_improvement: float = Field(0.0, ge=0, description="challenger must beat champion by this")
 
 
+Verdict = Literal["anomaly", "normal", "unsure"]
+"""An operator's answer about a period of one entity: a real anomaly, a false alarm (normal),
+or cannot tell. The labels table holds only these three (tasks/feedback/labels.py)."""
+VERDICTS: tuple[str, ...] = get_args(Verdict)
+
+
+class LabelImportColumns(_Strict):
+    """Which columns of an incident export (CSV from a ticketing system) mean what."""
+
+    entity: str = "entity"
+    start: str = "start"
+    end: str = "end"
+    verdict: str = "verdict"
+    note: str | None = Field("note", description="free text kept with the label; none: no note")
+    who: str | None = Field(None, description="who reported it; none: the importing user")
+    id: str | None = Field(
+        None, description="the ticket's id: part of each row's idempotency key (with every other "
+        "mapped value), so re-importing the same export writes nothing twice")
+
+
+class FeedbackConfig(_Strict):
+    """Operators' labels: the review form after a night, and incident imports."""
+
+    top_k: int = Field(5, ge=1, description="a review lists the top segments of each model "
+                       "scope by peak score over threshold")
+    review_budget: int = Field(20, ge=1, description="at most this many segments in one night's "
+                               "review form, over all model scopes (what an operator answers)")
+    review_timeout_hours: float = Field(
+        72.0, gt=0, description="an unanswered review expires (the run fails as 'paused and "
+        "never resumed'; nothing is written)")
+    import_columns: LabelImportColumns = LabelImportColumns()
+    import_verdicts: dict[str, Verdict] = Field(
+        default_factory=dict, description="raw verdict values of the export -> verdict, e.g. "
+        "{ \"false positive\" = \"normal\" }; values that are already a verdict need no entry")
+    import_time_format: str | None = Field(
+        None, description="strptime format of the export's start/end; none: ISO 8601. Times "
+        "without an offset are UTC")
+
+
 ModelScope = Literal["dataset", "entity", "group"]
 SAFE_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # with fullmatch: "$" accepts "x\n"
 HASHED_KEY = re.compile(r"h-[0-9a-f]{16}")
@@ -481,6 +520,7 @@ class DatasetConfig(_Strict):
     retrain: RetrainConfig = RetrainConfig()
     model: ModelConfig = ModelConfig()
     ui: UIConfig = UIConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     runner: RunnerConfig = RunnerConfig()
     group: str | None = Field(
         None, description="set by nightowl when it fans out over entities or groups: the one "

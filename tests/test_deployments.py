@@ -56,7 +56,7 @@ def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
         gpu_limit = client.get("/concurrency_limits/tag/gpu").json()
         assert gpu_limit["concurrency_limit"] == 1  # training tasks queue for the device
         names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
-        assert names == {"nightly", "train", "retrain", "backfill"}
+        assert names == {"nightly", "train", "retrain", "backfill", "review"}
 
 
 def _deployment(client: httpx.Client, flow: str, name: str) -> dict | None:
@@ -77,7 +77,7 @@ def test_prefect_yaml_entrypoints_resolve_to_flows():
 
     spec = yaml.safe_load((INFRA / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"nightly", "train", "retrain", "backfill"}
+    assert set(deployments) == {"nightly", "train", "retrain", "backfill", "review"}
     for d in deployments.values():
         module, func = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)

@@ -5,7 +5,12 @@ training and nightly never import each other; data and evaluation are the
 floor they both stand on; evaluation is pure (no Prefect, no store, no I/O, no torch);
 benchmark (the reference detectors of `nightowl benchmark --baselines`) is a leaf that
 only flows/benchmark.py imports. A module's name says what it holds: no two rooms hold
-a module of the same name.
+a module of the same name. feedback
+(operators' labels) stands on data and the store; its review reads what the nightly
+path published (alert logs, the night's plot), while the labels table itself
+imports neither nightly nor training, so training can read labels without
+reaching the nightly path; nightly never imports feedback (labels flow back
+through training, not into tonight's scoring).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ def imports_of(path: Path) -> set[str]:
 
 
 def modules(folder: str) -> list[Path]:
-    return sorted((REPO / folder).rglob("*.py"))
+    """The Python files of a folder (recursively), or the one file named."""
+    path = REPO / folder
+    return [path] if path.suffix == ".py" else sorted(path.rglob("*.py"))
 
 
 def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
@@ -44,13 +51,16 @@ def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
     ("schemas", ("tasks", "flows", "models", "prefect")),
     ("tasks", ("flows",)),
     ("tasks/training", ("tasks.nightly",)),
-    ("tasks/nightly", ("tasks.training",)),
+    ("tasks/nightly", ("tasks.training", "tasks.feedback")),
+    ("tasks/feedback", ("tasks.training", "tasks.benchmark")),
+    ("tasks/feedback/labels.py", ("tasks.nightly", "tasks.training", "tasks.feedback.review")),
+    ("tasks/feedback/imports.py", ("tasks.nightly", "tasks.training", "tasks.feedback.review")),
     ("tasks/data", ("tasks.training", "tasks.nightly", "tasks.versions", "tasks.scoring",
-                    "tasks.benchmark")),
+                    "tasks.benchmark", "tasks.feedback")),
     ("tasks/evaluation", ("tasks.training", "tasks.nightly", "tasks.data", "tasks.versions",
                           "tasks.scoring", "tasks.store", "tasks.common", "tasks.benchmark",
-                          "prefect", "fsspec", "s3fs", "pathlib", "os", "shutil", "tempfile",
-                          "torch", "models")),
+                          "tasks.feedback", "prefect", "fsspec", "s3fs", "pathlib", "os",
+                          "shutil", "tempfile", "torch", "models")),
     ("tasks/benchmark", ("tasks.training", "tasks.nightly", "tasks.versions", "tasks.store",
                          "tasks.common", "prefect")),
     ("flows", ("benchmarks",)),
@@ -85,13 +95,13 @@ def test_no_two_rooms_hold_a_module_of_the_same_name() -> None:
 def test_every_stage_module_lives_in_a_room() -> None:
     shared = {"__init__.py", "common.py", "store.py", "versions.py", "scoring.py", "ui.py"}
     top = {p.name for p in (REPO / "tasks").glob("*.py")}
-    assert top == shared, "a new stage belongs in tasks/data, training, nightly, evaluation or benchmark"
+    assert top == shared, "a new stage belongs in tasks/data, training, nightly, evaluation, feedback or benchmark"
 
 
 NIGHTLY_PATH = ["flows/nightly.py", "flows/common.py", "flows/cli.py", "flows/runners.py",
                 "tasks/ui.py", "tasks/common.py",
                 "tasks/store.py", "tasks/versions.py", "tasks/scoring.py", "tasks/nightly",
-                "tasks/data", "tasks/evaluation/drift_statistics.py", "tasks/evaluation/normalise.py",
+                "tasks/data", "tasks/feedback", "flows/review.py", "tasks/evaluation/drift_statistics.py", "tasks/evaluation/normalise.py",
                 "schemas"]
 TRAINING_ONLY = ("torch", "models", "safetensors", "sklearn", "scipy", "matplotlib", "onnx.",
                  "onnxscript")

@@ -1,0 +1,1 @@
+"""Operators' feedback: the labels table and the ways answers reach it (review, CLI, import)."""
