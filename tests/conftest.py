@@ -17,6 +17,20 @@ import pytest
 
 from tasks.store import Store
 
+SERVICE_FIXTURES = {"s3_url"}
+"""Fixtures that start a real service (a moto S3 server on 127.0.0.1, tests/s3_server.py):
+a test that requests one, directly or through another fixture, is an `integration` test."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiers of pyproject's markers: a test on a real S3 endpoint is `integration` by its
+    fixture, one that starts a `prefect server` is marked so by hand; every other test is `unit`."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
 
 @pytest.fixture
 def store(tmp_path) -> Store:
