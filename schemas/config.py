@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -117,6 +117,7 @@ steps; "mean_elem" the mean of the element scores at the row's own step; "last_w
 means of the window ending at the row; "max_window" those of the covering window with the
 largest total. Versions registered before the field existed used "mean_elem" (`LEGACY_ROW_RULE`)."""
 ROW_RULES: tuple[str, ...] = get_args(RowRule)
+DEFAULT_ROW_RULE: RowRule = "mean_window"
 LEGACY_ROW_RULE: RowRule = "mean_elem"
 
 
@@ -124,7 +125,7 @@ class WindowConfig(_Strict):
     length: int = Field(16, ge=1, le=4096)
     stride: int = Field(1, ge=1)
     row_rule: RowRule = Field(
-        "mean_window", description="window -> row rule, fixed at training and recorded in the "
+        DEFAULT_ROW_RULE, description="window -> row rule, fixed at training and recorded in the "
         "version (config.json `window`), since the feature scale, threshold and drift reference "
         "are fitted under it; nightly scoring applies the version's own rule. \"mean_window\": "
         "+0.12..0.17 validation PR-AUC over \"mean_elem\" on 9 of 10 dev series (issue 10, "
@@ -397,15 +398,15 @@ class DatasetConfig(_Strict):
     model: ModelConfig = ModelConfig()
     ui: UIConfig = UIConfig()
     runner: RunnerConfig = RunnerConfig()
-    group: str | None = Field(
-        None, description="set by nightowl when it fans out over entities or groups: the one "
-        "this copy of the config trains and scores (None: the whole dataset)")
+    _group: str | None = PrivateAttr(None)
+    """Runtime state, not a setting: set by nightowl (`for_group`) when it fans out over
+    entities or groups; None: the whole dataset. Private, so no config file can set it and
+    `model_dump` never writes it."""
 
-    @model_validator(mode="after")
-    def _group_in_scope(self) -> DatasetConfig:
-        if self.group is not None and self.model.scope == "group" and self.group not in self.model.groups:
-            raise ValueError(f"group {self.group!r} is not in [model.groups]: {sorted(self.model.groups)}")
-        return self
+    @property
+    def group(self) -> str | None:
+        """The entity or group this copy of the config trains and scores (None: the dataset)."""
+        return self._group
 
     @property
     def scope_name(self) -> str:
@@ -428,7 +429,11 @@ class DatasetConfig(_Strict):
 
     def for_group(self, group: str | None) -> DatasetConfig:
         """This config narrowed to one entity or group (None: the dataset-level scope)."""
-        return self.model_copy(update={"group": group})
+        if group is not None and self.model.scope == "group" and group not in self.model.groups:
+            raise ValueError(f"group {group!r} is not in [model.groups]: {sorted(self.model.groups)}")
+        narrowed = self.model_copy()
+        narrowed._group = group
+        return narrowed
 
     def group_of(self, entity: str) -> str | None:
         """The group an entity's model belongs to under this dataset's scope (None: no group)."""
