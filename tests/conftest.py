@@ -18,8 +18,8 @@ import pytest
 from tasks.store import Store
 
 SERVICE_FIXTURES = {"s3_url"}
-"""Fixtures that start a real service (a moto S3 server on 127.0.0.1, tests/s3_server.py):
-a test that requests one, directly or through another fixture, is an `integration` test."""
+"""Fixtures that start a real service (`s3_url` below): a test that requests one, directly
+or through another fixture, is an `integration` test."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
@@ -45,3 +45,13 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def s3_url(request):
+    """A real S3 endpoint (moto's server on 127.0.0.1) with the module's versioned `BUCKET`,
+    shared by the module's tests; the environment points at it while they run."""
+    from tests.s3_server import s3_endpoint
+
+    with s3_endpoint(request.module.BUCKET) as url:
+        yield url

@@ -12,6 +12,7 @@ a module of the same name.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every module a file imports (absolute names), at any depth of the file."""
+def imported(nodes: Iterable[ast.AST]) -> set[str]:
+    """The modules these statements import (absolute names)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
     return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at any depth of the file."""
+    return imported(ast.walk(ast.parse(path.read_text())))
 
 
 def modules(folder: str) -> list[Path]:
@@ -100,13 +106,7 @@ TRAINING_ONLY = ("torch", "models", "safetensors", "sklearn", "scipy", "matplotl
 
 def module_level_imports(path: Path) -> set[str]:
     """Imports that run when the module loads (not inside functions or TYPE_CHECKING)."""
-    found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-    return found
+    return imported(ast.parse(path.read_text()).body)
 
 
 def test_the_nightly_path_loads_no_training_dependency() -> None:
