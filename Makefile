@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: demo test test-all install scoring-venv bench clean lock
+.PHONY: demo test test-unit test-integration test-all install scoring-venv bench clean lock
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or run: make PYTHON=python3 ...)"; exit 1; }
@@ -39,8 +39,16 @@ scoring-venv: $(SCORING_VENV)/.installed
 demo: install
 	$(VENV)/bin/nightowl demo
 
+# Test tiers (markers in pyproject.toml): `make test` is what CI runs (unit + integration, not
+# slow); tests that need the public data (../shared/data) skip with the reason where it is absent.
 test: install
 	$(PY) -m pytest -q -m "not slow"
+
+test-unit: install
+	$(PY) -m pytest -q -m "unit and not slow"
+
+test-integration: install
+	$(PY) -m pytest -q -m "integration and not slow"
 
 # The off-the-shelf baselines (PyOD) of the benchmark suite: the optional `bench` extra.
 $(VENV)/.bench-installed: $(VENV)/.installed

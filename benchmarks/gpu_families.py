@@ -59,7 +59,7 @@ def run_family(name: str, series: torch.Tensor, labels: np.ndarray, args: argpar
     train = WindowSet(series, torch.arange(0, half - window + 1, args.stride), window)
     model = build_model(name, series.shape[1], window, {})
     settings = EngineSettings(epochs=args.epochs, batch_size=args.batch, lr=1e-3, patience=99,
-                              device=str(series.device), amp=not args.no_amp, compile=args.compile)
+                              device=series.device.type, amp=not args.no_amp, compile=args.compile)
     if series.device.type == "cuda":
         torch.cuda.synchronize()
     result = fit(model, train, settings)

@@ -138,10 +138,22 @@ def families() -> None:
 
 
 @app.command("check-config")
-def check_config(config: Path) -> None:
+def check_config(
+    config: Path | None = typer.Argument(None, help="dataset TOML to check"),
+    explain: bool = typer.Option(False, "--explain", help="list what a config must set and every "
+                                 "default (read from the schema), then check CONFIG if given"),
+) -> None:
     """Load a config and report the first bad field, if any."""
     from schemas.config import ConfigError, load_config
 
+    if explain:
+        from schemas.explain import explain as explain_text
+
+        typer.echo(explain_text())
+    if config is None:
+        if not explain:
+            raise typer.BadParameter("give a CONFIG to check, or --explain")
+        return
     try:
         cfg = load_config(config)
     except ConfigError as err:

@@ -22,23 +22,15 @@ from typing import Any
 import torch
 
 from models.base import WindowModel
+from schemas.config import TrainingConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 5
-    holdout_fraction: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    max_train_windows: int | None = None
+EngineSettings = TrainingConfig
+"""The loop's settings are the user's `[training]` section itself (one source: its fields,
+defaults and bounds are defined once, in schemas/config.py); `cpu_threads` is applied by the
+caller, not the loop."""
 
 
 def pick_device(preference: str = "auto") -> torch.device:

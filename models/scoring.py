@@ -27,10 +27,9 @@ import torch
 
 from models.base import WindowModel
 from models.engine import WindowSet
+from schemas.config import DEFAULT_ROW_RULE, ROW_RULES  # noqa: F401 - defined once, with the config
 
 ElementScorer = Callable[[torch.Tensor], torch.Tensor]
-ROW_RULES = ("mean_window", "mean_elem", "last_window", "max_window")
-DEFAULT_ROW_RULE = "mean_window"
 
 
 def check_rule(rule: str) -> str:

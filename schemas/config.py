@@ -151,6 +151,7 @@ steps; "mean_elem" the mean of the element scores at the row's own step; "last_w
 means of the window ending at the row; "max_window" those of the covering window with the
 largest total. Versions registered before the field existed used "mean_elem" (`LEGACY_ROW_RULE`)."""
 ROW_RULES: tuple[str, ...] = get_args(RowRule)
+DEFAULT_ROW_RULE: RowRule = "mean_window"
 LEGACY_ROW_RULE: RowRule = "mean_elem"
 
 
@@ -158,7 +159,7 @@ class WindowConfig(_Strict):
     length: int = Field(16, ge=1, le=4096)
     stride: int = Field(1, ge=1)
     row_rule: RowRule = Field(
-        "mean_window", description="window -> row rule, fixed at training and recorded in the "
+        DEFAULT_ROW_RULE, description="window -> row rule, fixed at training and recorded in the "
         "version (config.json `window`), since the feature scale, threshold and drift reference "
         "are fitted under it; nightly scoring applies the version's own rule. \"mean_window\": "
         "+0.12..0.17 validation PR-AUC over \"mean_elem\" on 9 of 10 dev series (issue 10, "
@@ -522,9 +523,10 @@ class DatasetConfig(_Strict):
     ui: UIConfig = UIConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     runner: RunnerConfig = RunnerConfig()
-    group: str | None = Field(
-        None, description="set by nightowl when it fans out over entities or groups: the one "
-        "this copy of the config trains and scores (None: the whole dataset)")
+    _group: str | None = PrivateAttr(None)
+    """Runtime state, not a setting: set by nightowl (`for_group`) when it fans out over
+    entities or groups; None: the whole dataset. Private, so no config file can set it and
+    `model_dump` never writes it."""
     _file: str | None = PrivateAttr(None)  # the TOML it was loaded from (holds the secrets)
 
     @property
@@ -532,11 +534,10 @@ class DatasetConfig(_Strict):
         """The absolute path of the config file this was loaded from (kept by copies)."""
         return self._file
 
-    @model_validator(mode="after")
-    def _group_in_scope(self) -> DatasetConfig:
-        if self.group is not None and self.model.scope == "group" and self.group not in self.model.groups:
-            raise ValueError(f"group {self.group!r} is not in [model.groups]: {sorted(self.model.groups)}")
-        return self
+    @property
+    def group(self) -> str | None:
+        """The entity or group this copy of the config trains and scores (None: the dataset)."""
+        return self._group
 
     @property
     def scope_name(self) -> str:
@@ -559,7 +560,11 @@ class DatasetConfig(_Strict):
 
     def for_group(self, group: str | None) -> DatasetConfig:
         """This config narrowed to one entity or group (None: the dataset-level scope)."""
-        return self.model_copy(update={"group": group})
+        if group is not None and self.model.scope == "group" and group not in self.model.groups:
+            raise ValueError(f"group {group!r} is not in [model.groups]: {sorted(self.model.groups)}")
+        narrowed = self.model_copy()
+        narrowed._group = group
+        return narrowed
 
     def group_of(self, entity: str) -> str | None:
         """The group an entity's model belongs to under this dataset's scope (None: no group)."""
@@ -616,6 +621,7 @@ class ConfigRef(BaseModel):
 
     path: str | None = Field(None, description="the config file the secrets come from")
     settings: dict[str, Any] = Field(..., description="every setting but the secret ones")
+    group: str | None = Field(None, description="the entity or group the config was narrowed to")
 
     @classmethod
     def of(cls, cfg: DatasetConfig) -> ConfigRef:
@@ -624,17 +630,18 @@ class ConfigRef(BaseModel):
             if held:
                 raise ConfigError(f"dataset '{cfg.name}': a config holding secrets ({', '.join(held)}) "
                                   "must be loaded from a file to be passed to a flow")
-            return cls(settings=cfg.model_dump(mode="json"))
+            return cls(settings=cfg.model_dump(mode="json"), group=cfg.group)
         if _secret_values(load_config(cfg.file)) != _secret_values(cfg):
             raise ConfigError(f"dataset '{cfg.name}': secret settings ({', '.join(_secret_values(cfg))}) "
                               f"were changed in memory; they must be those of {cfg.file}")
         exclude = {section: set(names) for section, names in SECRET_FIELDS.items()}
-        return cls(path=cfg.file, settings=cfg.model_dump(mode="json", exclude=exclude))
+        return cls(path=cfg.file, settings=cfg.model_dump(mode="json", exclude=exclude),
+                   group=cfg.group)
 
     def resolve(self) -> DatasetConfig:
         """The full config: these settings with the secrets read from the file."""
         if self.path is None:
-            return parse_config(self.settings, origin="flow parameter")
+            return parse_config(self.settings, origin="flow parameter").for_group(self.group)
         secrets = _secret_values(load_config(self.path))
         data = {k: dict(v) if isinstance(v, dict) else v for k, v in self.settings.items()}
         for field, value in secrets.items():
@@ -642,7 +649,7 @@ class ConfigRef(BaseModel):
             data.setdefault(section, {})[name] = value
         cfg = parse_config(data, origin=self.path)
         cfg._file = self.path
-        return cfg
+        return cfg.for_group(self.group)
 
 
 def _format_errors(err: ValidationError) -> str:

@@ -17,6 +17,20 @@ import pytest
 
 from tasks.store import Store
 
+SERVICE_FIXTURES = {"s3_url"}
+"""Fixtures that start a real service (`s3_url` below): a test that requests one, directly
+or through another fixture, is an `integration` test."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tiers of pyproject's markers: a test on a real S3 endpoint is `integration` by its
+    fixture, one that starts a `prefect server` is marked so by hand; every other test is `unit`."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
 
 @pytest.fixture
 def store(tmp_path) -> Store:
@@ -31,3 +45,13 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def s3_url(request):
+    """A real S3 endpoint (moto's server on 127.0.0.1) with the module's versioned `BUCKET`,
+    shared by the module's tests; the environment points at it while they run."""
+    from tests.s3_server import s3_endpoint
+
+    with s3_endpoint(request.module.BUCKET) as url:
+        yield url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -21,13 +20,12 @@ from flows.benchmark import (
 from tasks.benchmark.baselines import PYOD_PICK, PYOD_RUNNER, RANK_MEAN
 from tasks.data.public_data import LoadReport
 from tasks.evaluation.metrics import InterpretationSegment
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
+from tests.shared_data import DATA, needs_data
 
 BASELINE_ROWS = [f"pyod {d}" for d in PYOD_RUNNER] + [PYOD_PICK, RANK_MEAN]
 
 
+@needs_data
 def test_odds_cardio_through_the_real_pipeline(tmp_path, prefect_harness):
     """With --baselines: a row per PyOD detector, PyOD's validation pick and the rank-mean, on
     the runner's rows (a table: no chapter LSTM-AE row, it needs time order)."""
@@ -72,9 +70,9 @@ def test_odds_cardio_through_the_real_pipeline(tmp_path, prefect_harness):
 
 def test_unknown_family_or_kind_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown families \\['nope'\\]"):
-        run_benchmark("odds", DATA / "tabular", tmp_path, BenchmarkOptions(families=("nope",)))
+        run_benchmark("odds", tmp_path / "tabular", tmp_path, BenchmarkOptions(families=("nope",)))
     with pytest.raises(ValueError, match="unknown benchmark kind 'xyz'"):
-        run_benchmark("xyz", DATA / "tabular", tmp_path)
+        run_benchmark("xyz", tmp_path / "tabular", tmp_path)
 
 
 def test_interpretation_truth_aligns_with_the_scored_tail():

@@ -67,3 +67,33 @@ def test_without_a_training_section_the_benchmarked_budget_is_used() -> None:
     assert (cfg.training.epochs, cfg.training.max_train_windows) == (5, 5000)
     bench = benchmark_config(cfg, BenchmarkOptions())
     assert (bench.training.epochs, bench.training.max_train_windows) == (5, 5000)
+
+
+def test_the_runtime_group_is_no_setting() -> None:
+    """`group` is set by the fan-out (`for_group`), never read from or written to a config."""
+    data = demo_dict()
+    with pytest.raises(ConfigError, match="group"):
+        parse_config({**data, "group": "machine-01"})
+    cfg = parse_config(data)
+    narrowed = cfg.for_group("machine-01")
+    assert (cfg.group, narrowed.group, narrowed.label) == (None, "machine-01", "synthetic[machine-01]")
+    assert "group" not in narrowed.model_dump() and narrowed.model_dump() == cfg.model_dump()
+    assert narrowed != cfg and narrowed.for_group(None) == cfg
+
+
+def test_explain_lists_what_to_set_and_every_default_from_the_schema() -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from schemas.explain import settings
+
+    leaves = {s.path: s for s in settings()}
+    assert {p for p, s in leaves.items() if s.required and not s.section_optional} == {
+        "name", "source.path", "columns.features", "splits.train.start", "splits.train.end",
+        "splits.validation[].start", "splits.validation[].end", "families[].name"}
+    assert leaves["window.length"].default == 16 and leaves["training.epochs"].default == 5
+    assert leaves["splits.score.start"].section_optional  # needed only with a score split
+    result = CliRunner().invoke(app, ["check-config", "--explain", str(default_config_path())])
+    assert result.exit_code == 0, result.output
+    assert "  name: str" in result.output and "  window.length: int = 16" in result.output
+    assert result.output.splitlines()[-1].startswith("ok: dataset 'synthetic'")

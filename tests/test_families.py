@@ -1,7 +1,7 @@
 """Every registered torch family on the one engine: it learns, scores, explains, saves, exports.
 
 Parametrized over models.registry.FAMILIES, so a family added to the registry is
-covered without touching this file. Data: a tiny multivariate sine series.
+covered without touching this file; the ensemble of them all keeps the same contract. Data: a tiny multivariate sine series.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from models.engine import EngineSettings, WindowSet, fit
 from models.registry import FAMILIES, build_model
 from models.scoring import row_contributions
 from tasks.data.window import window_starts
+from tasks.evaluation.ensemble import combine_rows, member_weights, robust_normaliser
 from tasks.scoring import OnnxScorer, numpy_row_contributions
 from tasks.training.export import ROW_TOLERANCE, check_export, export_onnx, torch_elements
 from tasks.training.probe import Probe
@@ -149,3 +150,26 @@ def test_checked_export_on_real_rows_flags_the_same_rows(name: str) -> None:
     assert data is not None and outcome.exported, outcome.reason
     assert outcome.verdict_flips == 0 and outcome.flagged_rows >= 10
     assert outcome.row_max_rel_diff < ROW_TOLERANCE
+
+
+def test_the_ensemble_of_every_family_keeps_the_score_contract() -> None:
+    """The ensemble is scored like any family: per-row contributions whose sum is the row
+    score, non-negative, NaN exactly where no full window covers the row; each member
+    weighted by 1 / (M * its spread on the rows it was fitted on)."""
+    members = [trained(name) for name in TORCH_FAMILIES]
+    series = tiny_series(300, seed=1).numpy()
+    series[150:153] += 3.0
+    starts = window_starts(np.zeros(300, dtype=np.int32), WINDOW, 1)  # one entity
+    contributions = [numpy_row_contributions(lambda w, m=m: torch_elements(m, w), series,
+                                             starts, WINDOW)[0]
+                     for m, *_ in members]
+    scales = [robust_normaliser(np.nansum(c, axis=1))["scale"] for c in contributions]
+    weights = member_weights(scales)
+    scores, contrib = combine_rows(contributions, weights)
+    assert contrib.shape == (300, FEATURES) and scores.shape == (300,)
+    covered = ~np.isnan(scores)
+    assert covered.sum() >= 300 - WINDOW and (scores[covered] >= 0).all()
+    np.testing.assert_allclose(contrib[covered].sum(axis=1, dtype=np.float64), scores[covered])
+    members_sum = sum(w * np.nansum(c, axis=1) for w, c in zip(weights, contributions))
+    np.testing.assert_allclose(scores[covered], members_sum[covered], rtol=1e-5)
+    assert np.argmax(np.nan_to_num(scores, nan=-1.0)) in range(150 - WINDOW, 153 + WINDOW)

@@ -14,25 +14,17 @@ from pathlib import Path
 
 import boto3
 import polars as pl
-import pytest
 
 from tasks.data import ingest, layer, tables
 from tasks.store import Store
 from tasks.versions import ChampionConflict, VersionRef, read_champion, set_champion
 from tests.fault_proxy import FAULTS, every, fault_proxy
-from tests.s3_server import s3_endpoint
 from tests.test_ingest import START, csv_bytes, good_frame, make_cfg
 
 BUCKET = "nightowl-faults"
 SECRET = f"planted-aws-secret-{uuid.uuid4().hex}"
 TIMEOUTS = {"read_timeout": 1, "connect_timeout": 1,
             "retries": {"max_attempts": 10, "mode": "standard"}}
-
-
-@pytest.fixture(scope="module")
-def s3_url():
-    with s3_endpoint(BUCKET) as url:
-        yield url
 
 
 def s3_store(endpoint: str, prefix: str) -> Store:

@@ -1,6 +1,7 @@
 """The house rules of the layout, checked on the import graph (README, "Layout").
 
-Dependencies point one way: flows -> tasks -> (models, schemas). Inside tasks/,
+Dependencies point one way: flows -> tasks -> models -> schemas (schemas, the settings'
+one definition, is the floor: models read their defaults from it). Inside tasks/,
 training and nightly never import each other; data and evaluation are the
 floor they both stand on; evaluation is pure (no Prefect, no store, no I/O, no torch);
 benchmark (the reference detectors of `nightowl benchmark --baselines`) is a leaf that
@@ -16,6 +17,7 @@ through training, not into tonight's scoring).
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -23,15 +25,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every module a file imports (absolute names), at any depth of the file."""
+def imported(nodes: Iterable[ast.AST]) -> set[str]:
+    """The modules these statements import (absolute names)."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
     return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at any depth of the file."""
+    return imported(ast.walk(ast.parse(path.read_text())))
 
 
 def modules(folder: str) -> list[Path]:
@@ -47,7 +54,7 @@ def offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 @pytest.mark.parametrize(("folder", "forbidden"), [
-    ("models", ("tasks", "flows", "prefect", "schemas")),
+    ("models", ("tasks", "flows", "prefect")),  # schemas: the settings' one definition
     ("schemas", ("tasks", "flows", "models", "prefect")),
     ("tasks", ("flows",)),
     ("tasks/training", ("tasks.nightly",)),
@@ -109,13 +116,7 @@ TRAINING_ONLY = ("torch", "models", "safetensors", "sklearn", "scipy", "matplotl
 
 def module_level_imports(path: Path) -> set[str]:
     """Imports that run when the module loads (not inside functions or TYPE_CHECKING)."""
-    found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-    return found
+    return imported(ast.parse(path.read_text()).body)
 
 
 def test_the_nightly_path_loads_no_training_dependency() -> None:

@@ -15,9 +15,7 @@ import scipy.io
 from schemas.config import DatasetConfig
 from tasks.data import public_data as ld
 from tasks.evaluation.metrics import interpretation_mask
-
-DATA = Path(__file__).parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"public data not found at {DATA}")
+from tests.shared_data import DATA, needs_data
 
 
 def _frame(report: ld.LoadReport) -> pl.DataFrame:

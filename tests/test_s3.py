@@ -12,17 +12,10 @@ import pytest
 from tasks.common import store_for
 from tasks.store import Store, StoreError, s3_options_from_block
 from tasks.versions import ChampionConflict, VersionRef, read_champion, set_champion
-from tests.s3_server import s3_endpoint
 
 BUCKET = "nightowl-test"
 BLOCK_KEY_ID = "AKIANIGHTOWLBLOCK"
 BLOCK_SECRET = "PLANTED-secret-9f4e71c2-do-not-leak"  # recognisable, so a grep finds any copy
-
-
-@pytest.fixture(scope="module")
-def s3_url():
-    with s3_endpoint(BUCKET) as url:
-        yield url
 
 
 @pytest.fixture

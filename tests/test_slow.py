@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_data import needs_data
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -30,6 +32,7 @@ def test_demo_runs_on_a_fresh_prefect_home(tmp_path):
     assert (tmp_path / ".nightowl" / "store" / "models" / "synthetic" / "CHAMPION.json").is_file()
 
 
+@needs_data  # the SMD detection and dev benchmarks read ../shared/data
 def test_every_benchmark_runs_in_quick_mode():
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick"],
                           cwd=REPO, text=True, capture_output=True, timeout=1200)

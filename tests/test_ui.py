@@ -20,17 +20,10 @@ from tasks.ui import (
     md_url,
     object_url,
 )
-from tests.s3_server import s3_endpoint
 from tests.tiny import tiny_config
 
 BUCKET = "nightowl-ui"
 PNG = PNG_MAGIC + b"not really a picture, but the bytes a browser would get"
-
-
-@pytest.fixture(scope="module")
-def s3_url():
-    with s3_endpoint(BUCKET) as url:
-        yield url
 
 
 def _cfg(tmp_path, **overrides):

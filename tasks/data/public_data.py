@@ -510,17 +510,11 @@ def discover_odds(root: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(root).rglob("*.mat"))
 
 
-def load_odds(
-    root: str | Path,
-    name: str,
-    out_dir: str | Path,
-    *,
-    fmt: Format = "parquet",
-    seed: int = 0,
-    train_fraction: float = 0.6,
-) -> tuple[DatasetConfig, LoadReport]:
-    """One ODDS table written as raw batches (``parse_odds``, then ``write_set``)."""
-    return write_set(parse_odds(root, name, seed=seed, train_fraction=train_fraction), out_dir, fmt)
+def load_odds(root: str | Path, name: str, out_dir: str | Path, *, fmt: Format = "parquet",
+              **options: Any) -> tuple[DatasetConfig, LoadReport]:
+    """One ODDS table written as raw batches (``parse_odds(root, name, **options)``, then
+    ``write_set``)."""
+    return write_set(parse_odds(root, name, **options), out_dir, fmt)
 
 
 def parse_odds(root: str | Path, name: str, *, seed: int = 0, train_fraction: float = 0.6
@@ -606,24 +600,11 @@ def _where(path: Path, first_line: int, row: int) -> str:
     return f"{path}: line {row + first_line}" if first_line else f"{path}: row {row}"
 
 
-def load_table(
-    root: str | Path,
-    name: str,
-    out_dir: str | Path,
-    *,
-    fmt: Format = "parquet",
-    timestamp: str | None = "timestamp",
-    entity: str | None = "entity",
-    label: str = "label",
-    features: Sequence[str] | None = None,
-    train_fraction: float = 0.5,
-    validation_target: float = 0.7,
-    window: int = 16,
-) -> tuple[DatasetConfig, LoadReport]:
-    """A CSV/Parquet table written as raw batches (``parse_table``, then ``write_set``)."""
-    return write_set(parse_table(root, name, timestamp=timestamp, entity=entity, label=label,
-                                 features=features, train_fraction=train_fraction,
-                                 validation_target=validation_target, window=window), out_dir, fmt)
+def load_table(root: str | Path, name: str, out_dir: str | Path, *, fmt: Format = "parquet",
+               **options: Any) -> tuple[DatasetConfig, LoadReport]:
+    """A CSV/Parquet table written as raw batches (``parse_table(root, name, **options)``,
+    then ``write_set``)."""
+    return write_set(parse_table(root, name, **options), out_dir, fmt)
 
 
 def parse_table(

@@ -91,12 +91,8 @@ def training_starts(index: pl.DataFrame, normal_only: bool) -> torch.Tensor:
 
 
 def engine_settings(cfg: DatasetConfig, family: FamilyConfig) -> EngineSettings:
-    t = cfg.training_for(family)
-    return EngineSettings(
-        epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay,
-        patience=t.patience, holdout_fraction=t.holdout_fraction, seed=t.seed, device=t.device,
-        amp=t.amp, compile=t.compile, max_train_windows=t.max_train_windows,
-    )
+    """The dataset's `[training]` with the family's overrides: what the engine's loop runs."""
+    return cfg.training_for(family)
 
 
 def safetensors_metadata(data: bytes) -> dict[str, str]:
@@ -194,7 +190,7 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
     if hasattr(model, "latent_means"):  # latent means, not samples: no RNG involved
         store.write_parquet(f"{key}/{LATENTS}", latents(model, series, index, length).to_arrow())
     store.write_bytes(f"{key}/{FIT}", json_bytes({
-        "family": family.name, "arguments": model.arguments(), "settings": asdict(settings),
+        "family": family.name, "arguments": model.arguments(), "settings": settings.model_dump(exclude={"cpu_threads"}),
         "history": result.history, "best_epoch": result.best_epoch,
         "best_holdout": result.best_holdout, "epochs_run": result.epochs_run,
         "train_windows": result.train_windows, "fit_seconds": result.seconds,
