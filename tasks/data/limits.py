@@ -106,7 +106,9 @@ def checked_csv(limits: LimitsConfig, data: bytes, name: str) -> bytes:
     shape = _CsvShape(limits, name)
     total = 0
     try:
-        for chunk in _decompressed_chunks(data, codec) if codec else iter([data]):
+        chunks = (_decompressed_chunks(data, codec) if codec
+                  else (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+        for chunk in chunks:
             total += len(chunk)
             if codec and total > limits.decompressed_bytes:
                 raise OverLimit(name, "decompressed_bytes", limits.decompressed_bytes,
