@@ -1,8 +1,9 @@
 """Deployments of the nightly operation, served locally by `nightowl serve`.
 
-Four deployments, the same ones infra/prefect.yaml declares for work pools:
+Five deployments, the same ones infra/prefect.yaml declares for work pools:
 nightly (cron), train (manual or UI), retrain (on `nightowl.drift.detected`
-for this dataset) and backfill (manual, a date range). Built only when asked:
+for this dataset), backfill (manual, a date range) and maintain-tables (weekly
+compaction and vacuum of the Delta tables). Built only when asked:
 importing this module builds nothing.
 """
 
@@ -16,6 +17,7 @@ from tasks.nightly.drift import EVENT
 
 log = logging.getLogger(__name__)
 NIGHTLY_CRON = "0 2 * * *"
+MAINTAIN_CRON = "0 5 * * 0"  # Sundays, after the night: compaction + vacuum of the tables
 
 
 def retrain_trigger(dataset: str) -> Any:
@@ -34,6 +36,7 @@ def retrain_trigger(dataset: str) -> Any:
 
 def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> list[Any]:
     """RunnerDeployments for `prefect.serve` (config path is passed to every flow run)."""
+    from flows.maintain import maintain_flow
     from flows.nightly import backfill_flow, nightly_flow
     from flows.retrain import retrain_flow
     from flows.train import train_flow
@@ -47,6 +50,8 @@ def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> li
         retrain_flow.to_deployment(name="retrain", parameters=params, tags=[*tags, "gpu"],
                                    triggers=[retrain_trigger(cfg.name)]),
         backfill_flow.to_deployment(name="backfill", parameters=params, tags=tags),
+        maintain_flow.to_deployment(name="maintain-tables", cron=MAINTAIN_CRON,
+                                    parameters=params, tags=tags),
     ]
 
 
