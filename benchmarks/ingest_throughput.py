@@ -9,7 +9,7 @@ a noisy machine:
   inference with date parsing, the whole GX suite on a pandas copy, one Parquet file per day;
 - current: `tasks.data.ingest.ingest_batch` as shipped: typed CSV read, the same suite's
   expectations evaluated in one polars pass (GX only for a failing batch), exactly-once
-  commit through the day manifest, the ledger entry.
+  commit to the validated Delta table, the ledger entry.
 
 It also measures what validating several new batches at once buys (`source.workers`
 1 vs 2 over two day files) and, with --profile, where the current path spends its time.
@@ -61,8 +61,9 @@ def baseline(store: Store, cfg: DatasetConfig, url: str) -> int:
     frame = ingest._normalize_timestamp(frame, cfg.columns.timestamp)
     outcome = validate_with_gx(cfg, with_step_column(cfg, frame), url.rsplit("/", 1)[-1])
     assert outcome.success, outcome.reasons
-    for day, part in layer.split_days(ingest.to_validated(cfg, frame)).items():
-        store.write_parquet(layer.partition_key(cfg, day, "baseline"),
+    rows = pl.from_arrow(ingest.to_validated(cfg, frame))
+    for (day,), part in rows.group_by(pl.col("timestamp").dt.date()):
+        store.write_parquet(f"{layer.partition_key(cfg, day)}/part-baseline.parquet",
                             part.to_arrow().cast(ingest.arrow_schemas.validated_schema(cfg)))
     return frame.height
 

@@ -1,9 +1,10 @@
 """Deployments of the nightly operation, served locally by `nightowl serve`.
 
-Five deployments, the same ones infra/prefect.yaml declares for work pools:
+Six deployments, the same ones infra/prefect.yaml declares for work pools:
 nightly (cron), train (manual or UI), retrain (on `nightowl.drift.detected`
-for this dataset), backfill (manual, a date range) and review (cron, after the
-nightly: a suspended run waiting for the operator's form; suspending needs a deployment). Built only when asked:
+for this dataset), backfill (manual, a date range), review (cron, after the nightly:
+a suspended run waiting for the operator's form; suspending needs a deployment) and
+maintain-tables (weekly compaction and vacuum of the Delta tables). Built only when asked:
 importing this module builds nothing.
 """
 
@@ -18,6 +19,7 @@ from tasks.nightly.drift import EVENT
 log = logging.getLogger(__name__)
 NIGHTLY_CRON = "0 2 * * *"
 REVIEW_CRON = "0 6 * * *"  # the night before, once the nightly run has alerted
+MAINTAIN_CRON = "0 5 * * 0"  # Sundays, after the night: compaction + vacuum of the tables
 
 
 def retrain_trigger(dataset: str) -> Any:
@@ -36,6 +38,7 @@ def retrain_trigger(dataset: str) -> Any:
 
 def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> list[Any]:
     """RunnerDeployments for `prefect.serve` (config path is passed to every flow run)."""
+    from flows.maintain import maintain_flow
     from flows.nightly import backfill_flow, nightly_flow
     from flows.retrain import retrain_flow
     from flows.review import review_flow
@@ -51,6 +54,8 @@ def build_deployments(config: str | None = None, cron: str = NIGHTLY_CRON) -> li
                                    triggers=[retrain_trigger(cfg.name)]),
         backfill_flow.to_deployment(name="backfill", parameters=params, tags=tags),
         review_flow.to_deployment(name="review", cron=REVIEW_CRON, parameters=params, tags=tags),
+        maintain_flow.to_deployment(name="maintain-tables", cron=MAINTAIN_CRON,
+                                    parameters=params, tags=tags),
     ]
 
 

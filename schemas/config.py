@@ -466,6 +466,11 @@ class StoreConfig(_Strict):
         None, description="name of a prefect-aws AwsCredentials block: S3 credentials (and its "
         "endpoint and region) from Prefect instead of the environment"
     )
+    retention_days: float = Field(
+        30.0, gt=0, description="how far back the Delta tables' time travel reaches: "
+        "maintenance vacuums files no snapshot younger than this needs (a model's training "
+        "set can be rebuilt while it is younger)"
+    )
 
     @field_validator("root")
     @classmethod

@@ -56,7 +56,7 @@ def test_drift_event_triggers_the_served_retrain_deployment(tmp_path):
         gpu_limit = client.get("/concurrency_limits/tag/gpu").json()
         assert gpu_limit["concurrency_limit"] == 1  # training tasks queue for the device
         names = {d["name"] for d in client.post("/deployments/filter", json={}).json()}
-        assert names == {"nightly", "train", "retrain", "backfill", "review"}
+        assert names == {"nightly", "train", "retrain", "backfill", "review", "maintain-tables"}
 
 
 def _deployment(client: httpx.Client, flow: str, name: str) -> dict | None:
@@ -77,13 +77,14 @@ def test_prefect_yaml_entrypoints_resolve_to_flows():
 
     spec = yaml.safe_load((INFRA / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"nightly", "train", "retrain", "backfill", "review"}
+    assert set(deployments) == {"nightly", "train", "retrain", "backfill", "review", "maintain-tables"}
     for d in deployments.values():
         module, func = d["entrypoint"].split(":")
         flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
         assert isinstance(flow, Flow), d["entrypoint"]
         assert d["work_pool"]["name"] in {"cpu-pool", "gpu-pool"}
     assert deployments["nightly"]["schedules"][0]["cron"]
+    assert deployments["maintain-tables"]["schedules"][0]["cron"]
     trigger = deployments["retrain"]["triggers"][0]
     assert trigger["expect"] == ["nightowl.drift.detected"]
     assert deployments["train"]["work_pool"]["name"] == "gpu-pool"

@@ -114,3 +114,47 @@ def test_an_empty_rerun_removes_the_night(tmp_path: Path) -> None:
     assert scores_table.commit_night(store, cfg, nights[0], []) == {}
     assert scores_table.read_scores(store, cfg, nights[0]).height == 0
     assert scores_table.read_scores(store, cfg, nights[1]).height == 4
+
+
+def test_maintenance_vacuums_outside_the_retention_window_only(prefect_harness,
+                                                               tmp_path: Path) -> None:
+    """Three deliveries to one day: each commit rewrote the day, so the folder holds three
+    files for one tracked file. Inside the retention window they stay (time travel works);
+    a window of zero removes the two superseded ones."""
+    from flows.maintain import maintain_flow
+    from tests.tiny import write_config
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        rows = good_frame(START, entities=1).head(4).with_columns(pl.lit(f"m{i}").alias("entity"))
+        (raw / f"{i}.csv").write_bytes(csv_bytes(rows))
+    config = {"name": "tiny", "source": {"path": str(raw / "*.csv")},
+              "columns": {"features": ["a", "b", "c"]},
+              "splits": {"train": {"start": "2026-01-05T00:00:00", "end": "2026-01-06T00:00:00"},
+                         "validation": [{"start": "2026-01-06T00:00:00",
+                                         "end": "2026-01-07T00:00:00"}]},
+              "families": [{"name": "dense_ae"}], "store": {"root": f"file://{tmp_path}/store"}}
+    cfg = make_cfg(raw / "*.csv")
+    store = Store(f"file://{tmp_path}/store")
+    for source in ingest.list_sources(cfg):  # one after the other: no commit retried
+        ingest.ingest_batch(store, cfg, source.url)
+    key = layer.validated_key(cfg)
+    before = ingest.load_validated(store, cfg)
+    first = 1  # the first ingestion's version (0 created the table)
+
+    def data_files() -> list[str]:
+        return [k for k in store.list(key) if k.endswith(".parquet")]
+
+    assert len(data_files()) == 3 and before.height == 12
+    result = maintain_flow(write_config(tmp_path, config))
+    validated, scores = result["tables"]
+    assert validated["vacuumed"] == 0 and scores == {"table": "scores/tiny", "skipped": "no table"}
+    assert len(data_files()) == 3 and ingest.load_validated(store, cfg).equals(before)
+    assert ingest.load_validated(store, cfg, version=first).height == 4  # inside the window
+
+    gone = tables.maintain(store, key, retention_hours=0)
+    assert gone["vacuumed"] == 2 and len(data_files()) == 1
+    assert ingest.load_validated(store, cfg).equals(before)
+    with pytest.raises(OSError):
+        ingest.load_validated(store, cfg, version=first)  # outside it: vacuumed

@@ -18,7 +18,9 @@ import importlib.abc
 import json
 import re
 import sys
+import tomllib
 from importlib.metadata import packages_distributions, requires
+from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -29,13 +31,24 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def checkout_requires() -> list[str]:
+    """nightowl's requirements as this checkout's pyproject.toml declares them (the installed
+    metadata may be an older checkout's), in the Requires-Dist form of installed metadata."""
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    lines = list(project["project"]["dependencies"])
+    for extra, reqs in project["project"].get("optional-dependencies", {}).items():
+        lines += [f"{r}; extra == '{extra}'" for r in reqs]
+    return lines
+
+
 def scoring_distributions() -> set[str]:
-    """Every distribution `pip install nightowl[scoring]` brings, from installed metadata."""
+    """Every distribution `pip install nightowl[scoring]` brings: nightowl's requirements
+    from the checkout, theirs from installed metadata."""
     seen: set[str] = set()
     todo = [("nightowl", {"scoring"})]
     while todo:
         name, extras = todo.pop()
-        for line in requires(name) or []:
+        for line in (checkout_requires() if name == "nightowl" else requires(name)) or []:
             req = Requirement(line)
             if req.marker and not any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
                 continue

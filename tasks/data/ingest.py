@@ -6,9 +6,10 @@ Why this shape:
   the listing metadata (size, mtime, ETag) and the sha256 of the bytes it was filed
   with, so a rerun skips a filed source before downloading a byte, and a corrected
   re-delivery (metadata changed) is fetched and validated again;
-- rows are exactly-once across the whole layer (tasks.data.layer): a re-delivery of a
-  source replaces its rows (stale days included), rows another source already filed are
-  dropped when identical and refuse the batch when different (or win, if configured);
+- rows are exactly-once across the validated Delta table, one commit per batch
+  (tasks.data.layer): a re-delivery of a source replaces its rows (stale days included),
+  rows another source already filed gain this source as evidence when identical and
+  refuse the batch when different (or win, if configured);
 - a bad batch never raises out of the pipeline and never touches validated data or
   models: it is copied byte for byte to quarantine with a report whose every line names
   the file, the column and the rule (at most 500 characters; the detail is in the report);
@@ -59,7 +60,7 @@ class BatchOutcome:
     """The fate of one batch, JSON-able via `to_dict()` for flow summaries and artifacts.
 
     `rows` are the batch's rows; `duplicates` of them were already filed by another
-    source with identical values (dropped); `replaced` keys of other sources were
+    source with identical values (kept once, both sources recorded); `replaced` keys of other sources were
     overwritten by this batch (only with `on_conflict = "replace"`).
     """
 

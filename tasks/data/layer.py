@@ -167,16 +167,10 @@ def read_days(table: DeltaTable | None, cfg: DatasetConfig, days: list[date]) ->
     schema = arrow_schemas.validated_table_schema(cfg)
     if table is None or not days:
         return pl.from_arrow(schema.empty_table())  # type: ignore[return-value]
-    dataset = table.to_pyarrow_dataset(partitions=[(DAY, "in", [d.isoformat() for d in days])])
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=days_predicate(days))
     frame = pl.from_arrow(dataset.to_table(columns=schema.names))
     assert isinstance(frame, pl.DataFrame)
     return frame
-
-
-def ensure_table(store: Store, cfg: DatasetConfig) -> None:
-    """Create the (empty) table once; a concurrent creation by another writer is fine."""
-    tables.ensure_table(store, validated_key(cfg), arrow_schemas.validated_table_schema(cfg),
-                        [DAY])
 
 
 def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFrame,
@@ -188,7 +182,6 @@ def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFr
     the keys with different values and the policy is quarantine.
     """
     days = sorted(set(days_of(rows)) | set(previous_days))
-    ensure_table(store, cfg)
     schema = arrow_schemas.validated_table_schema(cfg)
 
     def attempt(table: DeltaTable | None) -> CommitResult:
@@ -202,14 +195,14 @@ def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFr
             None if table is None else table.version())
         if plan.rows.equals(current.sort(KEY)):
             return result  # already committed (a rerun, or a concurrent run of this batch)
-        assert table is not None  # ensure_table made it
+        assert table is not None  # transact created it
         write_deltalake(table, plan.rows.to_arrow().cast(schema), mode="overwrite",
                         predicate=days_predicate(days), partition_by=[DAY],
                         storage_options=tables.storage_options(store))
-        result.version = tables.version_of(store, validated_key(cfg))
+        result.version = table.version()  # the object follows its own commit
         return result
 
-    return tables.transact(store, validated_key(cfg), attempt)
+    return tables.transact(store, validated_key(cfg), attempt, create=(schema, [DAY]))
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -236,15 +229,12 @@ def validated_scan(
     wanted = _scope(cfg, entities)
     if wanted is not None:
         conditions.append(pads.field(arrow_schemas.ENTITY).isin(wanted))
-    partitions = []
-    if start is not None:
-        partitions.append((DAY, ">=", start.date().isoformat()))
-    if end is not None:
-        partitions.append((DAY, "<=", end.date().isoformat()))
+    days = [f"{DAY} >= '{start.date().isoformat()}'"] if start is not None else []
+    days += [f"{DAY} <= '{end.date().isoformat()}'"] if end is not None else []
     condition = None
     for c in conditions:
         condition = c if condition is None else condition & c
-    return table.to_pyarrow_dataset(partitions=partitions or None), condition
+    return table.to_pyarrow_dataset(file_pruning_predicate=" AND ".join(days) or None), condition
 
 
 def load_validated(
@@ -285,7 +275,7 @@ def day_entity_rows(store: Store, cfg: DatasetConfig, days: list[date]
     table = tables.open_table(store, validated_key(cfg))
     if table is None or not days:
         return {}
-    dataset = table.to_pyarrow_dataset(partitions=[(DAY, "in", [d.isoformat() for d in days])])
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=days_predicate(days))
     frame = pl.from_arrow(dataset.to_table(columns=[DAY, arrow_schemas.ENTITY]))
     assert isinstance(frame, pl.DataFrame)
     out: dict[str, dict[str, int]] = {}

@@ -94,7 +94,8 @@ def ensure_table(store: Store, key: str, schema: pa.Schema, partition_by: list[s
 
 
 def transact(store: Store, key: str, attempt: Callable[[DeltaTable | None], T],
-             max_attempts: int = COMMIT_ATTEMPTS) -> T:
+             max_attempts: int = COMMIT_ATTEMPTS,
+             create: tuple[pa.Schema, list[str]] | None = None) -> T:
     """Run `attempt(snapshot)` until its commit is not refused by a concurrent one.
 
     `attempt` reads the snapshot it is given, decides, and commits against it (pass the
@@ -102,10 +103,15 @@ def transact(store: Store, key: str, attempt: Callable[[DeltaTable | None], T],
     that version); on CommitFailedError it runs again on a fresh snapshot. So does an I/O
     error (a connection reset on the commit's PUT): whether that commit landed or not,
     the fresh snapshot tells, and `attempt` must then find nothing left to write.
+    `create` (schema, partition columns): an absent table is created empty first.
     """
     for n in range(max_attempts):
         try:
-            return attempt(open_table(store, key))
+            table = open_table(store, key)
+            if table is None and create is not None:
+                ensure_table(store, key, *create)
+                table = open_table(store, key)
+            return attempt(table)
         except FileNotFoundError:
             raise  # nothing a retry can bring back
         except (CommitFailedError, OSError) as err:

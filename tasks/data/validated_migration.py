@@ -101,7 +101,6 @@ def migrate_validated(store: Store, cfg: DatasetConfig) -> Migrated:
     old = old_files(store, key, tables.open_table(store, key))
     if not old:
         return result
-    layer.ensure_table(store, cfg)
     days = sorted(old)
 
     def attempt(table: DeltaTable | None) -> None:
@@ -122,7 +121,8 @@ def migrate_validated(store: Store, cfg: DatasetConfig) -> Migrated:
             storage_options=tables.storage_options(store))
         result.committed = True
 
-    tables.transact(store, key, attempt)
+    tables.transact(store, key, attempt, create=(arrow_schemas.validated_table_schema(cfg),
+                                                 [layer.DAY]))
     return removed(store, result, old)
 
 

@@ -106,7 +106,7 @@ def read_scores(store: Store, cfg: DatasetConfig, day: date, version: int | None
     table = tables.open_table(store, scores_key(cfg), version)
     if table is None:
         return pl.DataFrame()
-    dataset = table.to_pyarrow_dataset(partitions=[(DAY, "=", day.isoformat())])
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=f"{DAY} = '{day.isoformat()}'")
     frame = pl.from_arrow(dataset.to_table())
     assert isinstance(frame, pl.DataFrame)
     if frame.height == 0:
