@@ -140,7 +140,7 @@ def test_maintenance_vacuums_outside_the_retention_window_only(prefect_harness,
     for source in ingest.list_sources(cfg):  # one after the other: no commit retried
         ingest.ingest_batch(store, cfg, source.url)
     key = layer.validated_key(cfg)
-    before = ingest.load_validated(store, cfg)
+    before = layer.load_validated(store, cfg)
     first = 1  # the first ingestion's version (0 created the table)
 
     def data_files() -> list[str]:
@@ -150,11 +150,11 @@ def test_maintenance_vacuums_outside_the_retention_window_only(prefect_harness,
     result = maintain_flow(write_config(tmp_path, config))
     validated, scores = result["tables"]
     assert validated["vacuumed"] == 0 and scores == {"table": "scores/tiny", "skipped": "no table"}
-    assert len(data_files()) == 3 and ingest.load_validated(store, cfg).equals(before)
-    assert ingest.load_validated(store, cfg, version=first).height == 4  # inside the window
+    assert len(data_files()) == 3 and layer.load_validated(store, cfg).equals(before)
+    assert layer.load_validated(store, cfg, version=first).height == 4  # inside the window
 
     gone = tables.maintain(store, key, retention_hours=0)
     assert gone["vacuumed"] == 2 and len(data_files()) == 1
-    assert ingest.load_validated(store, cfg).equals(before)
+    assert layer.load_validated(store, cfg).equals(before)
     with pytest.raises(OSError):
-        ingest.load_validated(store, cfg, version=first)  # outside it: vacuumed
+        layer.load_validated(store, cfg, version=first)  # outside it: vacuumed

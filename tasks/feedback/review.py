@@ -31,7 +31,7 @@ from tasks.feedback.labels import (
     record_labels,
 )
 from tasks.nightly.alert import peak_ratio
-from tasks.nightly.report import SEGMENTS_PLOT, night_report_key
+from tasks.nightly.night_report import SEGMENTS_PLOT, night_report_key
 from tasks.store import Store
 
 Answer = Literal["confirm", "dismiss", "unsure", "skip"]
