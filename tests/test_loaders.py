@@ -131,6 +131,16 @@ def test_generic_table(tmp_path):
         cfg, report = ld.load_table(src, name, tmp_path / name, timestamp="time", label="is_bad")
         out = _check_common(cfg, report, tmp_path / name)
         assert cfg.columns.features == ["a", "b"] and out["entity"].unique().to_list() == ["plant"]
+    # The parse reads only; the raw files are written by the shared tail, from the parsed set.
+    before = sorted(tmp_path.rglob("*"))
+    parsed = ld.parse_table(src, "plant.csv", timestamp="time", label="is_bad")
+    assert sorted(tmp_path.rglob("*")) == before
+    assert (parsed.name, parsed.frame.height, parsed.features) == ("table-plant", n, ("a", "b"))
+    cfg, report = ld.write_set(parsed, tmp_path / "tail")
+    assert report.rows == {"train": 200, "validation": report.rows["validation"],
+                           "score": n - 200 - report.rows["validation"]}
+    assert sum(report.positives.values()) == int(label.sum())
+    assert _frame(report).equals(parsed.frame.sort(["entity", "timestamp"]))
 
 
 # -- malformed copies -------------------------------------------------------------------
