@@ -60,8 +60,11 @@ def test_ingestion_through_s3_faults_files_exactly_what_a_clean_run_files(
         rerun = ingest.ingest_urls(faulty, cfg, ingest.list_sources(cfg))
     assert set(proxy.faults) == set(FAULTS) and sum(proxy.faults.values()) >= 10, proxy.faults
 
-    assert [(b.status, b.rows, b.duplicates) for b in got.batches] == \
-        [(b.status, b.rows, b.duplicates) for b in expected.batches]
+    assert [(b.status, b.rows) for b in got.batches] == \
+        [(b.status, b.rows) for b in expected.batches]
+    # the day file and its identical re-send are filed concurrently: which one finds the
+    # other's rows (and counts them as duplicates) depends on which commits first
+    assert got.rows_duplicate == expected.rows_duplicate == 96
     assert rerun.batches == got.batches
     rows = layer.load_validated(s3_store(s3_url, "faulty"), cfg)
     assert rows.equals(layer.load_validated(clean, cfg))  # nothing lost, nothing twice

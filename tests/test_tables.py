@@ -158,3 +158,44 @@ def test_maintenance_vacuums_outside_the_retention_window_only(prefect_harness,
     assert layer.load_validated(store, cfg).equals(before)
     with pytest.raises(OSError):
         layer.load_validated(store, cfg, version=first)  # outside it: vacuumed
+
+
+def test_readers_never_see_half_a_night_while_reruns_commit(tmp_path: Path) -> None:
+    """A night rerun over and over (two shards each, a new score each run) while two kinds
+    of readers read it: every read holds one whole run, never a mix or a part."""
+    import threading
+
+    from deltalake import DeltaTable
+
+    cfg = make_cfg(tmp_path)
+    store = Store(f"file://{tmp_path}/store")
+    night = date(2026, 1, 9)
+    uri = tables.table_uri(store, scores_table.scores_key(cfg))
+
+    def run(value: float) -> None:
+        staged = [scores_table.stage(store, cfg, night, "_dataset", f"s{i}",
+                                     _scores(night, value).slice(2 * i, 2)) for i in range(2)]
+        scores_table.commit_night(store, cfg, night, staged)
+
+    run(0.0)
+    done = threading.Event()
+    seen: list[tuple[int, list[float]]] = []
+
+    def read() -> None:
+        while not done.is_set():
+            for frame in (scores_table.read_scores(store, cfg, night),
+                          pl.from_arrow(DeltaTable(uri).to_pyarrow_table()),
+                          pl.scan_delta(uri).filter(pl.col("date") == night).collect()):
+                seen.append((frame.height, sorted(frame["score"].unique().to_list())))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for value in range(1, 8):
+        run(float(value))
+    done.set()
+    for t in readers:
+        t.join()
+    assert len(seen) >= 6
+    assert all(height == 4 and len(values) == 1 for height, values in seen), seen[:10]
+    assert scores_table.read_scores(store, cfg, night)["score"].unique().to_list() == [7.0]

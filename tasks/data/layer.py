@@ -198,7 +198,8 @@ def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFr
         assert table is not None  # transact created it
         write_deltalake(table, plan.rows.to_arrow().cast(schema), mode="overwrite",
                         predicate=days_predicate(days), partition_by=[DAY],
-                        storage_options=tables.storage_options(store))
+                        storage_options=tables.storage_options(store),
+                        writer_properties=tables.writer_properties())
         result.version = table.version()  # the object follows its own commit
         return result
 

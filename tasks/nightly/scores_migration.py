@@ -44,7 +44,8 @@ def migrate_scores(store: Store, cfg: DatasetConfig) -> Migrated:
                         partition_by=[scores_table.DAY, scores_table.SCOPE],
                         commit_properties=CommitProperties(
                             app_transactions=[Transaction(MIGRATION, 1)]),
-                        storage_options=tables.storage_options(store))
+                        storage_options=tables.storage_options(store),
+                        writer_properties=tables.writer_properties())
         result.committed = True
 
     tables.transact(store, key, attempt)
