@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.candidates import TrainingRun, new_run_id, train_candidates
 from flows.common import resolve_config
+from tasks.feedback.labels import training_labels
 from schemas.config import DatasetConfig
 from tasks.data.ingest import ingest_source
 from tasks.data.ingest_report import publish_ingestion
@@ -62,7 +63,7 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     # Each scope's champion generation before training: a promotion that lands meanwhile
     # (retraining) is kept, and this run reports that it lost the race.
     generations = champion_generations(cfg, plan.groups)
-    runs = train_candidates(cfg, run_id, plan.groups)
+    runs = train_candidates(cfg, run_id, plan.groups, labels=training_labels(cfg))
     scopes: dict[str, dict[str, Any]] = {}
     for run in runs:
         scoped = cfg.for_group(run.group)
