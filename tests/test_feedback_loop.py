@@ -131,3 +131,118 @@ def tasks_store(cfg):
     from tasks.common import store_for
 
     return store_for(cfg)
+
+
+# -- the loop on the tiny synthetic config: train, label, recalibrate, retrain -------------
+
+
+@pytest.fixture(scope="module")
+def trained(prefect_harness, tmp_path_factory):
+    """A tiny trained champion whose FPR promise (0.2 %) is stricter than its calibration
+    (the 95th percentile of train scores): reviewed false alarms will break it."""
+    import torch
+
+    from flows.train import train_flow
+    from tasks.data.synthetic import materialize
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("loop")
+    from schemas.config import parse_config
+    from tests.tiny import tiny_config, write_config
+
+    data = tiny_config(root, threshold={"target_fpr": 0.002},
+                       feedback={"missed_incidents": 2})
+    materialize(parse_config(data).source.synthetic, data["source"]["path"])
+    config = write_config(root, data)
+    result = train_flow(config)
+    return config, result
+
+
+def _day_scores(cfg, day: datetime) -> pl.DataFrame:
+    from tasks.common import store_for
+    from tasks.feedback.adapt import scored
+    from tasks.scoring import version_scorer
+    from tasks.versions import current_champion
+
+    store = store_for(cfg)
+    version = version_scorer(cfg, current_champion(store, cfg.scope_name), store)
+    return scored(store, cfg, version, ENTITY, day, day + timedelta(days=1))
+
+
+def test_the_loop_recalibrates_raises_retraining_and_retrains_on_the_labels(trained) -> None:
+    from flows.retrain import retrain_flow
+    from schemas.config import load_config
+    from tasks.common import store_for
+    from tasks.feedback.adapt import check_feedback
+    from tasks.feedback.labels import label, labels_key
+    from tasks.nightly.drift import last_event_key
+    from tasks.versions import load_model, read_champion
+
+    config, first = trained
+    cfg = load_config(config)
+    store = store_for(cfg)
+    before = read_champion(store, cfg.scope_name)
+    assert first["champion"]["selection"]["evidence"]["events_from_labels"] == 0
+
+    # The operator dismisses every alert of the day with the most: false alarms.
+    days = [datetime(2026, 1, 5) + timedelta(days=d) for d in range(6)]
+    by_day = {d: _day_scores(cfg, d) for d in days}
+    day = max(days, key=lambda d: int((by_day[d]["score"] > by_day[d]["limit"]).sum()))
+    alarms = by_day[day].filter(pl.col("score") > pl.col("limit"))
+    assert alarms.height >= 2  # needs alerts to dismiss (a 95th-percentile threshold has them)
+    for ts in alarms["timestamp"]:
+        label(cfg, ENTITY, ts, ts, "normal", segment=f"{ENTITY}@{ts.isoformat()}")
+    # ... and reports two incidents the champion scored wholly below its threshold.
+    other = next(d for d in days if d != day and d.day >= 6)
+    quiet = by_day[other].filter(pl.col("score").is_finite()
+                                 & (pl.col("score") < pl.col("limit"))).head(2)
+    for ts in quiet["timestamp"]:
+        label(cfg, ENTITY, ts, ts, "anomaly", note="missed")
+    store.delete(last_event_key(cfg)) if store.exists(last_event_key(cfg)) else None
+
+    check = check_feedback.fn(cfg, config)
+
+    (test,) = check.tests
+    assert test["normal_rows"] == by_day[day]["score"].is_finite().sum()
+    assert test["false_alarms"] == alarms.height and test["exceeds"] is True
+    recal = check.recalibrated
+    assert recal is not None and recal["promoted"] is True
+    after = read_champion(store, cfg.scope_name)
+    assert after["generation"] == before["generation"] + 1
+    assert after["promoted_by"] == "recalibration" and after["recalibrated_from"] == before["version"]
+    assert after["family"] == before["family"] and after["version"] != before["version"]
+    assert store.read_json(recal["key"])["kind"] == "recalibration"
+    new = load_model(store, champion_ref_of(after), None).threshold["per_entity"][ENTITY]
+    assert new["threshold"] > test["threshold"]  # raised, never lowered
+    rescored = _day_scores(cfg, day)  # the same rows, the recalibrated threshold
+    assert int((rescored["score"] > rescored["limit"]).sum()) < alarms.height
+    # The two missed incidents raised the drift event (-> the retrain deployment).
+    assert [m["entity"] for m in check.missed] == [ENTITY, ENTITY]
+    assert check.event not in (None, "suppressed (cooldown)")
+    assert store.read_json(last_event_key(cfg))["event_id"] == check.event
+    # A second check on the same labels moves nothing: the threshold already meets them.
+    assert check_feedback.fn(cfg, config).recalibrated is None
+
+    # Retraining validates on the labelled rows too, and says how many events they gave.
+    label(cfg, ENTITY, datetime(2026, 1, 5, 12), datetime(2026, 1, 5, 14), "anomaly")
+    result = retrain_flow(config, as_of=datetime(2026, 1, 11).date())
+    decision = store.read_json(result["decision"]["key"])
+    evidence = decision["selection"]["evidence"]
+    version = tables_version(store, labels_key(cfg))
+    assert evidence["labels"] == {"table_version": version, "periods": alarms.height + 3,
+                                  "anomaly": 3, "normal": alarms.height}
+    assert evidence["events_from_labels"] >= 1  # 01-05 lies before the rolling train range
+    rolling_train = datetime(2026, 1, 6) <= day < datetime(2026, 1, 9)  # [as_of - 5d, as_of - 2d)
+    assert evidence["normal_rows_from_labels"] == (0 if rolling_train else alarms.height)
+
+
+def champion_ref_of(pointer):
+    from tasks.versions import champion_ref
+
+    return champion_ref(pointer)
+
+
+def tables_version(store, key):
+    from tasks.data import tables
+
+    return tables.version_of(store, key)
