@@ -11,9 +11,9 @@ from prefect import flow
 
 from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
-from tasks.feedback.labels import training_labels
 from tasks.data.ingest import ingest_source
 from tasks.data.ingest_report import publish_ingestion
+from tasks.feedback.labels import training_labels
 from tasks.training.promote import (
     latest_validated_day,
     promote_if_better,

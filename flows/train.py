@@ -11,12 +11,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.candidates import TrainingRun, new_run_id, train_candidates
 from flows.common import resolve_config
-from tasks.feedback.labels import training_labels
 from schemas.config import DatasetConfig
 from tasks.data.ingest import ingest_source
 from tasks.data.ingest_report import publish_ingestion
 from tasks.data.prepare import plan_scopes
 from tasks.data.synthetic import materialize
+from tasks.feedback.labels import training_labels
 from tasks.store import safe_component
 from tasks.training.register import champion_generations, choose_champion
 from tasks.training.training_report import publish_fleet_artifacts, publish_training_artifacts

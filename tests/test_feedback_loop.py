@@ -18,7 +18,7 @@ from tasks.data.labelled import (
     apply_labels,
     evidence,
 )
-from tasks.feedback.adapt import FalseAlarmTest, recalibrated_threshold
+from tasks.feedback.adapt import FalseAlarmTest, binomial_tail, recalibrated_threshold
 from tests.labelled import ENTITY, ingested
 
 T0 = datetime(2026, 1, 5)
@@ -75,6 +75,13 @@ def test_the_false_alarm_test_is_a_one_sided_binomial_at_the_stated_confidence(
     test = FalseAlarmTest(ENTITY, [], rows, alarms, 0.05, p, 0.95, 10, 1.0, 2.0)
     assert test.exceeds is exceeds  # 3 of 5 breaks the rate, but 5 rows are too few to say
     assert test.to_json()["statement"].startswith(f"P(X >= {alarms} | n={rows}, p=0.05)")
+
+
+@pytest.mark.parametrize(("k", "n", "p"), [(0, 10, 0.05), (1, 48, 0.002), (5, 40, 0.05),
+                                           (48, 48, 0.002), (300, 20000, 0.01), (7, 5, 0.1)])
+def test_the_binomial_tail_matches_scipy(k: int, n: int, p: float) -> None:
+    expected = binomtest(k, n, p, alternative="greater").pvalue if k <= n else 0.0
+    assert binomial_tail(k, n, p) == pytest.approx(expected, rel=1e-9, abs=1e-300)
 
 
 def test_recalibration_raises_only_the_tested_entity_and_keeps_the_pooled_threshold() -> None:

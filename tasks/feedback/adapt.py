@@ -30,6 +30,7 @@ champion as it is now, not the scores table (which may hold an older version's s
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -38,7 +39,6 @@ import numpy as np
 import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from scipy.stats import binomtest
 
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
@@ -105,6 +105,24 @@ class FeedbackCheck:
         return asdict(self)
 
 
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the one-sided test's p-value.
+
+    Summed in log space (exact; n of many days of rows is fine) rather than scipy's
+    `binomtest`: the review flow that runs this check runs on scoring workers, whose
+    `nightowl[scoring]` install has no scipy (tests check it against scipy).
+    """
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+             + i * log_p + (n - i) * log_q for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
+
+
 def scored(store: Store, cfg: DatasetConfig, version: VersionScorer, entity: str,
            start: datetime, end: datetime) -> pl.DataFrame:
     """The champion's scores of an entity's rows in [start, end), with each row's threshold."""
@@ -142,7 +160,7 @@ def false_alarm_test(store: Store, cfg: DatasetConfig, version: VersionScorer,
     alarms = int((is_dismissed & (normal["score"] > normal["limit"])).sum())
     fpr = cfg.threshold.target_fpr
     n = normal.height
-    p_value = float(binomtest(alarms, n, fpr, alternative="greater").pvalue) if n else 1.0
+    p_value = binomial_tail(alarms, n, fpr)
     current = float(entity_threshold(version.loaded.threshold, entity)["threshold"])
     proposed = (max(current, float(np.quantile(normal["score"].to_numpy(), 1 - fpr)))
                 if n else None)
