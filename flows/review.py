@@ -28,6 +28,7 @@ from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.common import artifact_key
 from tasks.feedback.adapt import check_feedback, feedback_scopes
+from tasks.feedback.feedback_report import publish_feedback
 from tasks.feedback.labels import current_labels
 from tasks.feedback.review import (
     ReviewInput,
@@ -68,4 +69,6 @@ def feedback_after_review(cfg: DatasetConfig, config: str | None, new_labels: bo
     if not new_labels:
         return []
     entities = current_labels(cfg)["entity"].unique().to_list()
-    return [check_feedback(scope, config).to_json() for scope in feedback_scopes(cfg, entities)]
+    checks = [check_feedback(scope, config).to_json() for scope in feedback_scopes(cfg, entities)]
+    publish_feedback(cfg)
+    return checks

@@ -140,6 +140,32 @@ def tasks_store(cfg):
     return store_for(cfg)
 
 
+
+def test_the_feedback_artifact_counts_this_weeks_labels_and_alert_precision(tmp_path) -> None:
+    from tasks.feedback.feedback_report import alert_precision, feedback_markdown
+    from tasks.feedback.labels import current_labels, label
+
+    cfg, _ = ingested(tmp_path)
+    for hour, verdict in ((1, "anomaly"), (5, "normal"), (9, "normal")):  # three alerts answered
+        at = datetime(2026, 1, 6, hour)
+        label(cfg, ENTITY, at, at + timedelta(hours=1), verdict,
+              segment=f"{ENTITY}@{at.isoformat()}")
+    label(cfg, ENTITY, "2026-01-07T01:00:00", "2026-01-07T02:00:00", "anomaly")  # a missed one
+    label(cfg, ENTITY, "2026-01-07T05:00:00", "2026-01-07T06:00:00", "unsure",
+          segment=f"{ENTITY}@2026-01-07T05:00:00")
+    labels = current_labels(cfg)
+
+    (row,) = alert_precision(labels).iter_rows(named=True)
+    assert (row["week"], row["reviewed"], row["confirmed"], row["dismissed"]) == (
+        "2026-W02", 3, 1, 2)
+    assert row["precision"] == pytest.approx(1 / 3)
+    now = labels["recorded_at"].max()
+    text = feedback_markdown(cfg, labels, now)
+    assert "5 label(s) recorded in the 7 days" in text
+    assert "| anomaly | cli | 2 |" in text and "| normal | cli | 2 |" in text
+    assert f"| {ENTITY} | 2026-W02 | 3 | 1 | 2 | 0.33 |" in text
+    assert "0 label(s) recorded" in feedback_markdown(cfg, labels, now + timedelta(days=8))
+
 # -- the loop on the tiny synthetic config: train, label, recalibrate, retrain -------------
 
 
