@@ -209,7 +209,8 @@ def test_the_loop_recalibrates_raises_retraining_and_retrains_on_the_labels(trai
     from tasks.feedback.adapt import check_feedback
     from tasks.feedback.labels import label, labels_key
     from tasks.nightly.drift import last_event_key
-    from tasks.versions import load_model, read_champion
+    from tasks.training.lineage import training_set
+    from tasks.versions import VersionRef, load_model, read_champion
 
     config, first = trained
     cfg = load_config(config)
@@ -267,6 +268,14 @@ def test_the_loop_recalibrates_raises_retraining_and_retrains_on_the_labels(trai
     assert evidence["events_from_labels"] >= 1  # 01-05 lies before the rolling train range
     rolling_train = datetime(2026, 1, 6) <= day < datetime(2026, 1, 9)  # [as_of - 5d, as_of - 2d)
     assert evidence["normal_rows_from_labels"] == (0 if rolling_train else alarms.height)
+    # Lineage: the challenger's training set is rebuilt with the labels as they stood.
+    label(cfg, ENTITY, datetime(2026, 1, 5, 16), datetime(2026, 1, 5, 17), "anomaly")  # later
+    rows = training_set(store, cfg, VersionRef(**{k: decision["challenger"][k] for k in
+                                                  ("dataset", "family", "version")}))
+    early = rows.filter(pl.col("timestamp") < datetime(2026, 1, 6))
+    assert early.filter(pl.col("label") == 1)["timestamp"].to_list() == [
+        datetime(2026, 1, 5, 12) + timedelta(minutes=30 * i) for i in range(5)]
+    assert set(early.filter(pl.col(OPERATOR) == 1)["split"]) == {"validation"}
 
 
 def champion_ref_of(pointer):

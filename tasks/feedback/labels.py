@@ -253,14 +253,15 @@ def label_history(cfg: DatasetConfig, store: Store | None = None) -> pl.DataFram
     return _history_at(cfg, store)[0]
 
 
-def _history_at(cfg: DatasetConfig, store: Store | None = None
+def _history_at(cfg: DatasetConfig, store: Store | None = None, at: int | None = None
                 ) -> tuple[pl.DataFrame, int | None]:
-    """(every answer, oldest first; the table version read: None when there is no table)."""
+    """(every answer, oldest first; the table version read: None when there is no table).
+    `at`: that version of the table (time travel), else the latest."""
     store = store or store_for(cfg)
     uri, options = delta_location(store, labels_key(cfg))
     version: int | None
     try:
-        delta = DeltaTable(uri, storage_options=options)
+        delta = DeltaTable(uri, version=at, storage_options=options)
         table, version = delta.to_pyarrow_table(), delta.version()
     except TableNotFoundError:
         table, version = arrow_schemas.labels_schema().empty_table(), None
@@ -279,13 +280,15 @@ def current_labels(cfg: DatasetConfig, store: Store | None = None) -> pl.DataFra
     return _latest(label_history(cfg, store))
 
 
-def training_labels(cfg: DatasetConfig, store: Store | None = None) -> OperatorLabels:
+def training_labels(cfg: DatasetConfig, store: Store | None = None,
+                    at: int | None = None) -> OperatorLabels:
     """The current anomaly / normal answers as the data stage takes them (`unsure` says
     nothing), with the labels table version they were read at (lineage). None of them when
-    `[feedback] use_labels` is off."""
-    if not cfg.feedback.use_labels:
+    `[feedback] use_labels` is off. `at`: as they stood at that table version (a version's
+    training set rebuilt: tasks.training.lineage)."""
+    if not cfg.feedback.use_labels and at is None:
         return OperatorLabels()
-    history, version = _history_at(cfg, store)
+    history, version = _history_at(cfg, store, at)
     now = _latest(history).filter(pl.col("verdict") != "unsure")
     return OperatorLabels(tuple(LabelledPeriod(r["entity"], r["start"], r["end"], r["verdict"])
                                 for r in now.iter_rows(named=True)), version)
