@@ -288,3 +288,16 @@ def tables_version(store, key):
     from tasks.data import tables
 
     return tables.version_of(store, key)
+
+
+def test_the_reports_say_where_the_evidence_came_from() -> None:
+    from tasks.training.training_report import evidence_line, selection_lines
+
+    evidence = {"events_from_slices": 2, "events_from_labels": 3, "normal_rows_from_labels": 40,
+                "labels": {"table_version": 7}}
+    (line, _) = evidence_line(evidence)
+    assert line.startswith("Validation evidence: 2 event(s) from the configured slices, 3 from "
+                           "operators' labels, 40 operator-labelled normal row(s)")
+    assert "version 7" in line and evidence_line(None) == []
+    prior = selection_lines({"selection": {"rule": "prior", "events": 5, "evidence": evidence}})
+    assert line in prior and line in selection_lines({"selection": {"evidence": evidence}})
