@@ -55,11 +55,11 @@ def review_flow(config: str | None = None, day: date | None = None,
         timeout=max(1, round(hours * 3600)), key=f"review-{day.isoformat()}")
     written = record_review(cfg, segments, form, str(flow_run.id))
     checks = feedback_after_review(cfg, config, written is not None and written.written > 0)
-    return {"feedback": checks, "dataset": cfg.name, "night": day.isoformat(), "status": "reviewed",
+    return {"dataset": cfg.name, "night": day.isoformat(), "status": "reviewed",
             "reviewer": form.reviewer, "segments": len(segments),
             "answered": sum(a.answer != "skip" for a in form.segments),
             "missed": len(form.missed), "labels_written": written.written if written else 0,
-            "labels": written.table if written else None}
+            "labels": written.table if written else None, "feedback": checks}
 
 
 def feedback_after_review(cfg: DatasetConfig, config: str | None, new_labels: bool
