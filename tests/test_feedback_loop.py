@@ -301,3 +301,16 @@ def test_the_reports_say_where_the_evidence_came_from() -> None:
     assert "version 7" in line and evidence_line(None) == []
     prior = selection_lines({"selection": {"rule": "prior", "events": 5, "evidence": evidence}})
     assert line in prior and line in selection_lines({"selection": {"evidence": evidence}})
+
+
+def test_the_replay_operator_sees_alert_segments_with_their_truth() -> None:
+    from benchmarks.feedback_replay import alert_segments
+
+    ts = [T0 + timedelta(minutes=i) for i in range(8)]
+    night = pl.DataFrame({"timestamp": ts, "entity": ["a"] * 8,
+                          "label": [0, 0, 1, 0, 0, 0, 0, 0],
+                          "score": [0.1, 2.0, 3.0, 0.1, float("nan"), 1.5, 1.5, 0.2],
+                          "limit": [1.0] * 8})
+    first, second = alert_segments(night)
+    assert (first["start"], first["end"], first["peak"], first["true"]) == (ts[1], ts[2], 3.0, True)
+    assert (second["start"], second["end"], second["true"]) == (ts[5], ts[6], False)
