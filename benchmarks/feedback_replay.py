@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,50 +133,81 @@ def replay(kind: str, name: str, feedback: bool, args: argparse.Namespace, work:
     (run,) = train_candidates(cfg, "initial", labels=training_labels(cfg))
     choose_champion.fn(cfg, run.candidates, None, run.selection)
     assert cfg.splits.score is not None
-    first = datetime.combine(cfg.splits.score.start.date() + timedelta(days=1), datetime.min.time())
-    nights = [first + timedelta(days=i) for i in range(args.nights)]
+    # A "night" is one of `--nights` equal stretches of the score split (SMD's 1-minute clock
+    # makes them about a day; ASD's short test files give a few hours each).
+    span = (cfg.splits.score.end - cfg.splits.score.start) / args.nights
+    nights = [cfg.splits.score.start + span * i for i in range(args.nights)]
     out = []
     for i, night in enumerate(nights):
-        rows = scored_rows(cfg, night, night + timedelta(days=1))  # scored before any review
+        rows = scored_rows(cfg, night, night + span)  # scored before any review
         alerts = alert_segments(rows)
-        labelled = review(cfg, alerts, args.review_budget, night.date().isoformat()) if feedback else 0
+        labelled = review(cfg, alerts, args.review_budget, night.isoformat()) if feedback else 0
         record: dict[str, Any] = {
-            "night": night.date().isoformat(), "alerts": len(alerts),
+            "night": night.isoformat(timespec="minutes"), "alerts": len(alerts),
             "true_alerts": sum(a["true"] for a in alerts),
             "precision": (sum(a["true"] for a in alerts) / len(alerts)) if alerts else None,
             "labels": labelled}
         if (i + 1) % args.cadence == 0 and i + 1 < len(nights):
             if feedback:
                 record["recalibrated"] = bool(check_feedback.fn(cfg).recalibrated)
-            record["retrain"] = retrain(cfg, night + timedelta(days=1), f"replay-{i}")
-        record["later_pr_auc"] = (later_pr_auc(cfg, night + timedelta(days=1),
-                                               nights[-1] + timedelta(days=1))
+            record["retrain"] = retrain(cfg, night + span, f"replay-{i}")
+        record["later_pr_auc"] = (later_pr_auc(cfg, night + span, nights[-1] + span)
                                   if i + 1 < len(nights) else None)
         out.append(record)
         print(json.dumps({"feedback": feedback, **record}, default=str), flush=True)
     return {"series": f"{kind}:{name}", "feedback": feedback, "nights": out}
 
 
+def _mean(values: list[Any]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    """Per arm: alert precision over all alerts of the replay, mean later-night PR-AUC."""
+    out = {}
+    for arm in ("on", "off"):
+        nights = run[arm]["nights"]
+        alerts = sum(n["alerts"] for n in nights)
+        out[arm] = {"alerts": alerts,
+                    "precision": sum(n["true_alerts"] for n in nights) / alerts if alerts else None,
+                    "later_pr_auc": _mean([n["later_pr_auc"] for n in nights]),
+                    "promotions": sum(bool(n.get("retrain", {}).get("promoted")) for n in nights),
+                    "labels": sum(n["labels"] for n in nights)}
+    return out
+
+
+def _f(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Feedback replay — {report['series']}", "", f"`{report['command']}`; "
-             f"{report['seconds']:.0f} s.", "",
-             "| night | alerts (on / off) | precision on | precision off | labels | "
-             "later PR-AUC on | later PR-AUC off | retrain on / off |", "|---|---|---|---|---|---|---|---|"]
-    on, off = report["on"]["nights"], report["off"]["nights"]
-    for a, b in zip(on, off, strict=True):
-        def f(v: Any) -> str:
-            return "–" if v is None else f"{v:.3f}"
-        retrain = " / ".join(("promoted" if r["retrain"]["promoted"] else "kept")
-                             if "retrain" in r else "–" for r in (a, b))
-        lines.append(f"| {a['night']} | {a['alerts']} / {b['alerts']} | {f(a['precision'])} | "
-                     f"{f(b['precision'])} | {a['labels']} | {f(a['later_pr_auc'])} | "
-                     f"{f(b['later_pr_auc'])} | {retrain} |")
+    lines = ["# Feedback replay", "", f"`{report['command']}`; {report['seconds']:.0f} s.", "",
+             "| series | alerts on / off | alert precision on / off | mean later PR-AUC on / off "
+             "| promotions on / off | labels |", "|---|---|---|---|---|---|"]
+    for run in report["runs"]:
+        on, off = run["summary"]["on"], run["summary"]["off"]
+        lines.append(f"| {run['series']} | {on['alerts']} / {off['alerts']} | "
+                     f"{_f(on['precision'])} / {_f(off['precision'])} | "
+                     f"{_f(on['later_pr_auc'])} / {_f(off['later_pr_auc'])} | "
+                     f"{on['promotions']} / {off['promotions']} | {on['labels']} |")
+    for run in report["runs"]:
+        lines += ["", f"## {run['series']}", "",
+                  "| night | alerts (on / off) | precision on / off | labels | "
+                  "later PR-AUC on / off | retrain on / off |", "|---|---|---|---|---|---|"]
+        for a, b in zip(run["on"]["nights"], run["off"]["nights"], strict=True):
+            retrain = " / ".join(("promoted" if r["retrain"]["promoted"] else "kept")
+                                 if "retrain" in r else "–" for r in (a, b))
+            lines.append(f"| {a['night']} | {a['alerts']} / {b['alerts']} | "
+                         f"{_f(a['precision'])} / {_f(b['precision'])} | {a['labels']} | "
+                         f"{_f(a['later_pr_auc'])} / {_f(b['later_pr_auc'])} | {retrain} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", default="smd:machine-2-1")
+    parser.add_argument("--series", default="smd:machine-2-1",
+                        help="comma-separated kind:name (smd or asd)")
     parser.add_argument("--nights", type=int, default=8)
     parser.add_argument("--cadence", type=int, default=2)
     parser.add_argument("--review-budget", type=int, default=5)
@@ -189,16 +220,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.nights, args.epochs, args.max_train_windows = 3, 1, 500
-    kind, name = args.series.split(":", 1)
-    if not (ROOTS[kind] / "train").is_dir():
-        raise SystemExit(f"{ROOTS[kind]}: the dev series is not there (shared data absent)")
     began = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="feedback-replay-") as tmp:
-        on = replay(kind, name, True, args, Path(tmp) / "on")
-        off = replay(kind, name, False, args, Path(tmp) / "off")
-    report = {"series": args.series, "command": " ".join(["benchmarks/feedback_replay.py",
-                                                          *(argv or sys.argv[1:])]),
-              "seconds": time.perf_counter() - began, "on": on, "off": off}
+    runs = []
+    for spec in args.series.split(","):
+        kind, name = spec.split(":", 1)
+        if not (ROOTS[kind] / "train").is_dir():
+            raise SystemExit(f"{ROOTS[kind]}: the dev series is not there (shared data absent)")
+        with tempfile.TemporaryDirectory(prefix="feedback-replay-") as tmp:
+            run = {"series": spec, "on": replay(kind, name, True, args, Path(tmp) / "on"),
+                   "off": replay(kind, name, False, args, Path(tmp) / "off")}
+        runs.append({**run, "summary": summary(run)})
+    report = {"command": " ".join(["benchmarks/feedback_replay.py", *(argv or sys.argv[1:])]),
+              "seconds": time.perf_counter() - began, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "feedback_replay.json").write_text(json.dumps(report, indent=2, default=str))
     (args.out / "feedback_replay.md").write_text(markdown(report))
