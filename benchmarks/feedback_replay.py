@@ -1,7 +1,8 @@
 """Replay a dev series night by night, with operators' feedback on and off (issue 21).
 
-Each night of the score split is scored by the champion (tasks.scoring's one path, as the
-nightly run scores it); its alerts are the runs of rows over the threshold. With feedback
+The score split is cut into `--nights` equal stretches ("nights": about a day of SMD's
+1-minute clock, a few hours of ASD's short test files). Each night is scored by the champion
+(tasks.scoring's one path, as the nightly run scores it); its alerts are the runs of rows over the threshold. With feedback
 on, a simulated operator reviews the night's top `--review-budget` alert segments by peak
 score / threshold and answers from the ground truth (any labelled row: `anomaly`, else
 `normal`), written to the real labels table; the operator never sees a night before it is
@@ -12,7 +13,7 @@ labelled rows join validation) and the feedback check runs first (recalibration)
 per night: the alert precision (alert segments touching a true anomaly / alert segments)
 and the champion's PR-AUC on the nights still to come.
 
-    .venv/bin/python benchmarks/feedback_replay.py --series smd:machine-2-1
+    .venv/bin/python benchmarks/feedback_replay.py --series smd:machine-2-1,asd:omi-1
     .venv/bin/python benchmarks/feedback_replay.py --quick   # 3 nights, 1 epoch
 
 Writes benchmarks/results/feedback_replay.json and .md.

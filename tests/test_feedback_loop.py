@@ -314,3 +314,23 @@ def test_the_replay_operator_sees_alert_segments_with_their_truth() -> None:
     first, second = alert_segments(night)
     assert (first["start"], first["end"], first["peak"], first["true"]) == (ts[1], ts[2], 3.0, True)
     assert (second["start"], second["end"], second["true"]) == (ts[5], ts[6], False)
+
+
+def test_the_replay_summary_pools_alerts_and_averages_later_nights() -> None:
+    from benchmarks.feedback_replay import markdown, summary
+
+    def night(alerts: int, true: int, later: float | None, **extra) -> dict:
+        return {"night": "n", "alerts": alerts, "true_alerts": true, "labels": min(alerts, 5),
+                "precision": true / alerts if alerts else None, "later_pr_auc": later, **extra}
+
+    run = {"series": "smd:m", "on": {"nights": [night(3, 2, 0.4, retrain={"promoted": True}),
+                                                night(1, 1, None)]},
+           "off": {"nights": [night(4, 1, 0.2), night(0, 0, 0.6, retrain={"promoted": False})]}}
+    run["summary"] = summary(run)
+    assert run["summary"]["on"] == {"alerts": 4, "precision": 0.75, "later_pr_auc": 0.4,
+                                    "promotions": 1, "labels": 4}
+    assert run["summary"]["off"]["precision"] == 0.25
+    assert run["summary"]["off"]["later_pr_auc"] == pytest.approx(0.4)
+    text = markdown({"command": "c", "seconds": 1.0, "runs": [run]})
+    assert "| smd:m | 4 / 4 | 0.750 / 0.250 | 0.400 / 0.400 | 1 / 0 | 4 |" in text
+    assert "| n | 3 / 4 | 0.667 / 0.250 | 3 | 0.400 / 0.200 | promoted / – |" in text
