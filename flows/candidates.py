@@ -26,6 +26,7 @@ from prefect import flow
 from flows.runners import describe, on_gpu_workers, task_runner
 from schemas.config import ConfigRef, DatasetConfig, FamilyConfig
 from tasks.common import run_logger
+from tasks.data.labelled import OperatorLabels
 from tasks.data.prepare import PreparedData, scale_dataset, window_dataset
 from tasks.training.calibrate import Calibration, calibrate_candidate
 from tasks.training.ensemble import build_ensemble, ensemble_members, register_ensemble
@@ -74,13 +75,15 @@ def _submit(stage: Callable[..., Any], items: Iterable[tuple[K, tuple]]) -> dict
 
 @flow(name="nightowl-candidates")
 def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
-                    tolerate_failures: bool = False) -> list[TrainingRun]:
+                    tolerate_failures: bool = False,
+                    labels: OperatorLabels | None = None) -> list[TrainingRun]:
     """Every configured family of every scope through the stages, each registered as a version.
 
     Takes a config reference, not the config: a flow run's parameters are stored by Prefect
     and shown in its UI, and the config holds credentials. With `tolerate_failures`, a
     family (or a scope) that fails, e.g. parameters that do not fit this data, is reported
-    in its run's `failed` instead of ending the flow.
+    in its run's `failed` instead of ending the flow. `labels`: the operators' labelled
+    periods (read by the calling flow), applied by the data stage to every scope.
     """
     cfg = config.resolve()
     log = run_logger(__name__)
@@ -88,7 +91,7 @@ def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
     log.info("%s: %d model scope(s) x %d families on %s", cfg.name, len(groups),
              len(cfg.families), describe(cfg))
     failed: dict[Any, str] = {}
-    scaled = _wave(_submit(scale_dataset, ((g, (c,)) for g, c in scopes.items())), failed,
+    scaled = _wave(_submit(scale_dataset, ((g, (c, labels)) for g, c in scopes.items())), failed,
                    tolerate_failures)
     prepared: dict[str | None, PreparedData] = _wave(
         _submit(window_dataset, ((g, (scopes[g], s)) for g, s in scaled.items())), failed,
@@ -120,7 +123,9 @@ def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
         if scopes[g].selection.rule == "evidence" and len(cands) > 1)), failed, tolerate_failures)
     if cfg.selection.rule == "prior":
         evidence = {(g, "selection"): d
-                    for g, d in prior_selection(cfg, run_id, contenders).items()}
+                    for g, d in prior_selection(cfg, run_id, contenders,
+                                               {g: p.evidence for g, p in prepared.items()}
+                                               ).items()}
 
     runs = []
     for g in groups:
@@ -130,8 +135,17 @@ def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
             log.warning("%s: %s failed: %s", scopes[g].label, family, reason)
         runs.append(TrainingRun(run_id, g, prepared.get(g),
                                 [c for k, c in registered.items() if k[0] == g], why,
-                                evidence.get((g, "selection"))))
+                                with_evidence(evidence.get((g, "selection")), prepared.get(g))))
     return runs
+
+
+def with_evidence(selection: dict[str, Any] | None, prepared: PreparedData | None
+                  ) -> dict[str, Any] | None:
+    """The selection decision with the labelled events it rested on (from the operators'
+    labels vs the configured slices), which the champion pointer and decisions keep."""
+    if prepared is None or prepared.evidence is None:
+        return selection
+    return {**(selection or {}), "evidence": prepared.evidence}
 
 
 def _ensembles(scopes: dict[str | None, DatasetConfig], prepared: dict[str | None, PreparedData],
@@ -161,8 +175,9 @@ def _ensembles(scopes: dict[str | None, DatasetConfig], prepared: dict[str | Non
 
 
 def train_candidates(cfg: DatasetConfig, run_id: str, groups: list[str | None] | None = None, *,
-                     tolerate_failures: bool = False) -> list[TrainingRun]:
+                     tolerate_failures: bool = False,
+                     labels: OperatorLabels | None = None) -> list[TrainingRun]:
     """The sequence on the config's task runner; `groups` default to the config's own scope."""
     groups = [cfg.group] if groups is None else groups
     return candidates_flow.with_options(task_runner=task_runner(cfg))(
-        ConfigRef.of(cfg), run_id, groups, tolerate_failures)
+        ConfigRef.of(cfg), run_id, groups, tolerate_failures, labels)

@@ -271,5 +271,22 @@ def labels_command(config: Path | None = ConfigArg,
     typer.echo((label_history(cfg) if history else current_labels(cfg)).write_csv(), nl=False)
 
 
+@app.command("feedback-check")
+def feedback_check_command(config: Path | None = ConfigArg) -> None:
+    """Test each champion against the labels now: recalibrate thresholds that reviewed false
+    alarms break, raise the drift event on enough missed incidents (also run after a review)."""
+    _quiet_defaults()
+    from tasks.feedback.adapt import check_feedback, feedback_scopes
+    from tasks.feedback.labels import current_labels
+
+    cfg = _label_config(config)
+    entities = current_labels(cfg)["entity"].unique().to_list()
+    for scope in feedback_scopes(cfg, entities):
+        done = check_feedback.fn(scope, str(config) if config else None)
+        moved = done.recalibrated["reason"] if done.recalibrated else "no threshold moved"
+        typer.echo(f"{scope.label}: {len(done.tests)} entity test(s); {moved}; "
+                   f"{len(done.missed)} missed incident(s); event: {done.event or 'none'}")
+
+
 if __name__ == "__main__":
     app()

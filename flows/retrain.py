@@ -13,6 +13,7 @@ from flows.candidates import new_run_id, train_candidates
 from flows.common import resolve_config
 from tasks.data.ingest import ingest_source
 from tasks.data.ingest_report import publish_ingestion
+from tasks.feedback.labels import training_labels
 from tasks.training.promote import (
     latest_validated_day,
     promote_if_better,
@@ -34,8 +35,10 @@ def retrain_flow(config: str | None = None, as_of: date | None = None,
            else latest_validated_day(base))
     splits = rolling_splits(base, end)
     cfg = with_splits(base, splits)
-    (run,) = train_candidates(cfg, new_run_id())
-    decision = promote_if_better(cfg, splits, run.candidates, trigger, run.selection)
+    labels = training_labels(cfg)
+    (run,) = train_candidates(cfg, new_run_id(), labels=labels)
+    decision = promote_if_better(cfg, splits, run.candidates, trigger, run.selection,
+                                 labels.for_entities(cfg.group_entities()))
     publish_retrain_artifacts(cfg, run.candidates, decision)
     return {"dataset": cfg.name, "group": cfg.group, "run_id": run.run_id,
             "ingestion": ingestion.rows_validated,

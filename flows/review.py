@@ -25,7 +25,11 @@ from prefect.flow_runs import suspend_flow_run
 from prefect.runtime import flow_run
 
 from flows.common import resolve_config
+from schemas.config import DatasetConfig
 from tasks.common import artifact_key
+from tasks.feedback.adapt import check_feedback, feedback_scopes
+from tasks.feedback.feedback_report import publish_feedback
+from tasks.feedback.labels import current_labels
 from tasks.feedback.review import (
     ReviewInput,
     ReviewSegment,
@@ -50,8 +54,21 @@ def review_flow(config: str | None = None, day: date | None = None,
                                    f"are in the artifact {artifact_key('review', cfg.name)}"),
         timeout=max(1, round(hours * 3600)), key=f"review-{day.isoformat()}")
     written = record_review(cfg, segments, form, str(flow_run.id))
+    checks = feedback_after_review(cfg, config, written is not None and written.written > 0)
     return {"dataset": cfg.name, "night": day.isoformat(), "status": "reviewed",
             "reviewer": form.reviewer, "segments": len(segments),
             "answered": sum(a.answer != "skip" for a in form.segments),
             "missed": len(form.missed), "labels_written": written.written if written else 0,
-            "labels": written.table if written else None}
+            "labels": written.table if written else None, "feedback": checks}
+
+
+def feedback_after_review(cfg: DatasetConfig, config: str | None, new_labels: bool
+                          ) -> list[dict[str, Any]]:
+    """New answers act at once: each judged scope's thresholds are tested against the
+    reviewed false alarms, and missed incidents may call for retraining (tasks.feedback.adapt)."""
+    if not new_labels:
+        return []
+    entities = current_labels(cfg)["entity"].unique().to_list()
+    checks = [check_feedback(scope, config).to_json() for scope in feedback_scopes(cfg, entities)]
+    publish_feedback(cfg)
+    return checks

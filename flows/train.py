@@ -16,6 +16,7 @@ from tasks.data.ingest import ingest_source
 from tasks.data.ingest_report import publish_ingestion
 from tasks.data.prepare import plan_scopes
 from tasks.data.synthetic import materialize
+from tasks.feedback.labels import training_labels
 from tasks.store import safe_component
 from tasks.training.register import champion_generations, choose_champion
 from tasks.training.training_report import publish_fleet_artifacts, publish_training_artifacts
@@ -62,7 +63,7 @@ def train_flow(config: str | None = None, run_id: str | None = None) -> dict[str
     # Each scope's champion generation before training: a promotion that lands meanwhile
     # (retraining) is kept, and this run reports that it lost the race.
     generations = champion_generations(cfg, plan.groups)
-    runs = train_candidates(cfg, run_id, plan.groups)
+    runs = train_candidates(cfg, run_id, plan.groups, labels=training_labels(cfg))
     scopes: dict[str, dict[str, Any]] = {}
     for run in runs:
         scoped = cfg.for_group(run.group)

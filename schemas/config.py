@@ -373,6 +373,17 @@ class FeedbackConfig(_Strict):
     import_time_format: str | None = Field(
         None, description="strptime format of the export's start/end; none: ISO 8601. Times "
         "without an offset are UTC")
+    use_labels: bool = Field(True, description="training and retraining calibrate and select "
+                             "on the configured validation slices plus every labelled period")
+    adapt_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="recalibrate an entity's threshold when a one-sided "
+        "binomial test says, at this confidence, that its false-alarm rate on reviewed normal "
+        "rows exceeds threshold.target_fpr")
+    min_reviewed_rows: int = Field(10, ge=1, description="an entity needs this many reviewed "
+                                   "normal rows before its threshold is recalibrated")
+    missed_incidents: int = Field(3, ge=1, description="this many anomaly labels recorded since "
+                                  "the champion's promotion, on periods it scored wholly below "
+                                  "its threshold, raise the drift event (retraining)")
 
 
 ModelScope = Literal["dataset", "entity", "group"]

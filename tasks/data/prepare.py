@@ -18,10 +18,19 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig
 from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.data.labelled import (
+    OperatorLabels,
+    apply_labels,
+    evidence,
+    naive_utc,
+    periods_outside,
+    sampling_step,
+)
 from tasks.data.layer import entity_rows, load_validated, table_version
 from tasks.data.scale import ScalerParams, apply_scaler, fit_scaler
 from tasks.data.window import build_window_index
 from tasks.evaluation.drift_statistics import data_reference
+from tasks.store import Store
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class ScaledData:
     reference_key: str
     rows: int
     table_version: int | None = None  # the validated table's snapshot the rows came from
+    evidence: dict[str, object] | None = None  # validation events by origin (labelled.Evidence)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class PreparedData:
     rows: int
     windows: int
     table_version: int | None = None  # lineage: rebuild with tasks.training.lineage
+    evidence: dict[str, object] | None = None  # validation events by origin, labels version
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -108,18 +119,23 @@ def training_range(splits: SplitsConfig) -> tuple[datetime, datetime]:
 
 
 @task(name="scale", cache_policy=NO_CACHE, **IO_RETRIES)
-def scale_dataset(cfg: DatasetConfig) -> ScaledData:
+def scale_dataset(cfg: DatasetConfig, labels: OperatorLabels | None = None) -> ScaledData:
     """Fit the scaler on train rows only; write scaled rows (train + validation) as Parquet,
-    and the drift reference of the scaled normal train rows (the same for every family)."""
+    and the drift reference of the scaled normal train rows (the same for every family).
+
+    `labels` (the operators' answers, read by the flow) relabel their rows; labelled rows
+    outside the train range join the validation split (tasks.data.labelled).
+    """
     store = store_for(cfg)
-    start, end = training_range(cfg.splits)
+    labels = (labels or OperatorLabels()).for_entities(cfg.group_entities())
     version = table_version(store, cfg)  # one snapshot, recorded: the set can be rebuilt
-    frame = assign_splits(load_validated(store, cfg, start, end, version=version), cfg.splits,
-                          with_score=False)
+    frame = labelled_rows(store, cfg, labels, version)
     train = frame.filter(pl.col("split") == "train")
     scaler = fit_scaler(train, cfg.columns.features, cfg.scaling.method)
     scaler_json = scaler.to_json()
     scaler_id = hashlib.sha256(json.dumps(scaler_json, sort_keys=True).encode()).hexdigest()[:12]
+    if labels.periods:  # the same scaler over other labels: other rows, another folder
+        scaler_id += "-" + hashlib.sha256(repr(labels.periods).encode()).hexdigest()[:8]
     prefix = f"datasets/{cfg.scope_name}/scaled/{scaler_id}"
     scaled = apply_scaler(frame, scaler)
     normal_train = scaled.filter((pl.col("split") == "train") & (pl.col("label") == 0))
@@ -127,12 +143,31 @@ def scale_dataset(cfg: DatasetConfig) -> ScaledData:
     store.write_json(f"{prefix}/drift_reference.json",
                      data_reference(normal_train, cfg.columns.features, cfg.drift.bins))
     store.write_parquet(f"{prefix}/scaled.parquet", scaled.to_arrow())
+    found = evidence(scaled, labels)
     run_logger(__name__).info(
-        "scaled %d rows (%d train) with %s scaler %s", frame.height, train.height,
-        cfg.scaling.method, scaler_id,
-    )
+        "scaled %d rows (%d train) with %s scaler %s; validation events: %d from slices, %d "
+        "from %d operator label(s)", frame.height, train.height, cfg.scaling.method, scaler_id,
+        found.events_from_slices, found.events_from_labels, len(labels.periods))
     return ScaledData(f"{prefix}/scaled.parquet", f"{prefix}/scaler.json",
-                      f"{prefix}/drift_reference.json", frame.height, version)
+                      f"{prefix}/drift_reference.json", frame.height, version, found.to_json())
+
+
+def labelled_rows(store: Store, cfg: DatasetConfig, labels: OperatorLabels,
+                  version: int | None) -> pl.DataFrame:
+    """The training range's rows with their splits, plus every labelled period outside it
+    (with `window.length` rows of context before it, split "none"), the labels applied."""
+    start, end = training_range(cfg.splits)
+    frame = load_validated(store, cfg, start, end, version=version)
+    outside = periods_outside(labels, start, end)
+    if outside:
+        margin = sampling_step(frame) * cfg.window.length
+        extra = [load_validated(store, cfg, naive_utc(p.start) - margin,
+                                naive_utc(p.end) + margin, [p.entity], version=version)
+                 for p in outside]
+        frame = pl.concat([frame, *extra]).unique(["entity", "timestamp"]).sort(
+            "entity", "timestamp")
+    frame = assign_splits(frame, cfg.splits, with_score=False)
+    return apply_labels(frame, labels, cfg.splits.train.start, cfg.splits.train.end)
 
 
 @task(name="window", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -148,7 +183,7 @@ def window_dataset(cfg: DatasetConfig, scaled: ScaledData) -> PreparedData:
     counts = dict(index.group_by("split").len().iter_rows())
     run_logger(__name__).info("window index %s: %s", key, counts)
     return PreparedData(scaled.scaled_key, scaled.scaler_key, scaled.reference_key, key,
-                        scaled.rows, index.height, scaled.table_version)
+                        scaled.rows, index.height, scaled.table_version, scaled.evidence)
 
 
 def load_prepared(cfg: DatasetConfig, prepared: PreparedData

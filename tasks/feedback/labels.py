@@ -42,6 +42,7 @@ from schemas import arrow as arrow_schemas
 from schemas.config import DatasetConfig, Verdict
 from tasks.common import store_for
 from tasks.data import tables
+from tasks.data.labelled import LabelledPeriod, OperatorLabels
 from tasks.data.layer import entity_rows
 from tasks.store import Store
 
@@ -249,22 +250,48 @@ def _open_or_create(uri: str, options: dict[str, str]) -> DeltaTable:
 
 def label_history(cfg: DatasetConfig, store: Store | None = None) -> pl.DataFrame:
     """Every answer ever recorded (the audit trail), oldest first; empty when none."""
+    return _history_at(cfg, store)[0]
+
+
+def _history_at(cfg: DatasetConfig, store: Store | None = None, at: int | None = None
+                ) -> tuple[pl.DataFrame, int | None]:
+    """(every answer, oldest first; the table version read: None when there is no table).
+    `at`: that version of the table (time travel), else the latest."""
     store = store or store_for(cfg)
     uri, options = delta_location(store, labels_key(cfg))
+    version: int | None
     try:
-        table = DeltaTable(uri, storage_options=options).to_pyarrow_table()
+        delta = DeltaTable(uri, version=at, storage_options=options)
+        table, version = delta.to_pyarrow_table(), delta.version()
     except TableNotFoundError:
-        table = arrow_schemas.labels_schema().empty_table()
+        table, version = arrow_schemas.labels_schema().empty_table(), None
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return frame.sort("recorded_at", "label_id")
+    return frame.sort("recorded_at", "label_id"), version
+
+
+def _latest(history: pl.DataFrame) -> pl.DataFrame:
+    return (history.group_by("entity", "segment", maintain_order=True).last()
+            .select(history.columns).sort("entity", "start"))
 
 
 def current_labels(cfg: DatasetConfig, store: Store | None = None) -> pl.DataFrame:
     """The latest answer per (entity, segment): what the labels say now."""
-    history = label_history(cfg, store)
-    return (history.group_by("entity", "segment", maintain_order=True).last()
-            .select(history.columns).sort("entity", "start"))
+    return _latest(label_history(cfg, store))
+
+
+def training_labels(cfg: DatasetConfig, store: Store | None = None,
+                    at: int | None = None) -> OperatorLabels:
+    """The current anomaly / normal answers as the data stage takes them (`unsure` says
+    nothing), with the labels table version they were read at (lineage). None of them when
+    `[feedback] use_labels` is off. `at`: as they stood at that table version (a version's
+    training set rebuilt: tasks.training.lineage)."""
+    if not cfg.feedback.use_labels and at is None:
+        return OperatorLabels()
+    history, version = _history_at(cfg, store, at)
+    now = _latest(history).filter(pl.col("verdict") != "unsure")
+    return OperatorLabels(tuple(LabelledPeriod(r["entity"], r["start"], r["end"], r["verdict"])
+                                for r in now.iter_rows(named=True)), version)
 
 
 def label(cfg: DatasetConfig, entity: str, start: datetime | str, end: datetime | str,

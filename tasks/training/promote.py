@@ -12,12 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import polars as pl
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import DatasetConfig, SplitsConfig, TimeRange
 from tasks.common import IO_RETRIES, run_logger, store_for
+from tasks.data.labelled import ONE_TICK, OperatorLabels, apply_labels, naive_utc, periods_outside
 from tasks.data.layer import load_validated, validated_days
+from tasks.data.prepare import training_range
 from tasks.evaluation.metrics import evaluate
 from tasks.scoring import (
     ScoredRows,
@@ -50,27 +53,41 @@ def latest_validated_day(cfg: DatasetConfig) -> datetime:
     return datetime.combine(max(days), datetime.min.time()) + timedelta(days=1)
 
 
-def champion_slice_scores(cfg: DatasetConfig, splits: SplitsConfig
+def champion_slice_scores(cfg: DatasetConfig, splits: SplitsConfig,
+                          labels: OperatorLabels | None = None
                           ) -> tuple[VersionScorer, list[ScoredRows]]:
-    """The current champion and its scores of each validation slice, by tasks.scoring's one
-    path: the same scores the night gives those rows."""
+    """The current champion and its scores of each validation slice, and of each operator-
+    labelled period outside the training range, by tasks.scoring's one path: the same
+    scores the night gives those rows."""
     store = store_for(cfg)
     version = version_scorer(cfg, current_champion(store, cfg.scope_name), store)
+    ranges = [(r.start, r.end, None) for r in splits.validation]
+    if labels is not None:
+        start, end = training_range(splits)
+        ranges += [(naive_utc(p.start), naive_utc(p.end) + ONE_TICK, [p.entity])
+                   for p in periods_outside(labels, start, end)]
     return version, [
-        score_version(version, load_validated(store, cfg, r.start, r.end),
-                      validated_context(store, cfg, r.start, None, version.loaded.window))
-        for r in splits.validation]
+        score_version(version, load_validated(store, cfg, lo, hi, entities),
+                      validated_context(store, cfg, lo, entities, version.loaded.window))
+        for lo, hi, entities in ranges]
 
 
-def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig) -> dict[str, Any]:
-    """The current champion's metrics on the given validation slices (its own scaler/threshold)."""
-    version, slices = champion_slice_scores(cfg, splits)
+def champion_on_slices(cfg: DatasetConfig, splits: SplitsConfig,
+                       labels: OperatorLabels | None = None) -> dict[str, Any]:
+    """The current champion's metrics on the challenger's validation rows (its own
+    scaler/threshold): the configured slices plus the labelled periods, labels applied."""
+    version, slices = champion_slice_scores(cfg, splits, labels)
     loaded = version.loaded
-    keep = [np.isfinite(s.scores) for s in slices]
-    y = np.concatenate([s.rows["label"].to_numpy()[k] for s, k in zip(slices, keep, strict=True)])
-    s = np.concatenate([s.scores[k] for s, k in zip(slices, keep, strict=True)])
+    frame = pl.concat([s.rows.select("entity", "timestamp", "label").with_columns(
+        score=pl.Series(s.scores, dtype=pl.Float64)) for s in slices])
+    frame = frame.unique(["entity", "timestamp"], keep="first", maintain_order=True).with_columns(
+        split=pl.lit("validation"))
+    if labels is not None:
+        frame = apply_labels(frame, labels, splits.train.start, splits.train.end)
+    frame = frame.filter((pl.col("split") == "validation") & pl.col("score").is_finite())
     # The challenger's window sets the VUS buffer, so both are measured with the same one.
-    metrics = evaluate(y.astype(np.int8), s, float(loaded.threshold["threshold"]), cfg.window.length)
+    metrics = evaluate(frame["label"].to_numpy().astype(np.int8), frame["score"].to_numpy(),
+                       float(loaded.threshold["threshold"]), cfg.window.length)
     return {"family": loaded.ref.family, "version": loaded.ref.version, "metrics": metrics}
 
 
@@ -91,9 +108,11 @@ def decide(metric: str, challenger: float, champion: float | None, margin: float
 def promote_if_better(
     cfg: DatasetConfig, splits: SplitsConfig, candidates: list[Candidate],
     trigger: dict[str, Any] | None = None, selection: dict[str, Any] | None = None,
+    labels: OperatorLabels | None = None,
 ) -> dict[str, Any]:
     """Compare the challenger (the selection evidence's choice, else the best by the metric)
-    with the re-scored champion; promote or keep; record why."""
+    with the champion re-scored on the same rows (`labels`: the operators' labelled periods
+    the challenger was validated on too); promote or keep; record why."""
     store = store_for(cfg)
     metric = cfg.selection.metric
     chosen = [c for c in candidates if selection and c.family == selection.get("chosen")]
@@ -102,13 +121,13 @@ def promote_if_better(
         else c.metric(metric))
     value, best = challenger.metric(metric), challenger.ref
     pointer = read_champion(store, cfg.scope_name)
-    champion = champion_on_slices(cfg, splits) if pointer else None
+    champion = champion_on_slices(cfg, splits, labels) if pointer else None
     champ_value = champion["metrics"].get(metric) if champion else None
     promote, reason = decide(metric, float(value), champ_value, cfg.retrain.min_improvement)
     decision: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat(), "dataset": cfg.name, "metric": metric,
         "trigger": trigger or {}, "splits": splits.model_dump(mode="json"),
-        "selection": {k: selection.get(k) for k in ("chosen", "fallback", "why")}
+        "selection": {k: selection.get(k) for k in ("chosen", "fallback", "why", "evidence")}
         if selection else None,
         "challenger": {**best.to_json(), "value": value,
                        "all": {c.family: {"version": c.ref.version, metric: c.metric(metric)}

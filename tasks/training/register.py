@@ -45,7 +45,8 @@ PLOTS = "plots"
 SELECTION_RECORD = (
     "rule", "statement", "candidates", "chosen", "why", "kind", "prior", "prior_source",
     "prior_provenance", "events", "challenger", "margin", "confidence", "required_confidence",
-    "switched", "top", "fallback", "real_events", "injected_events", "injected_kinds")
+    "switched", "top", "fallback", "real_events", "injected_events", "injected_kinds",
+    "evidence")
 """What of a selection decision the champion pointer keeps (both rules' keys)."""
 
 
@@ -78,7 +79,8 @@ def version_config(cfg: DatasetConfig, fit: dict[str, Any],
     return {"dataset": cfg.name, "group": cfg.group, "model": fit["arguments"], **trained,
             "window": cfg.window.model_dump(), "columns": cfg.columns.model_dump(),
             "scaling": cfg.scaling.model_dump(),
-            "data": training_data(cfg, prepared.table_version if prepared else None)}
+            "data": {**training_data(cfg, prepared.table_version if prepared else None),
+                     "evidence": prepared.evidence if prepared else None}}
 
 
 def is_ensemble_fit(fit: dict[str, Any]) -> bool:

@@ -65,8 +65,11 @@ def settings_of(cfg: DatasetConfig) -> SelectionSettings:
 def validation_stretch(cfg: DatasetConfig, scaled: pl.DataFrame
                        ) -> tuple[datetime, pl.DataFrame, pl.DataFrame]:
     """(where the scored stretch starts, its prepared rows: every one from the first
-    validation row on, the prepared rows before them: their context)."""
-    start = min(r.start for r in cfg.splits.validation)
+    validation row on, the prepared rows before them: their context). Operators' labelled
+    rows join the validation split, possibly before the configured slices."""
+    labelled = scaled.filter(pl.col("split") == "validation")["timestamp"].min()
+    start = min([r.start for r in cfg.splits.validation]
+                + ([labelled] if isinstance(labelled, datetime) else []))
     return (start, scaled.filter(pl.col("timestamp") >= start),
             scaled.filter(pl.col("timestamp") < start))
 
@@ -121,10 +124,13 @@ def scope_slice(cfg: DatasetConfig, run_id: str, candidates: list[Candidate]) ->
 
 @task(name="selection-prior", cache_policy=NO_CACHE)
 def prior_selection(cfg: DatasetConfig, run_id: str,
-                    contenders: dict[str | None, list[Candidate]]) -> dict[str | None, dict[str, Any]]:
+                    contenders: dict[str | None, list[Candidate]],
+                    evidence: dict[str | None, dict[str, Any] | None] | None = None
+                    ) -> dict[str | None, dict[str, Any]]:
     """Each scope's choice under the prior rule (written to its selection.json): the kind's
     shipped prior, challenged by all scopes' validation events pooled when there are
-    several, then by each scope's own."""
+    several, then by each scope's own. `evidence`: per scope, its validation events by
+    origin (operators' labels vs configured slices), recorded with the decision."""
     store = store_for(cfg)
     kind = cfg.selection.kind or infer_kind(len(cfg.columns.features), cfg.window.length)
     settings = prior_settings(cfg)
@@ -137,7 +143,8 @@ def prior_selection(cfg: DatasetConfig, run_id: str,
     for group, slice_ in slices.items():
         scoped = cfg.for_group(group)
         decision = _finite({**challenge([slice_], prior, settings), "kind": kind,
-                            "settings": asdict(settings)})
+                            "settings": asdict(settings),
+                            "evidence": (evidence or {}).get(group)})
         store.write_json(selection_key(scoped, run_id), decision)
         run_logger(__name__).info("%s: selection kept %s" if not decision["switched"]
                                   else "%s: selection chose %s", scoped.label,
@@ -191,6 +198,7 @@ def selection_evidence(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
     decision["injections"] = [i.to_json() for i in injected.injections]
     decision["injected_kinds"] = sorted({i.kind for i in injected.injections})
     decision["settings"] = asdict(settings_of(cfg))
+    decision["evidence"] = prepared.evidence
     store.write_json(selection_key(cfg, run_id), _finite(decision))
     run_logger(__name__).info("%s: selection chose %s (%s)", cfg.label, decision["chosen"],
                               decision["why"])

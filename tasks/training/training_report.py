@@ -338,11 +338,22 @@ def _champion_of(candidates: list[Candidate], champion: dict[str, Any]) -> Candi
                  if (c.family, c.ref.version) == (champion["family"], champion["version"])), None)
 
 
+def evidence_line(evidence: dict[str, Any] | None) -> list[str]:
+    """Where the validation events came from: the configured slices or operators' labels."""
+    if not evidence:
+        return []
+    labels = evidence.get("labels") or {}
+    return [f"Validation evidence: {evidence.get('events_from_slices')} event(s) from the "
+            f"configured slices, {evidence.get('events_from_labels')} from operators' labels, "
+            f"{evidence.get('normal_rows_from_labels')} operator-labelled normal row(s) "
+            f"(labels table version {labels.get('table_version', '–')}).", ""]
+
+
 def selection_lines(champion: dict[str, Any]) -> list[str]:
     """How much the evidence behind the champion is worth: events, prior, margin, confidence."""
     record = champion.get("selection") or {}
     if record.get("rule") != "prior":
-        return []
+        return evidence_line(record.get("evidence"))
     confidence = record.get("confidence")
     margin = record.get("margin")
     return ["| chosen by | labelled events | prior (source) | challenger | margin (gain) "
@@ -352,7 +363,7 @@ def selection_lines(champion: dict[str, Any]) -> list[str]:
             f"| {_fmt(margin) if margin is not None else '–'} "
             f"| {f'{confidence:.0%}' if confidence is not None else '–'} "
             f"({record.get('required_confidence', 0):.1%}) |", "",
-            f"Why: {record.get('why')}.", ""]
+            f"Why: {record.get('why')}.", "", *evidence_line(record.get("evidence"))]
 
 
 def run_markdown(cfg: DatasetConfig, candidates: list[Candidate], champion: dict[str, Any]) -> str:
@@ -452,7 +463,7 @@ def retrain_markdown(cfg: DatasetConfig, store: Store, candidates: list[Candidat
     trigger = decision.get("trigger") or {}
     lines = [f"# Retraining — {cfg.name}", "", f"{verdict}: {decision['reason']}.", "",
              f"| | family | version | {name} on the same labelled slices |", "|---|---|---|---|",
-             *rows, "",
+             *rows, "", *evidence_line((decision.get("selection") or {}).get("evidence")),
              (f"Trigger: {trigger.get('event', 'manual')} {trigger.get('date', '')}. Decision "
               f"record: {md_link(store.uri(decision['key']), object_url(cfg, store, decision['key']))}."),
              "", "## Candidates", ""]
