@@ -173,7 +173,7 @@ def score_split_drift(cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame,
     path, and what an operator would have seen without it: the rows the calibrated threshold
     flags, and how many are normal."""
     store = store_for(cfg)
-    _, reference = version_reference(store, ref)
+    reference = version_reference(store, ref)
     if reference is None:
         return {"drift": "no reference"}
     version = version_scorer(cfg, ref, store)
