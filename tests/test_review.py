@@ -31,7 +31,7 @@ def test_the_review_lists_top_k_per_scope_within_the_budget(tiny):
     cfg = cfg.model_copy(update={"feedback": cfg.feedback.model_copy(
         update={"top_k": 2, "review_budget": 3})})
     alert_log(cfg, {2: 9.0, 10: 8.0, 20: 7.0})  # the dataset-level model's night
-    alert_log(cfg.model_copy(update={"group": "other"}), {4: 2.0, 12: 6.0, 30: 1.5},
+    alert_log(cfg.for_group("other"), {4: 2.0, 12: 6.0, 30: 1.5},
               entity="other")  # another scope's log (an entity-scope model)
     listed = night_segments(Store(cfg.store.root), cfg, NIGHT.date())
     assert [s.x_threshold for s in listed] == [9.0, 8.0, 6.0]  # 2 per scope, 3 in all
