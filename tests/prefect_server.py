@@ -98,3 +98,15 @@ def running_server(root: Path, startup_s: float = 120) -> Iterator[Server]:
         server.client.close()
         for proc in reversed(server.procs):
             stop(proc)
+
+
+def every_record(client: httpx.Client, path: str) -> list[dict]:
+    """Every record of a `POST /<kind>/filter` endpoint of the Prefect API, page by page."""
+    found: list[dict] = []
+    offset = 0
+    while True:
+        page = client.post(path, json={"limit": 200, "offset": offset}).json()
+        found += page
+        if len(page) < 200:
+            return found
+        offset += 200

@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.prefect_server import BIN, running_server
+from tests.prefect_server import BIN, every_record, running_server
 from tests.s3_server import FAKE_ENV, s3_endpoint
 from tests.tiny import NIGHTS, tiny_config, write_config
 
@@ -81,15 +81,6 @@ def webhook_receiver() -> Iterator[tuple[str, list[bytes]]]:
         server.shutdown()
 
 
-def _all(client: httpx.Client, path: str) -> list[dict]:
-    """Every record of a `POST /<kind>/filter` endpoint, page by page."""
-    found, offset = [], 0
-    while True:
-        page = client.post(path, json={"limit": 200, "offset": offset}).json()
-        found += page
-        if len(page) < 200:
-            return found
-        offset += 200
 
 
 def _events(client: httpx.Client) -> list[dict]:
@@ -144,7 +135,7 @@ def test_no_secret_reaches_prefect(tmp_path):
         assert scored.returncode == 0, scored.stderr[-3000:]
 
         client = server.client
-        records = {kind: _all(client, f"/{kind}/filter")
+        records = {kind: every_record(client, f"/{kind}/filter")
                    for kind in ("flow_runs", "task_runs", "artifacts", "logs")}
         records["events"] = _events(client)
 

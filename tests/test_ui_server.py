@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.artifacts import image_urls, link_urls, png_at
-from tests.prefect_server import BIN, running_server
+from tests.prefect_server import BIN, every_record, running_server
 from tests.s3_server import FAKE_ENV, s3_endpoint
 from tests.tiny import NIGHTS, tiny_config, write_config
 
@@ -38,15 +38,6 @@ AwsCredentials(aws_access_key_id=sys.argv[1], aws_secret_access_key=sys.argv[2],
 """
 
 
-def _all(client: httpx.Client, path: str) -> list[dict]:
-    """Every record of a `POST /<kind>/filter` endpoint, page by page."""
-    found, offset = [], 0
-    while True:
-        page = client.post(path, json={"limit": 200, "offset": offset}).json()
-        found += page
-        if len(page) < 200:
-            return found
-        offset += 200
 
 
 def test_train_and_a_night_show_every_artifact_with_loadable_plots(tmp_path):
@@ -101,7 +92,7 @@ def test_train_and_a_night_show_every_artifact_with_loadable_plots(tmp_path):
         progress = latest["train-tiny-dense-ae-progress"]
         assert progress["data"] == 100.0 and "epochs" in progress["description"]
 
-        recorded = [json.dumps(_all(client, f"/{kind}/filter"))
+        recorded = [json.dumps(every_record(client, f"/{kind}/filter"))
                     for kind in ("artifacts", "logs", "flow_runs", "task_runs")]
         import boto3
 
