@@ -12,6 +12,9 @@ SCORING_VENV ?= .venv-scoring
 TORCH_SPEC ?= torch==2.13.0
 # Extra pip arguments for the torch install only, e.g. a CUDA index on GPU hosts.
 TORCH_PIP_ARGS ?=
+# Test processes (pytest-xdist; each worker its own Prefect home): 2 suits the 2-core CI box,
+# where the suite waits on servers and subprocesses as much as it computes.
+TEST_WORKERS ?= 2
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export GX_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
@@ -42,13 +45,13 @@ demo: install
 # Test tiers (markers in pyproject.toml): `make test` is what CI runs (unit + integration, not
 # slow); tests that need the public data (../shared/data) skip with the reason where it is absent.
 test: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: install
-	$(PY) -m pytest -q -m "unit and not slow"
+	$(PY) -m pytest -q -m "unit and not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-integration: install
-	$(PY) -m pytest -q -m "integration and not slow"
+	$(PY) -m pytest -q -m "integration and not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # The off-the-shelf baselines (PyOD) of the benchmark suite: the optional `bench` extra.
 $(VENV)/.bench-installed: $(VENV)/.installed

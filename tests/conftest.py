@@ -11,7 +11,10 @@ import tempfile
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="nightowl-prefect-home-"))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker its own Prefect database
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="nightowl-prefect-home-")
+else:
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="nightowl-prefect-home-"))
 
 import pytest
 
