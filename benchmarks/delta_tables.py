@@ -7,6 +7,8 @@ Measured in one process on the same rows, so the ratios are fair on a noisy mach
   the Delta transaction) vs the same rows written the way the manifest era did for a
   new day (one zstd Parquet part + a day manifest, no other source to compare with:
   the least it did), at N = `--days` values;
+- end to end (`--end-to-end`): one new day's CSV through `ingest.ingest_batch` (parse, the
+  suite's rules, the Delta commit, the ledger) into the table holding N days, in rows/s;
 - read: `load_validated` of one entity's last 7 days at a table of 30 and of 90 days
   (ratio 90/30: ~1 when pruning works).
 
@@ -27,7 +29,7 @@ import polars as pl
 
 from benchmarks.ingest_throughput import config
 from schemas import arrow as arrow_schemas
-from tasks.data import layer
+from tasks.data import ingest, layer
 from tasks.store import Store, json_bytes
 
 START = datetime(2026, 1, 5)
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sensors", type=int, default=38)
     parser.add_argument("--days", type=int, nargs="+", default=[1, 30, 90])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also ingest one new day's CSV end to end at each size")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="nightowl-delta-bench-"))
     try:
@@ -80,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         rows_per_day = args.entities * 1440
         print(f"{args.entities} entities x {args.sensors} sensors, {rows_per_day:,} rows a day")
         have, reads = 0, {}
+        if args.end_to_end:  # imports and the suite's first build, untimed
+            warm = work / "raw" / "warm-up.csv"
+            warm.parent.mkdir(parents=True, exist_ok=True)
+            day_rows(1, args.sensors, 150).write_csv(warm)
+            ingest.ingest_batch(store, cfg, f"file://{warm}")
         for days in sorted(args.days):
             fill(store, cfg, args.entities, args.sensors, days, have)
             have = days
@@ -96,6 +105,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"commit 1 day into {days:3d} days: delta {d:6.3f} s "
                   f"({rows_per_day / d:>10,.0f} rows/s), manifest era {m:6.3f} s, "
                   f"ratio delta/manifest {d / m:.2f}")
+            if args.end_to_end:
+                csv = work / "raw" / f"new-{days}.csv"
+                csv.parent.mkdir(parents=True, exist_ok=True)
+                fresh = day_rows(args.entities, args.sensors, days + 200)  # past, not yet held
+                fresh.write_csv(csv)
+                started = time.perf_counter()
+                outcome = ingest.ingest_batch(store, cfg, f"file://{csv}")
+                seconds = time.perf_counter() - started
+                assert outcome.status == "validated" and outcome.rows == rows_per_day, outcome
+                print(f"ingest 1 day's CSV end to end into {days:3d} days: {seconds:6.3f} s "
+                      f"({rows_per_day / seconds:>10,.0f} rows/s, "
+                      f"{csv.stat().st_size / 2**20:,.0f} MiB of CSV)")
             if days >= 7:
                 end = START + timedelta(days=days)
                 reads[days] = statistics.median(
