@@ -126,9 +126,10 @@ def timed_scores(cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame, conte
 def evaluate_version(
     cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame, context: pl.DataFrame,
     truth: np.ndarray | None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], VersionScorer, ScoredRows]:
     """Score-split metrics of one registered version at its calibrated threshold, plus speed;
-    scored by tasks.scoring's one path (the scores a night would give these rows)."""
+    scored by tasks.scoring's one path (the scores a night would give these rows). The
+    version and its scores come back too: the champion's drift column reuses them."""
     version, scored, seconds = timed_scores(cfg, ref, frame, context)
     rows, scores, contrib, loaded = scored.rows, scored.scores, scored.contributions, version.loaded
     keep = (rows["split"] == "score").to_numpy() & np.isfinite(scores)
@@ -146,7 +147,7 @@ def evaluate_version(
     if truth is not None:
         for p in (100, 150):
             out[f"hitrate_{p}"] = hit_rate(labels, contrib[keep], truth[keep], p=float(p))
-    return out
+    return out, version, scored
 
 
 def exported(cfg: DatasetConfig, ref: VersionRef) -> float:
@@ -166,18 +167,15 @@ def selection_columns(selection: dict[str, Any] | None) -> dict[str, Any]:
             "switched": selection["switched"]}
 
 
-def score_split_drift(cfg: DatasetConfig, ref: VersionRef, frame: pl.DataFrame,
-                      context: pl.DataFrame) -> dict[str, Any]:
+def score_split_drift(cfg: DatasetConfig, version: VersionScorer, scored: ScoredRows
+                      ) -> dict[str, Any]:
     """The nightly drift check (tasks.evaluation.drift_statistics against the version's
-    training reference) over the whole score split as one batch, scored by tasks.scoring's one
-    path, and what an operator would have seen without it: the rows the calibrated threshold
-    flags, and how many are normal."""
-    store = store_for(cfg)
-    reference = version_reference(store, ref)
+    training reference) over the whole score split as one batch, on the scores
+    `evaluate_version` computed by tasks.scoring's one path, and what an operator would have
+    seen without it: the rows the calibrated threshold flags, and how many are normal."""
+    reference = version_reference(store_for(cfg), version.ref)
     if reference is None:
         return {"drift": "no reference"}
-    version = version_scorer(cfg, ref, store)
-    scored = score_version(version, frame, context)
     rows, scores = scored.rows, scored.scores
     keep = (rows["split"] == "score").to_numpy() & np.isfinite(scores)
     limits, _ = thresholds_by_entity(scores, rows["entity"].to_numpy(), version.loaded.threshold)
@@ -218,8 +216,10 @@ def benchmark_series(
         {"dataset": kind, "series": name, "family": family, "role": "family", "picked": "",
          "note": f"failed: {why}"}
         for family, why in run.failed.items()]
+    evaluated: dict[str, tuple[VersionScorer, ScoredRows]] = {}  # version id -> its scores
     for c in run.candidates:
-        metrics = evaluate_version(cfg, c.ref, frame, context, truth)
+        metrics, version, scored = evaluate_version(cfg, c.ref, frame, context, truth)
+        evaluated[c.ref.version] = (version, scored)
         rows.append({"dataset": kind, "series": name, "family": c.family, "role": "family",
                      "picked": "", "note": "",
                      "version": c.ref.version, "fit_s": c.fit_seconds,
@@ -232,7 +232,7 @@ def benchmark_series(
     ref = next(c.ref for c in run.candidates if c.ref.version == champion["version"])
     rows.append({**best, "family": CHAMPION, "role": CHAMPION, "picked": best["family"],
                  "note": how, **selection_columns(run.selection),
-                 **score_split_drift(cfg, ref, frame, context)})
+                 **score_split_drift(cfg, *evaluated[champion["version"]])})
     log.info("%s %s: champion on validation %s (%s %.4f)", kind, name, best["family"],
              champion["metric"], champion["value"])
     if options.baselines:
