@@ -57,6 +57,28 @@ def server_env(api: str) -> dict[str, str]:
     return env
 
 
+RETRYABLE = {429, 502, 503}  # what Prefect's own client retries (prefect.client.base)
+
+
+class RetryingTransport(httpx.HTTPTransport):
+    """Retry the answers the Prefect API marks retryable (503 on a locked SQLite database under
+    load), with backoff, as `PrefectClient` does: a raw client would fail a test on them."""
+
+    def __init__(self, attempts: int = 6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.attempts = attempts
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(self.attempts):
+            response = super().handle_request(request)
+            if response.status_code not in RETRYABLE or attempt == self.attempts - 1:
+                return response
+            response.read()
+            response.close()
+            time.sleep(min(2 ** attempt * 0.25, 4.0))
+        raise AssertionError("unreachable")
+
+
 class Server:
     """A started `prefect server` and the processes a test starts beside it (all logged)."""
 
@@ -70,7 +92,7 @@ class Server:
         self.env = server_env(self.api)
         self.env["PREFECT_UI_API_URL"] = self.api  # a browser on the UI calls this port
         self.procs: list[subprocess.Popen] = []
-        self.client = httpx.Client(base_url=self.api, timeout=10)
+        self.client = httpx.Client(base_url=self.api, timeout=10, transport=RetryingTransport())
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the process holds it open
