@@ -59,7 +59,8 @@ def run_family(name: str, series: torch.Tensor, labels: np.ndarray, args: argpar
     train = WindowSet(series, torch.arange(0, half - window + 1, args.stride), window)
     model = build_model(name, series.shape[1], window, {})
     settings = EngineSettings(epochs=args.epochs, batch_size=args.batch, lr=1e-3, patience=99,
-                              device=series.device.type, amp=not args.no_amp, compile=args.compile)
+                              device=series.device.type, amp=not args.no_amp, compile=args.compile,
+                              max_train_windows=args.max_train_windows)
     if series.device.type == "cuda":
         torch.cuda.synchronize()
     result = fit(model, train, settings)
@@ -94,6 +95,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--max-train-windows", type=int, default=5000,
+                        help="the nightly default; raise it to time throughput at fleet size")
     parser.add_argument("--families", default=",".join(sorted(FAMILIES)))
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--compile", action="store_true")
