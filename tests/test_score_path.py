@@ -29,7 +29,13 @@ from tasks.scoring import (
     version_scorer,
 )
 from tasks.training.promote import champion_slice_scores
-from tasks.training.select import real_scores_of, training_scores, validation_stretch
+from tasks.training.register import Candidate
+from tasks.training.select import (
+    real_scores_of,
+    scope_slice,
+    training_scores,
+    validation_stretch,
+)
 from tasks.versions import ENSEMBLE, VersionRef, read_champion, set_champion
 from tests.tiny import NIGHTS, tiny_config, write_config
 
@@ -187,3 +193,30 @@ def test_an_ensemble_scores_through_the_same_function(trained) -> None:
     _, (promoted,) = champion_slice_scores(night_slice(cfg), night_slice(cfg).splits)
     np.testing.assert_array_equal(promoted.scores, scored.scores)
     assert read_champion(store, cfg.name)["family"] == ENSEMBLE
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_prior_rule_sees_the_scores_a_night_gives(trained, backend: str) -> None:
+    """The default (prior) rule's slice holds, for every candidate, the ensemble included,
+    exactly what `score_version` gives the validation rows on the configured backend
+    (training's own row scores differ: an ensemble's by float rounding, ONNX's by export
+    noise, enough to reorder near-ties)."""
+    config, result = trained
+    cfg = load_config(config)
+    cfg = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(update={"backend": backend})})
+    store = store_for(cfg)
+    prepared = PreparedData(**result["prepared"])
+    candidates = [Candidate(VersionRef(cfg.name, c["family"], c["version"]), {}, 0.0, "", 0.0)
+                  for c in result["candidates"]]
+    assert {c.family for c in candidates} == {"dense_ae", "pca", ENSEMBLE}
+    chosen_from = scope_slice(cfg, prepared, result["run_id"], candidates)
+
+    scaled, _, _ = load_prepared(cfg, prepared)
+    _, rows, context = validation_stretch(cfg, scaled)
+    night = {c.family: score_version(version_scorer(cfg, c.ref, store), rows, context,
+                                     scaled=True).scores for c in candidates}
+    keep = (rows["split"] == "validation").to_numpy() & np.logical_and.reduce(
+        [np.isfinite(s) for s in night.values()])
+    assert keep.sum() == len(chosen_from.labels) > 0
+    for family, scores in night.items():
+        np.testing.assert_array_equal(chosen_from.scores[family], scores[keep])

@@ -1,8 +1,9 @@
 """Selection stage: the evidence that picks a scope's champion when labels are few.
 
-The default rule ("prior", tasks.evaluation.selection.challenge) reads the validation row
-scores training already wrote for every candidate (row_scores.parquet; only rows of the
-validation split reach it) and keeps a prior champion unless a challenger beats it with
+The default rule ("prior", tasks.evaluation.selection.challenge) reads every candidate's
+validation row scores as a night would give them (training's row_scores.parquet where
+those are exactly what `score_version` gives, else scored again on that path; only rows of
+the validation split reach it) and keeps a prior champion unless a challenger beats it with
 confidence: the shipped prior of the kind of data (tasks.evaluation.priors), challenged
 first by every scope of the dataset at once (a fleet's pooled prior), then by each scope.
 
@@ -105,25 +106,23 @@ def prior_settings(cfg: DatasetConfig) -> SelectionSettings:
                              normal_block=max(cfg.window.length, 25))
 
 
-def scope_slice(cfg: DatasetConfig, run_id: str, candidates: list[Candidate]) -> LabelledSlice:
-    """A scope's validation rows with every candidate's score, from the row scores training
-    (and the ensemble stage) wrote: the scores calibration judged, no model runs again."""
+def scope_slice(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
+                candidates: list[Candidate]) -> LabelledSlice:
+    """A scope's validation rows with every candidate's scores as a night would give them
+    (`real_scores_of`, the evidence rule's too): training's row scores where they are
+    exactly those (a torch family), else scored again on the one path (an ensemble, which
+    combines its members' contributions; an ONNX backend)."""
     store = store_for(cfg)
-    frames = {c.family: pl.from_arrow(store.read_parquet(
-        f"{candidate_key(cfg, run_id, c.family)}/{ROW_SCORES}")) for c in candidates}
-    first = next(iter(frames.values()))
-    for family, frame in frames.items():
-        if not frame["timestamp"].equals(first["timestamp"]):
-            raise ValueError(f"{cfg.label}: {family}'s row scores are not on the rows of the "
-                             f"other candidates; cannot compare them")
-    return validation_slice(first["split"].to_numpy(), first["label"].to_numpy(),
-                            first["entity"].to_numpy(),
-                            {f: frame["score"].to_numpy() for f, frame in frames.items()},
-                            cfg.label)
+    scaled, _, _ = load_prepared(cfg, prepared)
+    start, rows, context = validation_stretch(cfg, scaled)
+    scores = {c.family: real_scores_of(store, cfg, run_id, version_scorer(cfg, c.ref, store),
+                                       start, rows, context) for c in candidates}
+    return validation_slice(rows["split"].to_numpy(), rows["label"].to_numpy(),
+                            rows["entity"].to_numpy(), scores, cfg.label)
 
 
 @task(name="selection-prior", cache_policy=NO_CACHE)
-def prior_selection(cfg: DatasetConfig, run_id: str,
+def prior_selection(cfg: DatasetConfig, run_id: str, prepared: dict[str | None, PreparedData],
                     contenders: dict[str | None, list[Candidate]],
                     evidence: dict[str | None, dict[str, Any] | None] | None = None
                     ) -> dict[str | None, dict[str, Any]]:
@@ -134,7 +133,8 @@ def prior_selection(cfg: DatasetConfig, run_id: str,
     store = store_for(cfg)
     kind = cfg.selection.kind or infer_kind(len(cfg.columns.features), cfg.window.length)
     settings = prior_settings(cfg)
-    slices = {g: scope_slice(cfg.for_group(g), run_id, c) for g, c in contenders.items() if c}
+    slices = {g: scope_slice(cfg.for_group(g), prepared[g], run_id, c)
+              for g, c in contenders.items() if c}
     prior = configured_prior(kind, cfg.selection.prior)
     fleet = [s for g, s in slices.items() if g is not None]  # the fallback scope holds the
     if len(fleet) > 1:                                        # same events again: not pooled
