@@ -32,7 +32,7 @@ from tasks.training.calibrate import Calibration, calibrate_candidate
 from tasks.training.ensemble import build_ensemble, ensemble_members, register_ensemble
 from tasks.training.export import export_candidate
 from tasks.training.register import Candidate, register_candidate
-from tasks.training.select import prior_selection, selection_evidence
+from tasks.training.selection_evidence import prior_selection, selection_evidence
 from tasks.training.train import TrainedCandidate, train_family
 from tasks.training.training_report import report_candidate
 

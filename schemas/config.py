@@ -292,7 +292,7 @@ class EnsembleConfig(_Strict):
         "robust_z", description="robust_z: each member's scores over its IQR on normal train "
         "rows (the robust-z mean up to a constant); cauchy: each member's tail p-value against "
         "its normal train rows, combined by the Cauchy statistic, so one member's lone catch "
-        "is kept (tasks.evaluation.ensemble)")
+        "is kept (tasks.evaluation.combiners)")
 
 
 class ScoringConfig(_Strict):

@@ -48,7 +48,7 @@ from tasks.common import compute_device, run_logger, store_for
 from tasks.data.layer import load_validated
 from tasks.data.scale import apply_scaler
 from tasks.data.window import window_starts
-from tasks.evaluation.ensemble import row_combiner
+from tasks.evaluation.combiners import row_combiner
 from tasks.store import Store
 from tasks.versions import (
     ONNX,
@@ -116,7 +116,7 @@ class EnsembleMember:
 @dataclass(frozen=True)
 class EnsembleScorer:
     """An ensemble's members, each scored by its own torch model or ONNX graph; the rows
-    combine in numpy (tasks.evaluation.ensemble), so either path gives the same rule."""
+    combine in numpy (tasks.evaluation.combiners), so either path gives the same rule."""
 
     members: list[EnsembleMember]
     combine: Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]

@@ -17,7 +17,7 @@ from models.engine import EngineSettings, WindowSet, fit
 from models.registry import FAMILIES, build_model
 from models.scoring import row_contributions
 from tasks.data.window import window_starts
-from tasks.evaluation.ensemble import combine_rows, member_weights, robust_normaliser
+from tasks.evaluation.combiners import combine_rows, member_weights, robust_normaliser
 from tasks.scoring import OnnxScorer, numpy_row_contributions
 from tasks.training.export import ROW_TOLERANCE, check_export, export_onnx, torch_elements
 from tasks.training.probe import Probe

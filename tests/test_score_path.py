@@ -20,7 +20,7 @@ from schemas.config import DatasetConfig, SplitsConfig, TimeRange, load_config, 
 from tasks.common import store_for
 from tasks.data.prepare import PreparedData, load_prepared
 from tasks.data.synthetic import materialize
-from tasks.evaluation.ensemble import row_combiner
+from tasks.evaluation.combiners import row_combiner
 from tasks.nightly.score import commit_night, day_start, plan_night, read_scores, score_shard
 from tasks.scoring import (
     CONTRIB_PREFIX,
@@ -30,7 +30,7 @@ from tasks.scoring import (
 )
 from tasks.training.promote import champion_slice_scores
 from tasks.training.register import Candidate
-from tasks.training.select import (
+from tasks.training.selection_evidence import (
     real_scores_of,
     scope_slice,
     training_scores,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.evaluation.ensemble import combine_rows, member_weights, robust_normaliser
+from tasks.evaluation.combiners import combine_rows, member_weights, robust_normaliser
 from tasks.evaluation.injection import ANOMALY_KINDS, inject
 from tasks.evaluation.selection import (
     LabelledSlice,
@@ -92,7 +92,7 @@ def test_the_selection_stage_injects_on_normal_validation_rows_only() -> None:
     no injected window reaches the score split or another entity."""
     import polars as pl
 
-    from tasks.training.select import eligible_rows
+    from tasks.training.selection_evidence import eligible_rows
 
     frame = pl.DataFrame({
         "entity": ["a"] * 60 + ["b"] * 60,
@@ -217,7 +217,7 @@ def test_the_cauchy_ensemble_keeps_a_catch_only_one_member_makes() -> None:
     """Five members; one row that only member 0 finds far out, and busy normal rows where
     every member is mildly high. The robust-z mean ranks the lone catch below the busy rows
     (its alarm is divided by five); the Cauchy combination ranks it first."""
-    from tasks.evaluation.ensemble import cauchy_rows, cauchy_scores, tail_reference
+    from tasks.evaluation.combiners import cauchy_rows, cauchy_scores, tail_reference
 
     rng = np.random.default_rng(8)
     m, f = 5, 3
@@ -243,7 +243,7 @@ def test_the_cauchy_ensemble_keeps_a_catch_only_one_member_makes() -> None:
 
 
 def test_tail_p_values_stay_ordered_beyond_the_normal_reference() -> None:
-    from tasks.evaluation.ensemble import tail_log_pvalues, tail_pvalues, tail_reference
+    from tasks.evaluation.combiners import tail_log_pvalues, tail_pvalues, tail_reference
 
     rng = np.random.default_rng(9)
     reference = tail_reference(rng.exponential(size=5000))
@@ -256,7 +256,7 @@ def test_tail_p_values_stay_ordered_beyond_the_normal_reference() -> None:
 
 
 def test_members_are_chosen_for_diversity() -> None:
-    from tasks.evaluation.ensemble import diverse_members, rank_correlation
+    from tasks.evaluation.combiners import diverse_members, rank_correlation
 
     rng = np.random.default_rng(10)
     base = rng.normal(size=2000)

@@ -4,7 +4,7 @@ Why a version of its own: it competes for champion like any family, so it needs 
 calibrated threshold, drift reference and metrics. Its row scores come from the members'
 row scores already written by training (no model runs here): each member's scores are
 put on a common scale by their median and IQR on normal train rows and summed
-(tasks.evaluation.ensemble, the robust-z mean up to a constant). The version holds no
+(tasks.evaluation.combiners, the robust-z mean up to a constant). The version holds no
 weights: its config.json lists every member version with the sha256 of that member's
 MANIFEST.json, so loading it (tasks.versions) refuses a member that changed.
 
@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import DatasetConfig
 from tasks.common import IO_RETRIES, process_lock, run_logger, store_for
 from tasks.data.prepare import PreparedData
-from tasks.evaluation.ensemble import (
+from tasks.evaluation.combiners import (
     CAUCHY_FORMULA,
     FORMULA,
     cauchy_scores,
