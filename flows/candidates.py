@@ -28,6 +28,7 @@ from schemas.config import ConfigRef, DatasetConfig, FamilyConfig
 from tasks.common import run_logger
 from tasks.data.labelled import OperatorLabels
 from tasks.data.prepare import PreparedData, scale_dataset, window_dataset
+from tasks.feedback.labels import training_labels
 from tasks.training.calibrate import Calibration, calibrate_candidate
 from tasks.training.ensemble import build_ensemble, ensemble_members, register_ensemble
 from tasks.training.export import export_candidate
@@ -76,16 +77,19 @@ def _submit(stage: Callable[..., Any], items: Iterable[tuple[K, tuple]]) -> dict
 @flow(name="nightowl-candidates")
 def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
                     tolerate_failures: bool = False,
-                    labels: OperatorLabels | None = None) -> list[TrainingRun]:
+                    labels_at: int | None = None) -> list[TrainingRun]:
     """Every configured family of every scope through the stages, each registered as a version.
 
     Takes a config reference, not the config: a flow run's parameters are stored by Prefect
     and shown in its UI, and the config holds credentials. With `tolerate_failures`, a
     family (or a scope) that fails, e.g. parameters that do not fit this data, is reported
-    in its run's `failed` instead of ending the flow. `labels`: the operators' labelled
-    periods (read by the calling flow), applied by the data stage to every scope.
+    in its run's `failed` instead of ending the flow. `labels_at`: the labels table version
+    the calling flow read the operators' labelled periods at; they are read again here at
+    that version (a number in the run's parameters, not thousands of periods in Prefect's
+    database) and applied by the data stage to every scope.
     """
     cfg = config.resolve()
+    labels = OperatorLabels() if labels_at is None else training_labels(cfg, at=labels_at)
     log = run_logger(__name__)
     scopes = {g: cfg.for_group(g) for g in groups}
     log.info("%s: %d model scope(s) x %d families on %s", cfg.name, len(groups),
@@ -177,7 +181,14 @@ def _ensembles(scopes: dict[str | None, DatasetConfig], prepared: dict[str | Non
 def train_candidates(cfg: DatasetConfig, run_id: str, groups: list[str | None] | None = None, *,
                      tolerate_failures: bool = False,
                      labels: OperatorLabels | None = None) -> list[TrainingRun]:
-    """The sequence on the config's task runner; `groups` default to the config's own scope."""
+    """The sequence on the config's task runner; `groups` default to the config's own scope.
+    `labels` must come from the labels table (`training_labels`): they cross into the flow
+    run as the table version they were read at."""
     groups = [cfg.group] if groups is None else groups
+    if labels is not None and labels.periods and labels.table_version is None:
+        raise ValueError(f"{cfg.name}: operator labels without a labels table version cannot "
+                         f"be handed to a training run; record them (tasks.feedback.labels) "
+                         f"and read them with training_labels")
     return candidates_flow.with_options(task_runner=task_runner(cfg))(
-        ConfigRef.of(cfg), run_id, groups, tolerate_failures, labels)
+        ConfigRef.of(cfg), run_id, groups, tolerate_failures,
+        None if labels is None else labels.table_version)

@@ -266,6 +266,8 @@ def test_the_loop_recalibrates_raises_retraining_and_retrains_on_the_labels(trai
     assert evidence["labels"] == {"table_version": version, "periods": alarms.height + 3,
                                   "anomaly": 3, "normal": alarms.height}
     assert evidence["events_from_labels"] >= 1  # 01-05 lies before the rolling train range
+    # The training run got the labels as a table version, not as a list in Prefect's database.
+    assert latest_candidates_parameters()["labels_at"] == version
     rolling_train = datetime(2026, 1, 6) <= day < datetime(2026, 1, 9)  # [as_of - 5d, as_of - 2d)
     assert evidence["normal_rows_from_labels"] == (0 if rolling_train else alarms.height)
     # Lineage: the challenger's training set is rebuilt with the labels as they stood.
@@ -276,6 +278,18 @@ def test_the_loop_recalibrates_raises_retraining_and_retrains_on_the_labels(trai
     assert early.filter(pl.col("label") == 1)["timestamp"].to_list() == [
         datetime(2026, 1, 5, 12) + timedelta(minutes=30 * i) for i in range(5)]
     assert set(early.filter(pl.col(OPERATOR) == 1)["split"]) == {"validation"}
+
+
+def latest_candidates_parameters() -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["nightowl-candidates"])),
+            sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return run.parameters
 
 
 def champion_ref_of(pointer):
