@@ -24,7 +24,7 @@ from tasks.data.prepare import PreparedData
 from tasks.evaluation.drift_statistics import score_reference
 from tasks.evaluation.metrics import evaluate
 from tasks.evaluation.thresholds import calibrate
-from tasks.training.train import FIT, ROW_SCORES, TrainedCandidate
+from tasks.training.train import ROW_SCORES, TrainedCandidate
 from tasks.versions import DRIFT_REFERENCE, THRESHOLD
 
 CALIBRATION = "calibration.json"
@@ -86,7 +86,7 @@ def calibrate_candidate(cfg: DatasetConfig, prepared: PreparedData,
     train, val, labels = split_scores(rows)
     threshold = calibrate(train, val, labels, cfg.threshold)
     threshold |= entity_calibration(rows, cfg.threshold)
-    threshold["feature_scale"] = store.read_json(trained.file(FIT))["feature_scale"]
+    threshold["feature_scale"] = trained.feature_scale
     ok = np.isfinite(val)
     metrics = evaluate(labels[ok], val[ok], threshold["threshold"], cfg.window.length)
     reference = {**store.read_json(prepared.reference_key), "scores": score_reference(train)}

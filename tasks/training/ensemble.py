@@ -102,7 +102,7 @@ def build_ensemble(cfg: DatasetConfig, run_id: str, members: list[TrainedCandida
     store.write_bytes(f"{key}/{FIT}", json_bytes({
         "family": ENSEMBLE, "combiner": cfg.ensemble.combiner,
         "formula": CAUCHY_FORMULA if cauchy else FORMULA,
-        "members": spec, "feature_scale": None,
+        "members": spec,
         "arguments": {"family": ENSEMBLE, "window": cfg.window.length,
                       "n_features": len(cfg.columns.features)}}))
     run_logger(__name__).info("%s: ensemble of %s (weights %s)", cfg.label,

@@ -209,7 +209,7 @@ def export_candidate(cfg: DatasetConfig, trained: TrainedCandidate) -> OnnxExpor
     calibrated = (store.read_json(trained.file(THRESHOLD))
                   if store.exists(trained.file(THRESHOLD)) else {})
     data, outcome = check_export(model, probe, calibrated.get("threshold"),
-                                 calibrated.get("feature_scale"),
+                                 trained.feature_scale,
                                  fitted.get("row_rule", LEGACY_ROW_RULE))
     log = run_logger(__name__)
     if data is None:

@@ -92,7 +92,7 @@ def fit_summary(fit: dict[str, Any]) -> dict[str, Any]:
     """metrics.json's `fit` section: how the candidate was fitted (an ensemble: its members)."""
     if is_ensemble_fit(fit):
         return {"members": [m["family"] for m in fit["members"]]}
-    return {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}
+    return {k: v for k, v in fit.items() if k not in ("arguments", "feature_scale")}  # old fits
 
 
 @task(name="register", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -62,7 +62,10 @@ worker processes train in parallel, and the same run gives the same weights on e
 
 @dataclass(frozen=True)
 class TrainedCandidate:
-    """A fitted family in its scratch folder (`key`), with what the later stages need to know."""
+    """A fitted family in its scratch folder (`key`), with what the later stages need to know.
+    `feature_scale` (each feature's mean contribution on normal training rows, under the
+    row rule) is handed on here, computed once: calibration writes it into the version's
+    threshold.json, where scoring reads it."""
 
     dataset: str
     family: str
@@ -70,6 +73,7 @@ class TrainedCandidate:
     epochs_run: int
     fit_seconds: float
     device: str
+    feature_scale: list[float] | None = None
 
     def file(self, name: str) -> str:
         return f"{self.key}/{name}"
@@ -196,11 +200,11 @@ def train_family(cfg: DatasetConfig, family: FamilyConfig, prepared: PreparedDat
         "train_windows": result.train_windows, "fit_seconds": result.seconds,
         "samples_per_s": result.samples_per_s, "device": result.device,
         "resumed_from_epoch": result.resumed_from_epoch, "wall_seconds": time.time() - started,
-        "feature_scale": scale.tolist(), "row_rule": cfg.window.row_rule,
+        "row_rule": cfg.window.row_rule,
     }))
     log.info("%s %s: %d epochs on %s, %.0f windows/s, best holdout %.5f (epoch %d)", cfg.label,
              family.name,
              result.epochs_run, result.device, result.samples_per_s, result.best_holdout,
              result.best_epoch + 1)
     return TrainedCandidate(cfg.name, family.name, key, result.epochs_run, result.seconds,
-                            result.device)
+                            result.device, scale.tolist())
