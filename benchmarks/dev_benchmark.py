@@ -166,7 +166,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"Best fixed candidate ({fixed}, the same for every series): "
                          f"{_fmt(dets[fixed]['pr_auc'])} PR-AUC; champion minus it: "
                          f"{champ['pr_auc'] - dets[fixed]['pr_auc']:+.3f}.")
-        lines += [f"Mean selection regret: {_fmt(dets['_regret']['mean'])}.", ""]
+        lines += [f"Mean selection regret: {_fmt(dets['_regret']['mean'])}.",
+                  export_line(report["series"], group), ""]
     lines += ["### Per series", "", "Evidence: labelled validation events, the prior (and "
               "where it came from), the challenger's margin (validation gain) and the share of "
               "bootstraps it beat the prior in. Drift: the nightly drift check over the score "
@@ -186,8 +187,23 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{champ.get('drift', 'n/a')} | {champ.get('alerts', 'n/a')} "
                      f"({champ.get('false_alerts', 'n/a')}) | {s['wall_s']:.0f} |")
     total = sum(s["wall_s"] for s in report["series"])
-    lines += ["", f"Total wall: {total:.0f} s ({total / 60:.1f} min) for {len(report['series'])} series."]
+    lines += ["", export_line(report["series"]),
+              f"Total wall: {total:.0f} s ({total / 60:.1f} min) for {len(report['series'])} series."]
     return "\n".join(lines)
+
+
+def export_line(series: list[dict[str, Any]], group: str | None = None) -> str:
+    """How many family versions shipped a verified model.onnx (issue 20's target: >= 99.5%),
+    and which were refused."""
+    rows = [(s, r) for s in series if group is None or s["group"] == group for r in s["rows"]
+            if r.get("role") == "family" and r.get("exported") is not None]
+    if not rows:
+        return "ONNX export: not recorded."
+    refused = [f"{s['kind']}:{s['series'].split('/')[-1]} {r['family']}" for s, r in rows
+               if not r["exported"]]
+    done = len(rows) - len(refused)
+    return (f"ONNX export: {done} of {len(rows)} family versions ({100 * done / len(rows):.1f}%)"
+            + (f"; refused: {', '.join(refused)}." if refused else "."))
 
 
 def _fmt(value: float | None) -> str:
