@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -209,6 +211,19 @@ def _label_config(config: Path | None) -> DatasetConfig:
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def _label_errors() -> Iterator[None]:
+    """A bad label is the caller's mistake: one line on stderr naming the row and field, exit
+    1, nothing written (the labels module raises before it writes)."""
+    from tasks.feedback.labels import LabelError
+
+    try:
+        yield
+    except LabelError as err:
+        typer.echo(f"invalid: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command("label")
 def label_command(
     dataset: str = typer.Argument(..., help="the dataset's name (must be the config's)"),
@@ -225,16 +240,13 @@ def label_command(
 ) -> None:
     """Record an operator's verdict about one period of one entity in the labels table."""
     _quiet_defaults()
-    from tasks.feedback.labels import LabelError, label, require_dataset
+    from tasks.feedback.labels import label, require_dataset
 
     cfg = _label_config(config)
-    try:
+    with _label_errors():
         require_dataset(cfg, dataset)
         done = label(cfg, entity, start, end, verdict, note=note, who=who, segment=segment,
                      key=request_id)
-    except LabelError as err:
-        typer.echo(f"invalid: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{done.written} label written ({done.duplicates} already there) to {done.table} "
                f"(version {done.version})")
 
@@ -248,14 +260,10 @@ def label_import_command(
     """Record every row of an incident export as a label: all rows, or none when one is bad."""
     _quiet_defaults()
     from tasks.feedback.imports import import_labels
-    from tasks.feedback.labels import LabelError
 
     cfg = _label_config(config)
-    try:
+    with _label_errors():
         done = import_labels(cfg, path)
-    except LabelError as err:
-        typer.echo(f"invalid: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{done.requested} rows: {done.written} new label(s), {done.duplicates} already "
                f"there, in {done.table} (version {done.version})")
 

@@ -88,19 +88,23 @@ class Killed(BaseException):
     """What a kill -9 at that line would leave: nothing after it runs."""
 
 
-def test_a_run_killed_before_its_commit_leaves_the_table_as_it_was(tmp_path: Path,
-                                                                   monkeypatch) -> None:
+def dies(*args: Any, **kwargs: Any) -> None:
+    raise Killed
+
+
+def one_source(tmp_path: Path) -> tuple[Path, Any, Store, str]:
+    """A day's good CSV, its config, an empty store and the source's URL."""
     src = tmp_path / "2026-01-05.csv"
     src.write_bytes(csv_bytes(good_frame()))
-    cfg = make_cfg(src)
-    store = Store(f"file://{tmp_path}/store")
-    url = f"file://{src}"
+    return src, make_cfg(src), Store(f"file://{tmp_path}/store"), f"file://{src}"
+
+
+def test_a_run_killed_before_its_commit_leaves_the_table_as_it_was(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    src, cfg, store, url = one_source(tmp_path)
     ingest.ingest_batch(store, cfg, url)
     version, rows = layer.table_version(store, cfg), unique_rows(store, cfg)
     src.write_bytes(csv_bytes(good_frame(START + timedelta(hours=6))))  # corrected, shifted
-
-    def dies(*args: Any, **kwargs: Any) -> None:
-        raise Killed
 
     monkeypatch.setattr(layer, "write_deltalake", dies)
     with pytest.raises(Killed):
@@ -120,14 +124,7 @@ def test_a_run_killed_before_its_commit_leaves_the_table_as_it_was(tmp_path: Pat
 def test_a_run_killed_after_its_commit_is_settled_by_the_next(tmp_path: Path,
                                                              monkeypatch) -> None:
     """The commit landed, the ledger's record did not: the rerun changes no row."""
-    src = tmp_path / "2026-01-05.csv"
-    src.write_bytes(csv_bytes(good_frame()))
-    cfg = make_cfg(src)
-    store = Store(f"file://{tmp_path}/store")
-    url = f"file://{src}"
-
-    def dies(*args: Any, **kwargs: Any) -> None:
-        raise Killed
+    src, cfg, store, url = one_source(tmp_path)
 
     monkeypatch.setattr(ingest, "_record", dies)
     with pytest.raises(Killed):
