@@ -1,8 +1,10 @@
 """The operator's review of a night, in the Prefect UI: a suspended run waiting for a form.
 
     list the night's top alert segments + publish them (artifact `review-<ds>`, with the
-    night's plot) -> suspend with a typed form (one line per segment: confirm / dismiss /
-    unsure / skip; missed incidents) -> on resume: the answers become labels, exactly once
+    night's plot) -> publish `feedback-<ds>` with this review among the open ones (once per
+    run) -> suspend with a typed form (one line per segment: confirm / dismiss /
+    unsure / skip; missed incidents) -> on resume: the answers become labels, exactly once ->
+    publish `feedback-<ds>` again (precision, open reviews without this one)
 
 Suspended, the run holds no worker: its process exits, and the deployment's worker starts
 it again when the form is submitted (Resume in the UI, or `prefect.flow_runs.resume_flow_run`
@@ -22,14 +24,15 @@ from typing import Any
 
 from prefect import flow
 from prefect.flow_runs import suspend_flow_run
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from flows.common import resolve_config
 from schemas.config import DatasetConfig
 from tasks.common import artifact_key
 from tasks.feedback.adapt import check_feedback, feedback_scopes
-from tasks.feedback.feedback_report import publish_feedback
+from tasks.feedback.feedback_report import announce_review, publish_feedback
 from tasks.feedback.labels import current_labels
+from tasks.feedback.open_reviews import open_reviews
 from tasks.feedback.review import (
     ReviewInput,
     ReviewSegment,
@@ -49,6 +52,7 @@ def review_flow(config: str | None = None, day: date | None = None,
     if not segments:
         return {"dataset": cfg.name, "night": day.isoformat(), "status": "nothing to review"}
     hours = timeout_hours if timeout_hours is not None else cfg.feedback.review_timeout_hours
+    announce_review(cfg, config, day, hours)  # the feedback artifact lists this review as open
     form: ReviewInput = suspend_flow_run(
         wait_for_input=review_form(segments, f"Review of {cfg.name}, night of {day}: the segments "
                                    f"are in the artifact {artifact_key('review', cfg.name)}"),
@@ -65,10 +69,12 @@ def review_flow(config: str | None = None, day: date | None = None,
 def feedback_after_review(cfg: DatasetConfig, config: str | None, new_labels: bool
                           ) -> list[dict[str, Any]]:
     """New answers act at once: each judged scope's thresholds are tested against the
-    reviewed false alarms, and missed incidents may call for retraining (tasks.feedback.adapt)."""
-    if not new_labels:
-        return []
-    entities = current_labels(cfg)["entity"].unique().to_list()
-    checks = [check_feedback(scope, config).to_json() for scope in feedback_scopes(cfg, entities)]
-    publish_feedback(cfg)
+    reviewed false alarms, and missed incidents may call for retraining (tasks.feedback.adapt).
+    The feedback artifact is published again either way: this review is no longer open."""
+    checks = []
+    if new_labels:
+        entities = current_labels(cfg)["entity"].unique().to_list()
+        checks = [check_feedback(scope, config).to_json()
+                  for scope in feedback_scopes(cfg, entities)]
+    publish_feedback(cfg, open_reviews(config, deployment.id))
     return checks

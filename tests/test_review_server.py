@@ -3,6 +3,8 @@ the review deployment lists the night's alert segments, publishes them, suspends
 typed form (holding no process), is resumed through the REST API with the form's input as
 the UI sends it, and writes the answers as labels exactly once; a second submission is
 refused and writes nothing; a review nobody answers expires as a failed run, nothing written.
+The feedback artifact lists each suspended review with a link to its run, and drops it once
+answered.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def test_a_suspended_review_resumed_with_input_writes_labels_once(tmp_path):
         shown = {a["key"]: a for a in client.post("/artifacts/latest/filter", json={}).json()}
         review = shown["review-tiny"]["data"]
         assert all(f"`{i}`" in review for i in ids) and "# Review — tiny" in review
+        feedback = shown["feedback-tiny"]["data"]  # published just before suspending
+        assert f"/runs/flow-run/{run_id})" in open_reviews_of(feedback)
+        assert f"| {NIGHT.date()} |" in open_reviews_of(feedback)
 
         form = client.get(f"/flow_runs/{run_id}/input/"
                           f"{paused['state']['state_details']['run_input_keyset']['description']}")
@@ -92,13 +97,30 @@ def test_a_suspended_review_resumed_with_input_writes_labels_once(tmp_path):
             "anomaly", "pump trip", "ana")
         assert now[ids[1]]["verdict"] == "normal" and ids[2] not in now
         assert {r["source"] for r in now.values()} == {"ui"}
+        feedback = latest(client, "feedback-tiny")  # again after the answers: no longer open
+        versions = client.post("/artifacts/filter", json={
+            "artifacts": {"key": {"any_": ["feedback-tiny"]}}}).json()
+        assert len(versions) == 2  # the resumed run, started again from the top, announced once
+        assert run_id not in feedback and "data:image/png;base64," in feedback
+        assert "| 2026-W02 | 1 | 2 | 1 | 1 | 0.50 |" in feedback  # one confirmed, one dismissed
 
         # Nobody answers: the server fails the run when the timeout passes; nothing written.
         expiring = start_review(client, deployment, timeout_hours=3 / 3600)
         wait_for(lambda: state_is(client, expiring, "PAUSED"), 180, "second review", procs)
+        assert f"/runs/flow-run/{expiring})" in open_reviews_of(latest(client, "feedback-tiny"))
         failed = wait_for(lambda: state_is(client, expiring, "FAILED"), 120, "expiry", procs)
         assert "never resumed" in failed["state"]["message"]
         assert label_history(cfg).height == 3
+
+
+def latest(client: httpx.Client, key: str) -> str:
+    return {a["key"]: a for a in client.post("/artifacts/latest/filter", json={}).json()}[key][
+        "data"]
+
+
+def open_reviews_of(feedback: str) -> str:
+    """The feedback artifact's open-reviews section."""
+    return feedback.split("## Open reviews")[1].split("\n## ")[0]
 
 
 def _deployment(client: httpx.Client) -> dict | None:
