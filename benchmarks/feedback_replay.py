@@ -27,6 +27,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,19 @@ from tasks.training.register import choose_champion  # noqa: E402
 from tasks.versions import current_champion  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ROOTS = {"smd": SHARED_DATA / "smd", "asd": SHARED_DATA / "asd"}
+# kind -> (loader, its root): ASD ships in SMD's layout; NAB is one univariate CSV a series.
+LOADERS: dict[str, tuple[Callable[..., tuple[DatasetConfig, Any]], Path]] = {
+    "smd": (loaders.load_smd, SHARED_DATA / "smd"),
+    "asd": (loaders.load_smd, SHARED_DATA / "asd"),
+    "nab": (loaders.load_nab, SHARED_DATA / "nab"),
+}
 
 
 def replay_config(kind: str, name: str, work: Path, feedback: bool, args: argparse.Namespace
                   ) -> DatasetConfig:
     """The loader's config with one small family, the rolling window and feedback on / off."""
-    cfg, _ = loaders.load_smd(ROOTS[kind], name, work / "raw")
+    load, root = LOADERS[kind]
+    cfg, _ = load(root, name, work / "raw")
     data = cfg.model_dump()
     data["store"]["root"] = f"file://{work / 'store'}"
     data["families"] = [{"name": "dense_ae"}]
@@ -182,9 +189,30 @@ def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def commands_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The commands whose runs a report holds (a single run's report names one)."""
+    if "commands" in report:
+        return report["commands"]
+    return [{"command": report["command"], "seconds": report["seconds"],
+             "series": [run["series"] for run in report["runs"]]}]
+
+
+def merged(earlier: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """`report`'s runs added to an earlier report: a series run again replaces its old run,
+    and each command keeps the series it still reports (so one table covers runs that
+    would not fit one command's time)."""
+    new = {run["series"] for run in report["runs"]}
+    commands = [{**c, "series": [s for s in c["series"] if s not in new]}
+                for c in commands_of(earlier)]
+    return {"commands": [c for c in commands if c["series"]] + commands_of(report),
+            "runs": [run for run in earlier["runs"] if run["series"] not in new]
+            + report["runs"]}
+
+
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Feedback replay", "", f"`{report['command']}`; {report['seconds']:.0f} s.", "",
-             "| series | alerts on / off | alert precision on / off | mean later PR-AUC on / off "
+    lines = ["# Feedback replay", ""]
+    lines += [f"`{c['command']}`; {c['seconds']:.0f} s." for c in commands_of(report)]
+    lines += ["", "| series | alerts on / off | alert precision on / off | mean later PR-AUC on / off "
              "| promotions on / off | labels |", "|---|---|---|---|---|---|"]
     for run in report["runs"]:
         on, off = run["summary"]["on"], run["summary"]["off"]
@@ -208,7 +236,7 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default="smd:machine-2-1",
-                        help="comma-separated kind:name (smd or asd)")
+                        help="comma-separated kind:name (smd, asd or nab)")
     parser.add_argument("--nights", type=int, default=8)
     parser.add_argument("--cadence", type=int, default=2)
     parser.add_argument("--review-budget", type=int, default=5)
@@ -218,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-days", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="3 nights, 1 epoch: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", action="store_true",
+                        help="add these series to the report in --out (a series run again "
+                             "replaces its row) instead of overwriting it")
     args = parser.parse_args(argv)
     if args.quick:
         args.nights, args.epochs, args.max_train_windows = 3, 1, 500
@@ -225,8 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for spec in args.series.split(","):
         kind, name = spec.split(":", 1)
-        if not (ROOTS[kind] / "train").is_dir():
-            raise SystemExit(f"{ROOTS[kind]}: the dev series is not there (shared data absent)")
+        if kind not in LOADERS:
+            raise SystemExit(f"{spec}: unknown kind {kind!r} (one of {', '.join(LOADERS)})")
+        if not LOADERS[kind][1].is_dir():
+            raise SystemExit(f"{LOADERS[kind][1]}: the dev series is not there (shared data absent)")
         with tempfile.TemporaryDirectory(prefix="feedback-replay-") as tmp:
             run = {"series": spec, "on": replay(kind, name, True, args, Path(tmp) / "on"),
                    "off": replay(kind, name, False, args, Path(tmp) / "off")}
@@ -234,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {"command": " ".join(["benchmarks/feedback_replay.py", *(argv or sys.argv[1:])]),
               "seconds": time.perf_counter() - began, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (args.out / "feedback_replay.json").is_file():
+        report = merged(json.loads((args.out / "feedback_replay.json").read_text()), report)
     (args.out / "feedback_replay.json").write_text(json.dumps(report, indent=2, default=str))
     (args.out / "feedback_replay.md").write_text(markdown(report))
     print(markdown(report))
