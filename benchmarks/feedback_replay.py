@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +57,19 @@ from tasks.training.register import choose_champion  # noqa: E402
 from tasks.versions import current_champion  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# kind -> (loader, its root): ASD ships in SMD's layout; NAB is one univariate CSV a series.
-LOADERS: dict[str, tuple[Callable[..., tuple[DatasetConfig, Any]], Path]] = {
-    "smd": (loaders.load_smd, SHARED_DATA / "smd"),
-    "asd": (loaders.load_smd, SHARED_DATA / "asd"),
-    "nab": (loaders.load_nab, SHARED_DATA / "nab"),
+# kind -> (loader, its folder in the shared data): ASD ships in SMD's layout; NAB is one
+# univariate CSV a series with its labelled windows.
+LOADERS: dict[str, tuple[Callable[..., tuple[DatasetConfig, Any]], str]] = {
+    "smd": (loaders.load_smd, "smd"), "asd": (loaders.load_smd, "asd"),
+    "nab": (loaders.load_nab, "nab"),
 }
 
 
 def replay_config(kind: str, name: str, work: Path, feedback: bool, args: argparse.Namespace
                   ) -> DatasetConfig:
     """The loader's config with one small family, the rolling window and feedback on / off."""
-    load, root = LOADERS[kind]
-    cfg, _ = load(root, name, work / "raw")
+    load, folder = LOADERS[kind]
+    cfg, _ = load(args.data / folder, name, work / "raw")
     data = cfg.model_dump()
     data["store"]["root"] = f"file://{work / 'store'}"
     data["families"] = [{"name": "dense_ae"}]
@@ -134,17 +134,26 @@ def later_pr_auc(cfg: DatasetConfig, start: datetime, end: datetime) -> float | 
     return float(pr_auc(y, later["score"].to_numpy()[ok])) if y.any() else None
 
 
+def night_starts(cfg: DatasetConfig, count: int) -> tuple[list[datetime], timedelta]:
+    """The starts of `count` equal stretches ("nights") of the score split, and their length.
+
+    Equal stretches, not calendar nights, so every series gives the same number of reviews
+    and retrainings whatever its clock: about a day each on SMD's 1-minute clock and on NAB's
+    ec2_cpu (5 minutes), a few hours on ASD's short test files, ~5 days on NAB's
+    machine_temperature (5 minutes) and ~11 days on nyc_taxi (30 minutes).
+    """
+    assert cfg.splits.score is not None, f"{cfg.name}: the replay needs a score split"
+    span = (cfg.splits.score.end - cfg.splits.score.start) / count
+    return [cfg.splits.score.start + span * i for i in range(count)], span
+
+
 def replay(kind: str, name: str, feedback: bool, args: argparse.Namespace, work: Path
            ) -> dict[str, Any]:
     cfg = replay_config(kind, name, work, feedback, args)
     ingest_source.fn(cfg)
     (run,) = train_candidates(cfg, "initial", labels=training_labels(cfg))
     choose_champion.fn(cfg, run.candidates, None, run.selection)
-    assert cfg.splits.score is not None
-    # A "night" is one of `--nights` equal stretches of the score split (SMD's 1-minute clock
-    # makes them about a day; ASD's short test files give a few hours each).
-    span = (cfg.splits.score.end - cfg.splits.score.start) / args.nights
-    nights = [cfg.splits.score.start + span * i for i in range(args.nights)]
+    nights, span = night_starts(cfg, args.nights)
     out = []
     for i, night in enumerate(nights):
         rows = scored_rows(cfg, night, night + span)  # scored before any review
@@ -233,7 +242,8 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The replay's settings (the defaults are the recorded run's)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default="smd:machine-2-1",
                         help="comma-separated kind:name (smd, asd or nab)")
@@ -246,20 +256,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-days", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="3 nights, 1 epoch: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA,
+                        help="the shared public data folder (smd/, asd/, nab/)")
     parser.add_argument("--merge", action="store_true",
                         help="add these series to the report in --out (a series run again "
                              "replaces its row) instead of overwriting it")
     args = parser.parse_args(argv)
     if args.quick:
         args.nights, args.epochs, args.max_train_windows = 3, 1, 500
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
     began = time.perf_counter()
     runs = []
     for spec in args.series.split(","):
         kind, name = spec.split(":", 1)
         if kind not in LOADERS:
             raise SystemExit(f"{spec}: unknown kind {kind!r} (one of {', '.join(LOADERS)})")
-        if not LOADERS[kind][1].is_dir():
-            raise SystemExit(f"{LOADERS[kind][1]}: the dev series is not there (shared data absent)")
+        if not (args.data / LOADERS[kind][1]).is_dir():
+            raise SystemExit(f"{args.data / LOADERS[kind][1]}: the dev series is not there "
+                             "(shared data absent)")
         with tempfile.TemporaryDirectory(prefix="feedback-replay-") as tmp:
             run = {"series": spec, "on": replay(kind, name, True, args, Path(tmp) / "on"),
                    "off": replay(kind, name, False, args, Path(tmp) / "off")}
