@@ -353,6 +353,8 @@ def test_the_replay_merges_a_later_run_into_the_recorded_report() -> None:
         {"command": "b", "seconds": 3.0, "series": ["nab:x", "nab:y"]}]
     again = merged(report, {"command": "c", "seconds": 1.0, "runs": [run("smd:m", 9)]})
     assert [c["command"] for c in commands_of(again)] == ["b", "c"]
+    assert [(r["series"], r["summary"]["on"]["alerts"]) for r in again["runs"]] == [
+        ("smd:m", 9), ("nab:x", 5), ("nab:y", 6)]
 
 
 @needs_data
