@@ -1,22 +1,36 @@
 """Replay a dev series night by night, with operators' feedback on and off (issue 21).
 
-The score split is cut into `--nights` equal stretches ("nights": about a day of SMD's
-1-minute clock, a few hours of ASD's short test files). Each night is scored by the champion
-(tasks.scoring's one path, as the nightly run scores it); its alerts are the runs of rows over the threshold. With feedback
-on, a simulated operator reviews the night's top `--review-budget` alert segments by peak
-score / threshold and answers from the ground truth (any labelled row: `anomaly`, else
-`normal`), written to the real labels table; the operator never sees a night before it is
-scored. Every `--cadence` nights both arms retrain on the rolling window (train_days +
-validation_days up to the night's end, tasks.training.promote as the retrain flow does);
-with feedback on, the labels feed that retraining (confirmed anomalies leave training,
-labelled rows join validation) and the feedback check runs first (recalibration). Reported
-per night: the alert precision (alert segments touching a true anomaly / alert segments)
-and the champion's PR-AUC on the nights still to come.
+Series: SMD machine-2-1 and ASD omi-1..6 (multivariate, SMD's loader) and the three NAB dev
+series of benchmarks/dev_series.py (univariate, NAB's loader: feature "value", the loader's
+window of 16). The score split is cut into `--nights` equal stretches ("nights", see
+`night_starts`: a day on SMD's 1-minute clock and NAB's ec2_cpu, a few hours of ASD's short
+test files, ~5 days of NAB's machine_temperature, ~11 days of nyc_taxi's 30-minute clock).
+Each night is scored by the champion (tasks.scoring's one path, as the nightly run scores
+it); its alerts are the runs of rows over the threshold. With feedback on, a simulated
+operator reviews the night's top `--review-budget` alert segments by peak score / threshold
+and answers from the ground truth (any labelled row: `anomaly`, else `normal`), written to
+the real labels table; the operator never sees a night before it is scored. Every
+`--cadence` nights both arms retrain on the rolling window (train_days + validation_days up
+to the night's end, tasks.training.promote as the retrain flow does); with feedback on, the
+labels feed that retraining (confirmed anomalies leave training, labelled rows join
+validation) and the feedback check runs first (recalibration). Reported per night: the
+alert precision (alert segments touching a true anomaly / alert segments) and the
+champion's PR-AUC on the nights still to come.
+
+The window defaults (10 train + 4 validation days) serve every kind: on NAB's clocks the
+first retraining still has 3.9 to 10 days of train rows and a full validation window (tests
+check it). NAB series carry few labelled windows (ec2_cpu 1, split by the validation /
+score cut so its score part lies in the first night; machine_temperature 2 in the score
+split; nyc_taxi 4), so many NAB validation windows hold no anomaly: without labels the
+retraining cannot compare (PR-AUC undefined, the champion is kept), and later-night PR-AUC
+is undefined once the last labelled window has passed (always, on ec2_cpu).
 
     .venv/bin/python benchmarks/feedback_replay.py --series smd:machine-2-1,asd:omi-1
+    .venv/bin/python benchmarks/feedback_replay.py --series nab:nyc_taxi --merge
     .venv/bin/python benchmarks/feedback_replay.py --quick   # 3 nights, 1 epoch
 
-Writes benchmarks/results/feedback_replay.json and .md.
+Writes benchmarks/results/feedback_replay.json and .md (`--merge`: adds the series to the
+report there, so runs too long for one command make one table).
 """
 
 from __future__ import annotations
@@ -27,7 +41,8 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +71,19 @@ from tasks.training.register import choose_champion  # noqa: E402
 from tasks.versions import current_champion  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ROOTS = {"smd": SHARED_DATA / "smd", "asd": SHARED_DATA / "asd"}
+# kind -> (loader, its folder in the shared data): ASD ships in SMD's layout; NAB is one
+# univariate CSV a series with its labelled windows.
+LOADERS: dict[str, tuple[Callable[..., tuple[DatasetConfig, Any]], str]] = {
+    "smd": (loaders.load_smd, "smd"), "asd": (loaders.load_smd, "asd"),
+    "nab": (loaders.load_nab, "nab"),
+}
 
 
 def replay_config(kind: str, name: str, work: Path, feedback: bool, args: argparse.Namespace
                   ) -> DatasetConfig:
     """The loader's config with one small family, the rolling window and feedback on / off."""
-    cfg, _ = loaders.load_smd(ROOTS[kind], name, work / "raw")
+    load, folder = LOADERS[kind]
+    cfg, _ = load(args.data / folder, name, work / "raw")
     data = cfg.model_dump()
     data["store"]["root"] = f"file://{work / 'store'}"
     data["families"] = [{"name": "dense_ae"}]
@@ -127,17 +148,26 @@ def later_pr_auc(cfg: DatasetConfig, start: datetime, end: datetime) -> float | 
     return float(pr_auc(y, later["score"].to_numpy()[ok])) if y.any() else None
 
 
+def night_starts(cfg: DatasetConfig, count: int) -> tuple[list[datetime], timedelta]:
+    """The starts of `count` equal stretches ("nights") of the score split, and their length.
+
+    Equal stretches, not calendar nights, so every series gives the same number of reviews
+    and retrainings whatever its clock: about a day each on SMD's 1-minute clock and on NAB's
+    ec2_cpu (5 minutes), a few hours on ASD's short test files, ~5 days on NAB's
+    machine_temperature (5 minutes) and ~11 days on nyc_taxi (30 minutes).
+    """
+    assert cfg.splits.score is not None, f"{cfg.name}: the replay needs a score split"
+    span = (cfg.splits.score.end - cfg.splits.score.start) / count
+    return [cfg.splits.score.start + span * i for i in range(count)], span
+
+
 def replay(kind: str, name: str, feedback: bool, args: argparse.Namespace, work: Path
            ) -> dict[str, Any]:
     cfg = replay_config(kind, name, work, feedback, args)
     ingest_source.fn(cfg)
     (run,) = train_candidates(cfg, "initial", labels=training_labels(cfg))
     choose_champion.fn(cfg, run.candidates, None, run.selection)
-    assert cfg.splits.score is not None
-    # A "night" is one of `--nights` equal stretches of the score split (SMD's 1-minute clock
-    # makes them about a day; ASD's short test files give a few hours each).
-    span = (cfg.splits.score.end - cfg.splits.score.start) / args.nights
-    nights = [cfg.splits.score.start + span * i for i in range(args.nights)]
+    nights, span = night_starts(cfg, args.nights)
     out = []
     for i, night in enumerate(nights):
         rows = scored_rows(cfg, night, night + span)  # scored before any review
@@ -182,9 +212,31 @@ def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def commands_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The commands whose runs a report holds (a single run's report names one)."""
+    if "commands" in report:
+        return report["commands"]
+    return [{"command": report["command"], "seconds": report["seconds"],
+             "series": [run["series"] for run in report["runs"]]}]
+
+
+def merged(earlier: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """`report`'s runs added to an earlier report: a series run again replaces its old run in
+    its row, and each command keeps the series it still reports (so one table covers runs
+    that would not fit one command's time)."""
+    new = {run["series"]: run for run in report["runs"]}
+    commands = [{**c, "series": [s for s in c["series"] if s not in new]}
+                for c in commands_of(earlier)]
+    known = {run["series"] for run in earlier["runs"]}
+    return {"commands": [c for c in commands if c["series"]] + commands_of(report),
+            "runs": [new.get(run["series"], run) for run in earlier["runs"]]
+            + [run for series, run in new.items() if series not in known]}
+
+
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Feedback replay", "", f"`{report['command']}`; {report['seconds']:.0f} s.", "",
-             "| series | alerts on / off | alert precision on / off | mean later PR-AUC on / off "
+    lines = ["# Feedback replay", ""]
+    lines += [f"`{c['command']}`; {c['seconds']:.0f} s." for c in commands_of(report)]
+    lines += ["", "| series | alerts on / off | alert precision on / off | mean later PR-AUC on / off "
              "| promotions on / off | labels |", "|---|---|---|---|---|---|"]
     for run in report["runs"]:
         on, off = run["summary"]["on"], run["summary"]["off"]
@@ -205,10 +257,11 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The replay's settings (the defaults are the recorded run's)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", default="smd:machine-2-1",
-                        help="comma-separated kind:name (smd or asd)")
+                        help="comma-separated kind:name (smd, asd or nab)")
     parser.add_argument("--nights", type=int, default=8)
     parser.add_argument("--cadence", type=int, default=2)
     parser.add_argument("--review-budget", type=int, default=5)
@@ -218,15 +271,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--validation-days", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="3 nights, 1 epoch: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA,
+                        help="the shared public data folder (smd/, asd/, nab/)")
+    parser.add_argument("--merge", action="store_true",
+                        help="add these series to the report in --out (a series run again "
+                             "replaces its row) instead of overwriting it")
     args = parser.parse_args(argv)
     if args.quick:
         args.nights, args.epochs, args.max_train_windows = 3, 1, 500
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments(argv)
     began = time.perf_counter()
     runs = []
     for spec in args.series.split(","):
         kind, name = spec.split(":", 1)
-        if not (ROOTS[kind] / "train").is_dir():
-            raise SystemExit(f"{ROOTS[kind]}: the dev series is not there (shared data absent)")
+        if kind not in LOADERS:
+            raise SystemExit(f"{spec}: unknown kind {kind!r} (one of {', '.join(LOADERS)})")
+        if not (args.data / LOADERS[kind][1]).is_dir():
+            raise SystemExit(f"{args.data / LOADERS[kind][1]}: the dev series is not there "
+                             "(shared data absent)")
         with tempfile.TemporaryDirectory(prefix="feedback-replay-") as tmp:
             run = {"series": spec, "on": replay(kind, name, True, args, Path(tmp) / "on"),
                    "off": replay(kind, name, False, args, Path(tmp) / "off")}
@@ -234,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {"command": " ".join(["benchmarks/feedback_replay.py", *(argv or sys.argv[1:])]),
               "seconds": time.perf_counter() - began, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (args.out / "feedback_replay.json").is_file():
+        report = merged(json.loads((args.out / "feedback_replay.json").read_text()), report)
     (args.out / "feedback_replay.json").write_text(json.dumps(report, indent=2, default=str))
     (args.out / "feedback_replay.md").write_text(markdown(report))
     print(markdown(report))

@@ -20,6 +20,7 @@ from tasks.data.labelled import (
 )
 from tasks.feedback.adapt import FalseAlarmTest, binomial_tail, recalibrated_threshold
 from tests.labelled import ENTITY, ingested
+from tests.shared_data import DATA, needs_data
 
 T0 = datetime(2026, 1, 5)
 
@@ -348,3 +349,46 @@ def test_the_replay_summary_pools_alerts_and_averages_later_nights() -> None:
     text = markdown({"command": "c", "seconds": 1.0, "runs": [run]})
     assert "| smd:m | 4 / 4 | 0.750 / 0.250 | 0.400 / 0.400 | 1 / 0 | 4 |" in text
     assert "| n | 3 / 4 | 0.667 / 0.250 | 3 | 0.400 / 0.200 | promoted / – |" in text
+
+
+def test_the_replay_merges_a_later_run_into_the_recorded_report() -> None:
+    from benchmarks.feedback_replay import commands_of, merged
+
+    def run(series: str, alerts: int) -> dict:
+        return {"series": series, "summary": {"on": {"alerts": alerts}}}
+
+    earlier = {"command": "a", "seconds": 2.0, "runs": [run("smd:m", 1), run("nab:x", 2)]}
+    later = {"command": "b", "seconds": 3.0, "runs": [run("nab:x", 5), run("nab:y", 6)]}
+    report = merged(earlier, later)
+    assert [(r["series"], r["summary"]["on"]["alerts"]) for r in report["runs"]] == [
+        ("smd:m", 1), ("nab:x", 5), ("nab:y", 6)]
+    assert commands_of(report) == [
+        {"command": "a", "seconds": 2.0, "series": ["smd:m"]},
+        {"command": "b", "seconds": 3.0, "series": ["nab:x", "nab:y"]}]
+    again = merged(report, {"command": "c", "seconds": 1.0, "runs": [run("smd:m", 9)]})
+    assert [c["command"] for c in commands_of(again)] == ["b", "c"]
+    assert [(r["series"], r["summary"]["on"]["alerts"]) for r in again["runs"]] == [
+        ("smd:m", 9), ("nab:x", 5), ("nab:y", 6)]
+
+
+@needs_data
+def test_the_replay_reads_nab_through_its_loader_with_a_rolling_window_that_holds_rows(
+        tmp_path) -> None:
+    """NAB is univariate with 5- or 30-minute clocks: the recorded defaults (10 train + 4
+    validation days, 8 nights, retrain every 2) must leave rows in both sides of the first
+    retraining's window of every NAB dev series."""
+    from benchmarks.dev_series import NAB_NAMES
+    from benchmarks.feedback_replay import arguments, night_starts, replay_config
+    from tasks.training.promote import rolling_splits
+
+    args = arguments(["--data", str(DATA)])
+    for name in NAB_NAMES:
+        cfg = replay_config("nab", name.split("/")[-1], tmp_path / name, True, args)
+        assert cfg.columns.features == ["value"] and cfg.feedback.use_labels
+        assert [f.name for f in cfg.families] == ["dense_ae"]
+        nights, span = night_starts(cfg, args.nights)
+        assert len(nights) == 8 and nights[0] == cfg.splits.score.start
+        window = rolling_splits(cfg, nights[args.cadence - 1] + span)
+        first_row = cfg.splits.train.start
+        assert window.train.end - max(window.train.start, first_row) >= timedelta(days=3), name
+        assert window.validation[0].end - window.validation[0].start == timedelta(days=4)
