@@ -269,16 +269,9 @@ def to_validated(cfg: DatasetConfig, frame: pl.DataFrame) -> pa.Table:
         *(pl.col(f).cast(pl.Float64) for f in cols.features),
         label.alias(arrow_schemas.LABEL),
     )
-    if not _in_key_order(out):
+    if not layer.in_key_order(out):
         out = out.sort([arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP])
     return out.to_arrow().cast(arrow_schemas.validated_schema(cfg))
-
-
-def _in_key_order(frame: pl.DataFrame) -> bool:
-    """Rows already ordered by (entity, timestamp)? One vectorised pass, cheaper than a sort."""
-    e, t = pl.col(arrow_schemas.ENTITY), pl.col(arrow_schemas.TIMESTAMP)
-    ordered = (e > e.shift(1)) | ((e == e.shift(1)) & (t > t.shift(1)))
-    return bool(frame.select(ordered.slice(1).all()).item()) if frame.height > 1 else True
 
 
 # -- filing ----------------------------------------------------------------------------
