@@ -4,16 +4,19 @@ The issue's promise: the Delta table path is no slower than the path it replaced
 day. That path's code is gone from the tree, so it is taken from git (`--baseline`,
 default 1c7570c: main just before the tables landed) into a temporary folder, and each
 path runs `tasks.data.ingest.ingest_batch` in its own process with its own code first on
-PYTHONPATH. Each process imports, builds the suite and warms up on a tiny CSV untimed,
-then times, into a fresh store:
+PYTHONPATH, kept alive. Each process imports, builds the suite and warms up on a tiny CSV
+untimed; then, into a fresh store per repeat:
 
 - day 1: one day's CSV into an empty store (the first day: table or manifest created);
 - day 2: the next day's CSV into the store holding day 1.
 
-The two paths alternate (old, new, new, old, ...) `--repeats` times, so both see the same
-load on a shared machine; medians and ratios new/old are printed (> 1: new is slower).
-The CSV is the 695-entity x 38-sensor fleet at 1-minute steps (1,000,800 rows a day;
-integer-valued sensors, ~215 MiB: the generator's floats would make ~730 MB).
+Each ingestion of one path runs right next to the same ingestion of the other (old, new,
+then new, old on the next repeat), so both see the same load on a shared machine; the
+medians and the median of the paired ratios new/old are printed (> 1: new is slower).
+The CSV is the 695-entity x 38-sensor fleet at 1-minute steps (1,000,800 rows a day).
+`--values int` (default): integer-valued sensors, ~215 MiB a day, as benchmarks/delta_tables.py;
+`--values float`: normal random values with 4 decimals (values that rarely repeat, as
+real sensors'), ~320 MiB.
 
     PYTHONPATH=. .venv/bin/python benchmarks/ingest_old_new.py [--entities 695] [--repeats 3]
 """
@@ -38,8 +41,9 @@ REPO = HERE.parent
 BASELINE = "1c7570c"
 
 
-def worker(store_dir: str, sensors: int, warm: str, csvs: list[str]) -> None:
-    """Runs in the child, with either tree's code first on the path: prints seconds per CSV."""
+def worker(sensors: int, warm: str) -> None:
+    """Runs in the child, with either tree's code first on the path: reads one JSON request
+    a line ({"store": folder, "csv": path}), ingests it, answers with the seconds it took."""
     import tomllib
 
     from schemas.config import default_config_path, parse_config
@@ -47,18 +51,50 @@ def worker(store_dir: str, sensors: int, warm: str, csvs: list[str]) -> None:
     from tasks.store import Store
 
     data = tomllib.loads(default_config_path().read_text())
-    data["source"] = {"path": str(Path(csvs[0]).parent / "*.csv"), "format": "csv"}
+    data["source"] = {"path": str(Path(warm).parent / "*.csv"), "format": "csv"}
     data["columns"]["features"] = [f"s{i:02d}" for i in range(sensors)]
     cfg = parse_config(data, origin="benchmark")
-    ingest.ingest_batch(Store(f"file://{store_dir}-warm"), cfg, f"file://{warm}")
-    store = Store(f"file://{store_dir}")
-    seconds = []
-    for csv in csvs:
+    ingest.ingest_batch(Store(f"file://{Path(warm).parent}/store"), cfg, f"file://{warm}")
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
         started = time.perf_counter()
-        outcome = ingest.ingest_batch(store, cfg, f"file://{csv}")
-        seconds.append(time.perf_counter() - started)
+        outcome = ingest.ingest_batch(Store(f"file://{request['store']}"), cfg,
+                                      f"file://{request['csv']}")
+        seconds = time.perf_counter() - started
         assert outcome.status == "validated", outcome.reasons
-    print(json.dumps({"seconds": seconds, "rows": outcome.rows}))
+        print(json.dumps({"seconds": seconds, "rows": outcome.rows}), flush=True)
+
+
+class Worker:
+    """One tree's worker process, kept alive so that both trees' ingestions can alternate
+    one by one (a few seconds apart: the same machine load for both)."""
+
+    def __init__(self, root: Path, sensors: int, warm: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", str(sensors), str(warm)], env=env, cwd=root,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.answer()
+
+    def answer(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker exited with {self.process.wait()}")
+        return json.loads(line)
+
+    def ingest(self, store: Path, csv: Path) -> dict:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"store": str(store), "csv": str(csv)}) + "\n")
+        self.process.stdin.flush()
+        return self.answer()
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def extract(commit: str, into: Path) -> Path:
@@ -70,23 +106,18 @@ def extract(commit: str, into: Path) -> Path:
     return into
 
 
-def run(root: Path, store_dir: Path, sensors: int, warm: Path, csvs: list[Path]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(root), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", str(store_dir), str(sensors), str(warm),
-         *map(str, csvs)], env=env, cwd=root, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, default=695)
     parser.add_argument("--sensors", type=int, default=38)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline", default=BASELINE, help="git commit of the old path")
+    parser.add_argument("--values", choices=["int", "float"], default="int")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
+    import numpy as np
+    import polars as pl
+
     from benchmarks.delta_tables import day_rows
 
     work = Path(tempfile.mkdtemp(prefix="nightowl-ingest-old-new-"))
@@ -96,34 +127,53 @@ def main(argv: list[str] | None = None) -> None:
         raw.mkdir()
         csvs = [raw / f"day-{d}.csv" for d in (1, 2)]
         for d, csv in enumerate(csvs):
-            day_rows(args.entities, args.sensors, d).write_csv(csv)
+            rows = day_rows(args.entities, args.sensors, d)
+            if args.values == "float":
+                rng = np.random.default_rng(d)
+                rows = rows.with_columns(pl.Series(c, rng.normal(size=rows.height).round(4))
+                                         for c in rows.columns if c.startswith("s"))
+            rows.write_csv(csv)
         warm = work / "warm" / "warm.csv"
         warm.parent.mkdir()
         day_rows(1, args.sensors, 150).write_csv(warm)
         mib = csvs[0].stat().st_size / 2**20
+        paths = {name: Worker(root, args.sensors, warm) for name, root in roots.items()}
         runs: dict[str, list[list[float]]] = {"old": [], "new": []}
         rows = 0
-        for i in range(args.repeats):
-            for name in (("old", "new") if i % 2 == 0 else ("new", "old")):
-                result = run(roots[name], work / f"store-{name}-{i}", args.sensors, warm, csvs)
-                runs[name].append(result["seconds"])
-                rows = result["rows"]
-                print(f"  repeat {i + 1} {name}: day 1 {result['seconds'][0]:.2f} s, "
-                      f"day 2 {result['seconds'][1]:.2f} s", flush=True)
-                shutil.rmtree(work / f"store-{name}-{i}", ignore_errors=True)
+        try:
+            for i in range(args.repeats):
+                order = ("old", "new") if i % 2 == 0 else ("new", "old")
+                seconds: dict[str, list[float]] = {name: [] for name in order}
+                for csv in csvs:  # day 1 into an empty store, then day 2 beside it
+                    for name in order:
+                        result = paths[name].ingest(work / f"store-{name}-{i}", csv)
+                        seconds[name].append(result["seconds"])
+                        rows = result["rows"]
+                for name in order:
+                    runs[name].append(seconds[name])
+                    shutil.rmtree(work / f"store-{name}-{i}", ignore_errors=True)
+                print(f"  repeat {i + 1}: " + ", ".join(
+                    f"{name} day 1 {seconds[name][0]:.2f} s day 2 {seconds[name][1]:.2f} s"
+                    for name in ("old", "new")), flush=True)
+        finally:
+            for path in paths.values():
+                path.close()
         print(f"{args.entities} entities x {args.sensors} sensors, {rows:,} rows a day, "
-              f"{mib:.0f} MiB of CSV; old = {args.baseline}, median of {args.repeats}, alternated")
+              f"{mib:.0f} MiB of CSV ({args.values} values); old = {args.baseline}; {args.repeats} repeats, each "
+              "ingestion next to its counterpart")
         for d, label in enumerate(("day 1 (empty store)", "day 2 (store holds day 1)")):
             old = statistics.median(r[d] for r in runs["old"])
             new = statistics.median(r[d] for r in runs["new"])
-            print(f"{label:26s} old {old:6.2f} s ({rows / old:>9,.0f} rows/s)  "
-                  f"new {new:6.2f} s ({rows / new:>9,.0f} rows/s)  new/old {new / old:.2f}")
+            paired = statistics.median(n[d] / o[d] for n, o in zip(runs["new"], runs["old"]))
+            print(f"{label:26s} median old {old:6.2f} s ({rows / old:>9,.0f} rows/s), "
+                  f"new {new:6.2f} s ({rows / new:>9,.0f} rows/s); new/old {new / old:.2f} "
+                  f"(median of paired ratios {paired:.2f})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5:])
+        worker(int(sys.argv[2]), sys.argv[3])
     else:
         main()

@@ -212,7 +212,7 @@ def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFr
         write_deltalake(table, plan.rows.to_arrow().cast(schema), mode="overwrite",
                         predicate=days_predicate(days), partition_by=[DAY],
                         storage_options=tables.storage_options(store),
-                        writer_properties=tables.writer_properties())
+                        writer_properties=tables.writer_properties(schema))
         result.version = table.version()  # the object follows its own commit
         return result
 
