@@ -54,7 +54,8 @@ def worker(sensors: int, warm: str) -> None:
     data["source"] = {"path": str(Path(warm).parent / "*.csv"), "format": "csv"}
     data["columns"]["features"] = [f"s{i:02d}" for i in range(sensors)]
     cfg = parse_config(data, origin="benchmark")
-    ingest.ingest_batch(Store(f"file://{Path(warm).parent}/store"), cfg, f"file://{warm}")
+    warm_store = tempfile.mkdtemp(prefix="warm-", dir=Path(warm).parent)  # this worker's own
+    assert ingest.ingest_batch(Store(f"file://{warm_store}"), cfg, f"file://{warm}").rows > 0
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)

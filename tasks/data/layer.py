@@ -209,7 +209,8 @@ def commit_source(store: Store, cfg: DatasetConfig, source: str, rows: pl.DataFr
         if plan.rows.equals(current.sort(KEY)):
             return result  # already committed (a rerun, or a concurrent run of this batch)
         assert table is not None  # transact created it
-        write_deltalake(table, plan.rows.to_arrow().cast(schema), mode="overwrite",
+        write_deltalake(table, tables.in_row_groups(plan.rows.to_arrow().cast(schema)),
+                        mode="overwrite",
                         predicate=days_predicate(days), partition_by=[DAY],
                         storage_options=tables.storage_options(store),
                         writer_properties=tables.writer_properties(schema))

@@ -46,11 +46,17 @@ def check_listed_size(limits: LimitsConfig, name: str, size: int | None) -> None
 
 
 def fetch_bounded(cfg: DatasetConfig, url: str, name: str) -> bytes:
-    """The raw bytes of one source file, read in chunks and refused past `file_bytes`."""
+    """The raw bytes of one source file, read in chunks and refused past `file_bytes`.
+
+    The first read asks for the size the file reports (within the bound): a file that has
+    not grown since comes back in one piece, not copied again to join chunks (a tenth of
+    a second on a day's 200 MB CSV)."""
     bound = cfg.limits.file_bytes
     parts, total = [], 0
     with fsspec.open(url, "rb", **cfg.source.storage_options) as fh:
-        while chunk := fh.read(min(CHUNK, bound + 1 - total)):
+        want = max(CHUNK, getattr(fh, "size", None) or 0)
+        while chunk := fh.read(min(want, bound + 1 - total)):
+            want = CHUNK
             parts.append(chunk)
             total += len(chunk)
             if total > bound:

@@ -52,6 +52,15 @@ def writer_properties(schema: pa.Schema | None = None) -> WriterProperties:
                             column_properties={name: plain for name in floats} or None)
 
 
+def in_row_groups(data: pa.Table) -> pa.RecordBatchReader:
+    """`data` as a stream of row-group-sized batches for write_deltalake: delta-rs splits
+    every batch it is given by partition (a copy of all its rows); in 64k-row pieces that
+    copy stays in cache and overlaps the encoding (a 1M-row day: ~20% less commit time
+    than one batch, benchmarks/RESULTS.md, issue 19)."""
+    return pa.RecordBatchReader.from_batches(data.schema,
+                                             data.to_batches(max_chunksize=ROW_GROUP_ROWS))
+
+
 def table_uri(store: Store, key: str) -> str:
     """The URI delta-rs opens for a store key (a plain path locally, s3://bucket/... on S3)."""
     return store.path(key) if store.is_local else store.uri(key)
