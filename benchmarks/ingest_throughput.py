@@ -61,7 +61,7 @@ def baseline(store: Store, cfg: DatasetConfig, url: str) -> int:
     frame = ingest._normalize_timestamp(frame, cfg.columns.timestamp)
     outcome = validate_with_gx(cfg, with_step_column(cfg, frame), url.rsplit("/", 1)[-1])
     assert outcome.success, outcome.reasons
-    rows = pl.from_arrow(ingest.to_validated(cfg, frame))
+    rows = ingest.to_validated(cfg, frame)
     for (day,), part in rows.group_by(pl.col("timestamp").dt.date()):
         store.write_parquet(f"{layer.partition_key(cfg, day)}/part-baseline.parquet",
                             part.to_arrow().cast(ingest.arrow_schemas.validated_schema(cfg)))

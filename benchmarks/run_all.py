@@ -36,6 +36,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
                      ["--data", "synthetic", "--families", "dense_ae,anogan-search", "--rows",
                       "1500", "--repeats", "1", "--epochs", "1", "--max-windows", "500"]),
     "ingest_throughput": ([], ["--entities", "16", "--repeats", "1"]),
+    "ingest_old_new": ([], ["--entities", "8", "--repeats", "1"]),
     "delta_tables": (["--entities", "695", "--days", "1", "30", "90"],
                      ["--entities", "4", "--days", "1", "10", "--repeats", "1"]),
     "fleet": (["all"], ["night", "--entities", "16"]),

@@ -188,3 +188,29 @@ def test_a_compression_bomb_is_stopped_at_the_default_bound_with_flat_memory(cod
     compressed, before_kib, peak_kib = map(int, out[1].split())
     assert compressed < 16 << 20
     assert (peak_kib - before_kib) * 1024 < 128 << 20, (before_kib, peak_kib)
+
+
+@pytest.mark.parametrize("codec", [None, "gzip"])
+def test_the_line_bound_is_exact_wherever_the_long_line_lies(codec):
+    """A line one byte past `line_bytes` is refused, one at it passes: first, in the middle,
+    across a decompressed chunk's edge, and last without a newline."""
+    import gzip
+
+    from schemas.config import LimitsConfig
+    from tasks.data import limits
+
+    bound = 1 << 20
+    row = b"2026-01-05T00:00:00,m1,1.0\n"
+    filler = row * ((limits.CHUNK - bound // 2) // len(row))  # the long line crosses a chunk edge
+
+    def csv(long: int, where: str) -> bytes:
+        line = b"2026-01-05T00:00:00,m1," + b"9" * (long - 23)
+        body = {"first": line + b"\n" + row * 1000, "middle": row * 1000 + line + b"\n" + row,
+                "edge": filler + line + b"\n" + row * 1000, "last": row * 1000 + line}[where]
+        data = b"timestamp,entity,a\n" + body
+        return gzip.compress(data, 1) if codec else data
+
+    for where in ("first", "middle", "edge", "last"):
+        assert limits.checked_csv(LimitsConfig(), csv(bound, where), "x.csv")
+        with pytest.raises(limits.OverLimit, match="limits.line_bytes = 1048576"):
+            limits.checked_csv(LimitsConfig(), csv(bound + 1, where), "x.csv")

@@ -199,3 +199,25 @@ def test_readers_never_see_half_a_night_while_reruns_commit(tmp_path: Path) -> N
     assert len(seen) >= 6
     assert all(height == 4 and len(values) == 1 for height, values in seen), seen[:10]
     assert scores_table.read_scores(store, cfg, night)["score"].unique().to_list() == [7.0]
+
+
+def test_a_batch_no_other_source_holds_is_planned_as_the_policy_plans_it(tmp_path: Path) -> None:
+    """The commit's shortcut (nothing of another source in the touched days: no joins) must
+    give exactly the rows the full policy gives, sorted, with the day and the source."""
+    cfg = make_cfg(tmp_path / "*.csv")
+    rows = ingest.to_validated(cfg, good_frame())  # interleaved in time: sorted by key here
+    empty = layer.read_days(None, cfg, [])
+    shortcut = layer.plan_commit(cfg, empty, "file:///a.csv", rows.reverse())
+    # the same batch where another source holds a key that does not collide: full policy
+    stranger = layer.plan_commit(cfg, empty, "file:///b.csv",
+                                 rows.filter(pl.col("entity") == "m0").head(1)
+                                 .with_columns(pl.lit("m9").alias("entity"))).rows
+    full = layer.plan_commit(cfg, stranger, "file:///a.csv", rows.reverse())
+    assert shortcut.rows.height == rows.height and not shortcut.collisions.duplicates
+    assert shortcut.rows.equals(full.rows.filter(pl.col("entity") != "m9"))
+    assert shortcut.rows.select(layer.KEY).equals(rows.select(layer.KEY))
+    assert shortcut.rows["sources"].to_list() == [["file:///a.csv"]] * rows.height
+    assert shortcut.rows["date"].to_list() == rows["timestamp"].dt.date().to_list()
+    # the same source again over its own rows: still the shortcut, and the same rows
+    again = layer.plan_commit(cfg, shortcut.rows, "file:///a.csv", rows)
+    assert again.rows.equals(shortcut.rows)

@@ -255,9 +255,10 @@ def parse_batch(cfg: DatasetConfig, data: bytes, name: str) -> pl.DataFrame:
     return _normalize_timestamp(frame, cfg.columns.timestamp)
 
 
-def to_validated(cfg: DatasetConfig, frame: pl.DataFrame) -> pa.Table:
-    """Map a validated raw frame onto the validated layer's canonical Arrow schema, sorted by
-    (entity, timestamp); a feed that already delivers in that order is not sorted again."""
+def to_validated(cfg: DatasetConfig, frame: pl.DataFrame) -> pl.DataFrame:
+    """Map a validated raw frame onto the validated layer's canonical columns and types,
+    sorted by (entity, timestamp); a feed that already delivers in that order is not sorted
+    again. Kept in polars: the commit converts to the table's Arrow schema once."""
     cols = cfg.columns
     entity = (
         pl.col(cols.entity).cast(pl.String) if cols.entity else pl.lit(arrow_schemas.DEFAULT_ENTITY)
@@ -269,16 +270,7 @@ def to_validated(cfg: DatasetConfig, frame: pl.DataFrame) -> pa.Table:
         *(pl.col(f).cast(pl.Float64) for f in cols.features),
         label.alias(arrow_schemas.LABEL),
     )
-    if not _in_key_order(out):
-        out = out.sort([arrow_schemas.ENTITY, arrow_schemas.TIMESTAMP])
-    return out.to_arrow().cast(arrow_schemas.validated_schema(cfg))
-
-
-def _in_key_order(frame: pl.DataFrame) -> bool:
-    """Rows already ordered by (entity, timestamp)? One vectorised pass, cheaper than a sort."""
-    e, t = pl.col(arrow_schemas.ENTITY), pl.col(arrow_schemas.TIMESTAMP)
-    ordered = (e > e.shift(1)) | ((e == e.shift(1)) & (t > t.shift(1)))
-    return bool(frame.select(ordered.slice(1).all()).item()) if frame.height > 1 else True
+    return out if layer.in_key_order(out) else out.sort(layer.KEY)
 
 
 # -- filing ----------------------------------------------------------------------------
@@ -472,8 +464,7 @@ def _file_batch(store: Store, cfg: DatasetConfig, url: str, data: bytes, batch_i
                                result=checked.result)
         return _record(store, cfg, url, outcome, listing, held)
 
-    rows = pl.from_arrow(to_validated(cfg, frame))
-    assert isinstance(rows, pl.DataFrame)
+    rows = to_validated(cfg, frame)
     pending = sorted({d.isoformat() for d in [*before, *layer.days_of(rows)]})
     last = entry.outcome if entry else BatchOutcome(shown_url(url), "pending", 0, None)
     # Written before the commit: a run killed mid-commit leaves this, and the next run

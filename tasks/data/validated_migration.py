@@ -119,7 +119,8 @@ def migrate_validated(store: Store, cfg: DatasetConfig) -> Migrated:
             predicate=layer.days_predicate(days), partition_by=[layer.DAY],
             commit_properties=CommitProperties(app_transactions=[Transaction(MIGRATION, 1)]),
             storage_options=tables.storage_options(store),
-            writer_properties=tables.writer_properties())
+            writer_properties=tables.writer_properties(
+                arrow_schemas.validated_table_schema(cfg)))
         result.committed = True
 
     tables.transact(store, key, attempt, create=(arrow_schemas.validated_table_schema(cfg),

@@ -78,7 +78,8 @@ def commit_night(store: Store, cfg: DatasetConfig, day: date, staged: list[str]
                             predicate=predicate if table is not None else None,
                             partition_by=[DAY, SCOPE], schema_mode="merge",
                             storage_options=tables.storage_options(store),
-                            writer_properties=tables.writer_properties(), commit_properties=done)
+                            writer_properties=tables.writer_properties(data.schema),
+                            commit_properties=done)
         elif table is not None:
             table.delete(predicate, commit_properties=done)
 
