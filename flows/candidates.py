@@ -127,9 +127,7 @@ def candidates_flow(config: ConfigRef, run_id: str, groups: list[str | None],
         if scopes[g].selection.rule == "evidence" and len(cands) > 1)), failed, tolerate_failures)
     if cfg.selection.rule == "prior":
         evidence = {(g, "selection"): d
-                    for g, d in prior_selection(cfg, run_id, prepared, contenders,
-                                               {g: p.evidence for g, p in prepared.items()}
-                                               ).items()}
+                    for g, d in prior_selection(cfg, run_id, prepared, contenders).items()}
 
     runs = []
     for g in groups:

@@ -123,13 +123,13 @@ def scope_slice(cfg: DatasetConfig, prepared: PreparedData, run_id: str,
 
 @task(name="selection-prior", cache_policy=NO_CACHE)
 def prior_selection(cfg: DatasetConfig, run_id: str, prepared: dict[str | None, PreparedData],
-                    contenders: dict[str | None, list[Candidate]],
-                    evidence: dict[str | None, dict[str, Any] | None] | None = None
+                    contenders: dict[str | None, list[Candidate]]
                     ) -> dict[str | None, dict[str, Any]]:
     """Each scope's choice under the prior rule (written to its selection.json): the kind's
     shipped prior, challenged by all scopes' validation events pooled when there are
-    several, then by each scope's own. `evidence`: per scope, its validation events by
-    origin (operators' labels vs configured slices), recorded with the decision."""
+    several, then by each scope's own. Each scope's prepared data gives its validation rows
+    and its events by origin (operators' labels vs configured slices), recorded with the
+    decision."""
     store = store_for(cfg)
     kind = cfg.selection.kind or infer_kind(len(cfg.columns.features), cfg.window.length)
     settings = prior_settings(cfg)
@@ -144,7 +144,7 @@ def prior_selection(cfg: DatasetConfig, run_id: str, prepared: dict[str | None, 
         scoped = cfg.for_group(group)
         decision = _finite({**challenge([slice_], prior, settings), "kind": kind,
                             "settings": asdict(settings),
-                            "evidence": (evidence or {}).get(group)})
+                            "evidence": prepared[group].evidence})
         store.write_json(selection_key(scoped, run_id), decision)
         run_logger(__name__).info("%s: selection kept %s" if not decision["switched"]
                                   else "%s: selection chose %s", scoped.label,
