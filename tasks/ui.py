@@ -120,14 +120,19 @@ def md_image(alt: str, src: str) -> str:
     return f"![{md_text(alt)}]({md_url(src)})"
 
 
-def url_note(cfg: DatasetConfig, store: Store, plots: bool = True) -> str:
-    """One sentence on how long the links (and plots) of an artifact keep working."""
+def url_note(cfg: DatasetConfig, store: Store, plots: bool = True, links: bool = True) -> str:
+    """One sentence on how long the links (and plots) of an artifact keep working. `links`
+    False: the artifact's only store URLs are its plots (its links are the Prefect UI's)."""
+    served = ("Links and plots" if plots else "Links") if links else "Plots"
     if cfg.ui.store_url:
-        return f"Links{' and plots' if plots else ''} are served from {cfg.ui.store_url}."
+        return f"{served} are served from {cfg.ui.store_url}."
     if not store.is_local:
-        signed = "Links" if inline_images(cfg) or not plots else "Links and plots"
+        signed = "Links" if links and (inline_images(cfg) or not plots) else served
         return (f"{signed} are presigned S3 URLs, valid for {cfg.ui.presign_expiry_hours:g} h "
                 "after publication.")
+    if not links:
+        return ("Plots are embedded." if inline_images(cfg) else "Plots are file:// paths on "
+                "the machine that ran the flow: serve the store over HTTP and set `ui.store_url`.")
     return (f"{'Plots are embedded; l' if plots else 'L'}inks are file:// paths on the machine "
             "that ran the flow: copy one, or serve the store over HTTP and set `ui.store_url`.")
 

@@ -238,14 +238,6 @@ def _entity_table(per_entity: pl.DataFrame) -> list[str]:
     return lines
 
 
-def plot_url_note(cfg: DatasetConfig) -> str:
-    """How long a plot that is not embedded keeps loading (its links are the Prefect UI's)."""
-    if cfg.ui.store_url:
-        return f"The plot is served from {cfg.ui.store_url}."
-    return (f"The plot is a presigned S3 URL, valid for {cfg.ui.presign_expiry_hours:g} h after "
-            "publication; the file stays in the store.")
-
-
 def publish_feedback(cfg: DatasetConfig, reviews: OpenReviews | None = None) -> str:
     """Publish (replace) the dataset's feedback artifact; returns its markdown."""
     store = store_for(cfg)
@@ -253,7 +245,7 @@ def publish_feedback(cfg: DatasetConfig, reviews: OpenReviews | None = None) -> 
     plot = write_precision_plot(cfg, store, alert_precision(labels))
     markdown = feedback_markdown(cfg, labels, datetime.now(UTC), plot, reviews)
     if plot is not None and plot.src and not ui.inline_images(cfg):
-        markdown += "\n\n" + plot_url_note(cfg)
+        markdown += "\n\n" + ui.url_note(cfg, store, links=False)
     create_markdown_artifact(key=artifact_key("feedback", cfg.name), markdown=markdown,
                              description=f"operators' labels, alert precision and open "
                              f"reviews, {cfg.name}")
